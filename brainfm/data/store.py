@@ -1,0 +1,466 @@
+"""The brainfm shard store: format specification, reader and atomic writer.
+
+Format version 1
+================
+
+A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ...)::
+
+    STORE/
+      manifest.json              the only source of truth about what the store holds
+      recordings/
+        <recording id>/          one Zarr v3 group per completely written recording
+          zarr.json              group attributes (below)
+          data/                  Zarr v3 array, float16, shape (C, N), chunks (C, chunk)
+        .tmp-<id>-<uuid>/        a recording being written (ignored by readers)
+      reports/convert-*.json     one report per conversion run
+
+``manifest.json``::
+
+    {"format": "brainfm-shards", "format_version": 1,
+     "preset": {...preset fields...}, "preset_hash": "<sha256[:16]>",
+     "recordings": {"<id>": {"path": "recordings/<id>", "subject": ..., "session": ...,
+                             "task": ..., "run": ..., "datatype": "eeg"|"meg"|"ieeg",
+                             "n_channels": C, "n_samples": N, "sfreq": Hz,
+                             "ch_type_counts": {"eeg": 19}, "n_events": E,
+                             "positions": "recorded"|"montage:<name>"|"none",
+                             "source": "<path relative to the BIDS root>",
+                             "source_sha256": "...", "preset_hash": "..."}}}
+
+A recording is listed in the manifest only after its group was written under a
+temporary name and renamed into place, so a store read through its manifest is
+always valid, however the writer died. Readers never list ``recordings/``.
+
+Recording group attributes (``zarr.json``)::
+
+    recording_id, subject, session, task, run, datatype, source, source_sha256,
+    preset_hash, format_version, sfreq, n_samples, first_time (s, MNE first_samp/sfreq),
+    line_freq, positions (as in the manifest), filters (the effective l_freq/h_freq/notch),
+    channels: {names, types, units, loc (C x 12, null where unknown), scale (C),
+               bads (names), coil_types}
+    events:   {onset (s from the first stored sample), duration (s), label}
+
+Signal encoding
+---------------
+``data`` holds the preprocessed signal in physical units (µV for EEG/iEEG, fT for
+magnetometers, fT/cm for gradiometers; see :data:`brainfm.signal.UNITS`) divided by
+a per-channel power-of-two ``scale`` (1 unless the channel exceeds ±32768 units) and
+cast to IEEE float16, chunked along time and compressed with Blosc-zstd + bit
+shuffle. Decoding is ``data.astype(float32) * scale``.
+
+Accepted reconstruction error: float16 rounding to nearest, i.e. a relative error
+of at most 2**-11 ≈ 4.9e-4 per sample, plus an absolute error of at most 2**-25 ·
+scale ≈ 3e-8 units for values in float16's subnormal range. Scaling to µV/fT before
+the cast is what makes this hold; in SI units most MEG samples would flush to zero.
+The measured maximum on real data is recorded in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import fsspec
+import numpy as np
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from brainfm.signal import SensorSpec
+
+FORMAT = "brainfm-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+RECORDINGS = "recordings"
+#: Largest magnitude stored unscaled; above it the channel gets a power-of-two scale.
+FP16_SAFE_MAX = 32768.0
+#: Worst-case relative reconstruction error of the float16 encoding (round to nearest).
+FP16_MAX_REL_ERROR = 2.0**-11
+
+
+# --------------------------------------------------------------------------------------
+# locations
+# --------------------------------------------------------------------------------------
+def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return fs, path.rstrip("/")
+
+
+def _zarr_store(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """A Zarr store for ``path`` on ``fs``: LocalStore on disk, FsspecStore elsewhere."""
+    if isinstance(fs, LocalFileSystem):
+        return zarr.storage.LocalStore(path)
+    return zarr.storage.FsspecStore.from_url(fs.unstrip_protocol(path))
+
+
+def encode_signal(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encode float data ``(C, N)`` in physical units to (float16 data, per-channel scale)."""
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise ValueError("signal contains NaN or infinite values")
+    peak = np.abs(data).max(axis=1) if data.size else np.zeros(data.shape[0])
+    exponent = np.ceil(np.log2(np.maximum(peak, 1.0) / FP16_SAFE_MAX)).clip(min=0)
+    scale = np.exp2(exponent).astype(np.float32)
+    encoded = (data / scale[:, None]).astype(np.float16)
+    return encoded, scale
+
+
+def decode_signal(encoded: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_signal` (float32)."""
+    out = encoded.astype(np.float32)
+    out *= np.asarray(scale, dtype=np.float32)[:, None]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Events:
+    """Events of one recording: onsets and durations in seconds, string labels."""
+
+    onset: np.ndarray
+    duration: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.onset)
+
+
+class _ChunkCache:
+    """Process-wide LRU cache of decoded time chunks, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: np.ndarray) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+
+CHUNK_CACHE = _ChunkCache()
+
+
+class Recording:
+    """Read-only view of one recording in a store.
+
+    Reads are aligned to the array's time chunks: :meth:`read` decodes whole chunks
+    (one Zarr call per uncached span) and slices in numpy, and keeps decoded chunks in
+    a process-wide LRU cache, so many windows from one chunk cost one read.
+    """
+
+    def __init__(self, group: zarr.Group, recording_id: str):
+        self.id = recording_id
+        self._group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        if self.attrs.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"recording {recording_id!r} has format version "
+                f"{self.attrs.get('format_version')}, this brainfm reads {FORMAT_VERSION}"
+            )
+        self._data = group["data"]
+        ch = self.attrs["channels"]
+        self.scale = np.asarray(ch["scale"], dtype=np.float32)
+        self.spec = SensorSpec.from_dict(
+            {"ch_names": ch["names"], "ch_types": ch["types"], "loc": ch["loc"],
+             "sfreq": self.attrs["sfreq"], "units": ch["units"]}
+        )
+        self.chunk = int(self._data.chunks[1])
+
+    # metadata ---------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return int(self._data.shape[1])
+
+    @property
+    def sfreq(self) -> float:
+        return self.spec.sfreq
+
+    @property
+    def subject(self) -> str | None:
+        return self.attrs.get("subject")
+
+    @property
+    def events(self) -> Events:
+        ev = self.attrs.get("events") or {"onset": [], "duration": [], "label": []}
+        return Events(
+            np.asarray(ev["onset"], dtype=np.float64),
+            np.asarray(ev["duration"], dtype=np.float64),
+            np.asarray(ev["label"], dtype=object),
+        )
+
+    # signal -----------------------------------------------------------------------
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Decoded signal ``(C, stop - start)`` float32 in physical units."""
+        stop = self.n_samples if stop is None else stop
+        if not 0 <= start <= stop <= self.n_samples:
+            raise IndexError(
+                f"samples [{start}, {stop}) outside recording {self.id!r} of {self.n_samples}"
+            )
+        first, last = start // self.chunk, max(start, stop - 1) // self.chunk
+        parts = [self._chunk(k) for k in range(first, last + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        offset = first * self.chunk
+        return block[:, start - offset : stop - offset]
+
+    def read_all(self) -> np.ndarray:
+        return self.read(0, self.n_samples)
+
+    def _chunk(self, k: int) -> np.ndarray:
+        key = (id(self._data.store), self._data.path, k)
+        cached = CHUNK_CACHE.get(key)
+        if cached is None:
+            lo, hi = k * self.chunk, min((k + 1) * self.chunk, self.n_samples)
+            cached = decode_signal(self._data[:, lo:hi], self.scale)
+            CHUNK_CACHE.put(key, cached)
+        return cached
+
+    def __repr__(self) -> str:
+        return f"Recording({self.id!r}, {self.spec!r}, {self.n_samples / self.sfreq:.1f} s)"
+
+
+class ShardStore:
+    """Read-only access to a store through its manifest.
+
+    Parameters
+    ----------
+    url : str or path-like
+        Store location (local path or fsspec URL).
+    """
+
+    def __init__(self, url: str | Any):
+        self.url = str(url)
+        self._fs, self._root = _fs(self.url)
+        try:
+            manifest = json.loads(self._fs.cat_file(f"{self._root}/{MANIFEST}"))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{self.url} is not a brainfm store (no {MANIFEST}); "
+                "create one with `brainfm convert BIDS_ROOT STORE`"
+            ) from None
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{self.url}: not a brainfm store manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{self.url}: format version {manifest.get('format_version')}, "
+                f"this brainfm reads {FORMAT_VERSION}"
+            )
+        self.manifest: dict[str, Any] = manifest
+        self._open: dict[str, Recording] = {}
+
+    @property
+    def recording_ids(self) -> list[str]:
+        return sorted(self.manifest["recordings"])
+
+    @property
+    def preset(self) -> dict[str, Any]:
+        return self.manifest["preset"]
+
+    def entry(self, recording_id: str) -> dict[str, Any]:
+        try:
+            return self.manifest["recordings"][recording_id]
+        except KeyError:
+            raise KeyError(f"no recording {recording_id!r} in store {self.url}") from None
+
+    def subjects(self) -> list[str]:
+        return sorted({e["subject"] for e in self.manifest["recordings"].values()})
+
+    def recording(self, recording_id: str) -> Recording:
+        rec = self._open.get(recording_id)
+        if rec is None:
+            path = self.entry(recording_id)["path"]
+            group = zarr.open_group(_zarr_store(self._fs, f"{self._root}/{path}"), mode="r")
+            rec = self._open[recording_id] = Recording(group, recording_id)
+        return rec
+
+    def select(self, subjects: Iterable[str] | None = None, **entities: Any) -> list[str]:
+        """Recording ids whose subject is in ``subjects`` and whose entities match."""
+        subjects = None if subjects is None else set(subjects)
+        out = []
+        for rid, e in sorted(self.manifest["recordings"].items()):
+            if subjects is not None and e["subject"] not in subjects:
+                continue
+            if all(e.get(k) == v for k, v in entities.items()):
+                out.append(rid)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.manifest["recordings"])
+
+    def __getstate__(self) -> dict:  # DataLoader workers re-open lazily
+        return {"url": self.url, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict) -> None:
+        self.url = state["url"]
+        self._fs, self._root = _fs(self.url)
+        self.manifest = state["manifest"]
+        self._open = {}
+
+    def summary(self) -> dict[str, Any]:
+        """Totals for ``brainfm info``."""
+        recs = self.manifest["recordings"].values()
+        counts: dict[str, int] = {}
+        for e in recs:
+            for t, n in e["ch_type_counts"].items():
+                counts[t] = counts.get(t, 0) + n
+        sfreqs = sorted({e["sfreq"] for e in recs})
+        return {
+            "store": self.url,
+            "format_version": self.manifest["format_version"],
+            "preset": self.manifest["preset"].get("name"),
+            "preset_hash": self.manifest["preset_hash"],
+            "recordings": len(self.manifest["recordings"]),
+            "subjects": len({e["subject"] for e in recs}),
+            "datatypes": sorted({e["datatype"] for e in recs}),
+            "channel_type_counts": counts,
+            "sfreq": sfreqs[0] if len(sfreqs) == 1 else sfreqs,
+            "total_hours": sum(e["n_samples"] / e["sfreq"] for e in recs) / 3600.0,
+            "positions": sorted({e["positions"] for e in recs}),
+        }
+
+
+# --------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------
+def _jsonable_loc(loc: np.ndarray) -> list[list[float | None]]:
+    return [[float(v) if math.isfinite(v) else None for v in row] for row in loc]
+
+
+def write_recording(
+    store_url: str,
+    recording_id: str,
+    data: np.ndarray,
+    spec: SensorSpec,
+    attrs: Mapping[str, Any],
+    events: Events | None = None,
+    chunk_seconds: float = 30.0,
+    extra_channel_attrs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one recording atomically and return its manifest entry.
+
+    The group is written under ``recordings/.tmp-<id>-<uuid>`` and renamed to
+    ``recordings/<id>`` only when complete. The caller adds the returned entry to the
+    manifest (:func:`commit`); until then readers do not see the recording.
+    """
+    if "/" in recording_id or recording_id.startswith("."):
+        raise ValueError(f"invalid recording id {recording_id!r}")
+    if data.shape != (spec.n_channels, data.shape[1]):
+        raise ValueError(f"data shape {data.shape} does not match {spec.n_channels} channels")
+    fs, root = _fs(store_url)
+    encoded, scale = encode_signal(data)
+    tmp = f"{root}/{RECORDINGS}/.tmp-{recording_id}-{uuid.uuid4().hex[:8]}"
+    final = f"{root}/{RECORDINGS}/{recording_id}"
+    chunk = max(1, int(round(chunk_seconds * spec.sfreq)))
+    events = events or Events(np.zeros(0), np.zeros(0), np.zeros(0, dtype=object))
+    channels = {
+        "names": list(spec.ch_names),
+        "types": list(spec.ch_types),
+        "units": list(spec.units),
+        "loc": _jsonable_loc(spec.loc),
+        "scale": [float(s) for s in scale],
+        **dict(extra_channel_attrs or {}),
+    }
+    group_attrs = {
+        **dict(attrs),
+        "recording_id": recording_id,
+        "format_version": FORMAT_VERSION,
+        "sfreq": spec.sfreq,
+        "n_samples": int(data.shape[1]),
+        "channels": channels,
+        "events": {
+            "onset": [float(x) for x in events.onset],
+            "duration": [float(x) for x in events.duration],
+            "label": [str(x) for x in events.label],
+        },
+    }
+    try:
+        fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
+        group = zarr.open_group(_zarr_store(fs, tmp), mode="w", zarr_format=3)
+        arr = group.create_array(
+            "data",
+            shape=encoded.shape,
+            chunks=(encoded.shape[0], min(chunk, max(1, encoded.shape[1]))),
+            dtype="float16",
+            compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
+        )
+        arr[...] = encoded
+        group.attrs.update(group_attrs)
+        if fs.exists(final):  # a stale, unlisted copy from an interrupted run
+            fs.rm(final, recursive=True)
+        fs.mv(tmp, final, recursive=True)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise
+    counts: dict[str, int] = {}
+    for t in spec.ch_types:
+        counts[t] = counts.get(t, 0) + 1
+    return {
+        "path": f"{RECORDINGS}/{recording_id}",
+        **{k: attrs.get(k) for k in ("subject", "session", "task", "run", "datatype",
+                                     "source", "source_sha256", "preset_hash", "positions")},
+        "n_channels": spec.n_channels,
+        "n_samples": int(data.shape[1]),
+        "sfreq": spec.sfreq,
+        "ch_type_counts": counts,
+        "n_events": len(events),
+    }
+
+
+def read_manifest(store_url: str) -> dict[str, Any] | None:
+    """The store's manifest, or None when the store does not exist yet."""
+    fs, root = _fs(store_url)
+    try:
+        return json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+    except FileNotFoundError:
+        return None
+
+
+def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "preset": dict(preset),
+        "preset_hash": preset_hash,
+        "recordings": {},
+    }
+
+
+def commit(store_url: str, manifest: Mapping[str, Any]) -> None:
+    """Atomically replace the store's manifest (write a temporary file, then rename)."""
+    fs, root = _fs(store_url)
+    fs.makedirs(root, exist_ok=True)
+    tmp = f"{root}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    fs.mv(tmp, f"{root}/{MANIFEST}")
+
+
+def remove_stale_temporaries(store_url: str) -> list[str]:
+    """Delete ``.tmp-*`` groups left by interrupted writers; return their names."""
+    fs, root = _fs(store_url)
+    base = f"{root}/{RECORDINGS}"
+    if not fs.exists(base):
+        return []
+    stale = [p for p in fs.ls(base, detail=False) if p.rstrip("/").rsplit("/", 1)[-1].startswith(".tmp-")]
+    for p in stale:
+        fs.rm(p, recursive=True)
+    return stale

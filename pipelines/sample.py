@@ -1,0 +1,162 @@
+"""``brainfm sample-data``: the bundled sample, a real multi-format BIDS dataset and its store.
+
+The sample is built from the real recordings under the data root with mne-bids
+(``write_raw_bids``) and then converted with :func:`brainfm.pipelines.convert.convert`:
+
+========================  =======================  ==========================================
+BIDS subject              source                   content
+========================  =======================  ==========================================
+``eegmatNN``              EEGMAT (Zyma 2019)       19 EEG @ 500 Hz; ``task-rest`` (180 s) and
+                                                   ``task-arithmetic`` (60 s) per subject
+``eegbci001``             EEGMMIDB S001            64 EEG @ 160 Hz; one task per paradigm,
+                                                   ``run`` = the PhysioNet run number
+``megsample``             MNE sample (Neuromag)    306 MEG + 60 EEG, stim events
+``meg141027``             Neuromag excerpt         306 MEG @ 90 Hz, 10 s
+``kitmq``, ``kitsqd``     KIT/Yokogawa excerpts    125 / 157 magnetometers @ 1 kHz, 2 s
+``eeglab``                EEGLAB tutorial          32 EEG @ 128 Hz (no positions in the file)
+``brainvision``           MNE BrainVision test     32 channels @ 1 kHz, markers
+========================  =======================  ==========================================
+
+EEGMAT channels are renamed from ``EEG Fp1`` to ``Fp1`` and its reference derivation
+and ECG retyped (``misc``, ``ecg``), so channels.tsv is right; it is re-exported as EDF
+(16-bit, error < 2 nV). Positions are *not* written for files that carry none: the
+conversion fills them from the standard montage by name and records that it did.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import mne
+from mne_bids import BIDSPath, write_raw_bids
+
+from brainfm.data.root import default_sample_dir
+from brainfm.pipelines import fetch
+from brainfm.pipelines.convert import ConversionReport, convert
+
+EEGBCI_TASKS = {2: "restEC", 3: "execLR", 4: "imagLR", 5: "execFF", 6: "imagFF"}
+EEGBCI_RUNS = tuple(range(2, 15))
+_MARKER = ".brainfm-sample.json"
+
+
+def _eegbci_task(run: int) -> str:
+    return EEGBCI_TASKS[run] if run in EEGBCI_TASKS else EEGBCI_TASKS[3 + (run - 3) % 4]
+
+
+def _write(raw: mne.io.BaseRaw, path: BIDSPath, **kwargs) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mne-bids notes on units/anonymisation; not errors
+        write_raw_bids(raw, path, overwrite=True, verbose="error", **kwargs)
+
+
+def _eegmat(root: Path, subjects: Sequence[int]) -> None:
+    files = fetch.fetch_eegmat(subjects)
+    for f in files:
+        subject, cond = f.stem.removeprefix("Subject").split("_")
+        raw = mne.io.read_raw_edf(f, preload=True, verbose="error")
+        raw.rename_channels({n: n.removeprefix("EEG ") for n in raw.ch_names if n.startswith("EEG ") and n != "EEG A2-A1"})
+        raw.rename_channels({"ECG ECG": "ECG"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "unit changed from V to NA" for misc
+            raw.set_channel_types({"EEG A2-A1": "misc", "ECG": "ecg"})
+        raw.set_annotations(None)  # the only annotation is the EDF+ header's "[Total time]"
+        raw.info["line_freq"] = 50.0  # recorded in Kyiv
+        task = "rest" if cond == "1" else "arithmetic"
+        path = BIDSPath(subject=f"eegmat{subject}", task=task, datatype="eeg", root=root)
+        _write(raw, path, format="EDF", allow_preload=True)
+
+
+def _eegbci(root: Path, runs: Sequence[int]) -> None:
+    from mne.datasets import eegbci  # noqa: PLC0415
+
+    for run, f in zip(runs, fetch.fetch_eegbci(1, runs)):
+        raw = mne.io.read_raw_edf(f, preload=True, verbose="error")
+        eegbci.standardize(raw)
+        raw.info["line_freq"] = 60.0  # BCI2000 recordings, New York
+        path = BIDSPath(subject="eegbci001", task=_eegbci_task(run), run=run, datatype="eeg", root=root)
+        _write(raw, path, format="EDF", allow_preload=True)
+
+
+def _formats(root: Path) -> None:
+    """The MEG and EEG-format excerpts, copied as they are (mne-bids copies FIF/KIT/EEGLAB/BV)."""
+    raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/test_raw.fif"), verbose="error")
+    raw.info["line_freq"] = 60.0  # MGH, Boston
+    events = mne.find_events(raw, stim_channel="STI 014", verbose="error")
+    event_id = {"auditory/left": 1, "auditory/right": 2, "visual/left": 3, "visual/right": 4, "smiley": 5, "button": 32}
+    event_id = {k: v for k, v in event_id.items() if v in set(events[:, 2])}
+    _write(raw, BIDSPath(subject="megsample", task="audvis", run=1, datatype="meg", root=root),
+           events=events, event_id=event_id)
+    raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/sample_audvis_trunc_raw_sss.fif"), verbose="error")
+    raw.info["line_freq"] = 60.0
+    _write(raw, BIDSPath(subject="megsample", task="audvis", run=2, processing="sss", datatype="meg", root=root))
+    raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/141027_cropped_90Hz_raw.fif"), verbose="error")
+    _write(raw, BIDSPath(subject="meg141027", task="rest", datatype="meg", root=root))
+    for subject, name in (("kitmq", "MQKIT_125_2sec.con"), ("kitsqd", "test.sqd")):
+        raw = mne.io.read_raw_kit(fetch.local_file(f"meg/kit/{name}"), verbose="error")
+        _write(raw, BIDSPath(subject=subject, task="rest", datatype="meg", root=root))
+    raw = mne.io.read_raw_eeglab(fetch.local_file("eeg/eeglab/test_raw.set"), verbose="error")
+    _write(raw, BIDSPath(subject="eeglab", task="tutorial", datatype="eeg", root=root))
+    raw = mne.io.read_raw_brainvision(fetch.local_file("eeg/brainvision/test.vhdr"), verbose="error")
+    raw.info["line_freq"] = 50.0
+    _write(raw, BIDSPath(subject="brainvision", task="test", datatype="eeg", root=root))
+
+
+def build_sample_bids(
+    dest: str | Path,
+    eegmat_subjects: Sequence[int] = fetch.EEGMAT_SUBJECTS,
+    eegbci_runs: Sequence[int] = EEGBCI_RUNS,
+    formats: bool = True,
+) -> Path:
+    """Write the sample BIDS dataset to ``dest`` (atomically; reused when up to date)."""
+    dest = Path(dest)
+    config = {"eegmat_subjects": [int(s) for s in eegmat_subjects],
+              "eegbci_runs": [int(r) for r in eegbci_runs], "formats": bool(formats), "version": 1}
+    marker = dest / _MARKER
+    if marker.exists() and json.loads(marker.read_text()) == config:
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _eegmat(tmp, eegmat_subjects)
+    if eegbci_runs:
+        _eegbci(tmp, eegbci_runs)
+    if formats:
+        _formats(tmp)
+    (tmp / _MARKER).write_text(json.dumps(config))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def build_sample(
+    dest: str | Path | None = None,
+    eegmat_subjects: Sequence[int] = fetch.EEGMAT_SUBJECTS,
+    eegbci_runs: Sequence[int] = EEGBCI_RUNS,
+    formats: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, ConversionReport]:
+    """Build ``DEST/bids`` and convert it into ``DEST/store``; returns the store and report."""
+    dest = Path(dest) if dest is not None else default_sample_dir()
+    bids = build_sample_bids(dest / "bids", eegmat_subjects, eegbci_runs, formats)
+    store = dest / "store"
+    report = convert(bids, store, "eeg-fm", workers=workers, progress=progress)
+    return store, report
+
+
+def sample_store(dest: str | Path | None = None, **kwargs) -> Path:
+    """The default sample store, built on first use."""
+    dest = Path(dest) if dest is not None else default_sample_dir()
+    store = dest / "store"
+    if not (store / "manifest.json").exists() or not (dest / "bids" / _MARKER).exists():
+        store, report = build_sample(dest, **kwargs)
+        if not report.ok:
+            raise RuntimeError(f"sample conversion failed: {report.failed}")
+    return store
+
+
+__all__ = ["build_sample", "build_sample_bids", "sample_store"]

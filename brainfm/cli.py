@@ -1,3 +1,133 @@
-"""Placeholder; replaced below."""
-def main(args=None):
-    raise SystemExit("not yet")
+"""The ``brainfm`` command.
+
+* ``brainfm fit|validate|test|predict --config configs/...yaml`` — LightningCLI in
+  subclass mode: the YAML names the LightningModule and DataModule classes.
+* ``brainfm convert BIDS_ROOT STORE`` — BIDS to shard store (:mod:`brainfm.pipelines.convert`).
+* ``brainfm info STORE [--json]`` — what a store holds.
+* ``brainfm sample-data [DEST]`` — build the bundled sample dataset and store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="brainfm",
+        description="Brain-signal foundation models. Training commands: "
+        + ", ".join(LIGHTNING_COMMANDS)
+        + " (LightningCLI; see `brainfm fit --help`).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert a BIDS dataset into a shard store")
+    c.add_argument("bids_root", help="root of the BIDS dataset")
+    c.add_argument("store", help="output store (local path or fsspec URL)")
+    c.add_argument("--preset", default="eeg-fm", help="preprocessing preset (default: eeg-fm)")
+    c.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: CPUs)")
+    c.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    c.add_argument("--skip-errors", action="store_true", help="exit 0 even if some recordings failed")
+    c.add_argument("--report", default=None, help="also write the JSON conversion report here")
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    i = sub.add_parser("info", help="summarise a shard store")
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("sample-data", help="build the sample BIDS dataset and store from the data root")
+    s.add_argument("dest", nargs="?", default=None, help="output folder (default: ~/.cache/brainfm/sample)")
+    s.add_argument("--eegmat-subjects", type=int, nargs="*", default=None, help="EEGMAT subjects (default: all 36)")
+    s.add_argument("--eegbci-runs", type=int, nargs="*", default=None, help="EEGMMIDB S001 runs (default: 2-14)")
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from brainfm.pipelines.convert import convert  # noqa: PLC0415
+
+    report = convert(args.bids_root, args.store, args.preset, args.workers, args.scheduler, not args.no_progress)
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump(report.to_dict(), fh, indent=1)
+    print(
+        f"converted {len(report.converted)}, skipped {len(report.skipped)} (up to date), "
+        f"failed {len(report.failed)} in {report.seconds:.1f} s"
+    )
+    for f in report.failed:
+        print(f"  FAILED {f['source']}: {f['error']}", file=sys.stderr)
+    return 0 if report.ok or args.skip_errors else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    from brainfm.data.store import ShardStore  # noqa: PLC0415
+
+    summary = ShardStore(args.store).summary()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if key == "total_hours":
+            value = f"{value:.3f}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from brainfm.pipelines import fetch, sample  # noqa: PLC0415
+
+    store, report = sample.build_sample(
+        args.dest,
+        eegmat_subjects=args.eegmat_subjects if args.eegmat_subjects is not None else fetch.EEGMAT_SUBJECTS,
+        eegbci_runs=args.eegbci_runs if args.eegbci_runs is not None else sample.EEGBCI_RUNS,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(f"sample store: {store} ({len(report.converted)} converted, {len(report.skipped)} up to date)")
+    return 0 if report.ok else 1
+
+
+def lightning_main(args: Sequence[str]) -> None:
+    """LightningCLI in subclass mode over brainfm's modules and data modules."""
+    import lightning as L  # noqa: PLC0415
+    from lightning.pytorch.cli import LightningCLI  # noqa: PLC0415
+
+    import brainfm.data.datamodule  # noqa: F401, PLC0415 - registers the classes for subclass mode
+    import brainfm.tasks  # noqa: F401, PLC0415
+
+    LightningCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args),
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainfm`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        lightning_main(argv)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ns = _parser().parse_args(argv)
+    handler = {"convert": _convert, "info": _info, "sample-data": _sample}[ns.command]
+    return handler(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

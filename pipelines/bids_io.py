@@ -95,7 +95,8 @@ def head_loc(info: mne.Info) -> np.ndarray:
     """MNE ``loc`` rows ``(C, 12)`` in head coordinates, NaN where unknown.
 
     MEG coil positions and axes are stored in device coordinates; they are moved to
-    head coordinates with ``info['dev_head_t']`` (identity when the file has none).
+    head coordinates with ``info['dev_head_t']``. Files without one (e.g. KIT without
+    marker coils) keep device coordinates, and the recording says so (``meg_frame``).
     EEG/iEEG positions are already in head coordinates; all-zero positions (an old
     convention for "unknown") become NaN.
     """

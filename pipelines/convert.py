@@ -79,6 +79,8 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
             "filters": filters,
             "line_freq": filters["line_freq"],
             "first_time": float(raw.first_time),
+            # MEG positions are in head coordinates only when the file has a device-to-head transform
+            "meg_frame": "head" if raw.info["dev_head_t"] is not None else "device",
         }
         extra = {
             "bads": list(raw.info["bads"]),

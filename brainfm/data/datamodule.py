@@ -1,0 +1,195 @@
+"""LightningDataModules for pretraining and for labelled decoding.
+
+Both take plain arguments so that LightningCLI can fill them from YAML. ``store``
+defaults to the bundled sample store (built on first use by
+:func:`brainfm.pipelines.sample.sample_store`). Batches are the dicts of
+:func:`brainfm.data.dataset.collate_windows`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
+from brainfm.data.splits import SubjectSplit, eegmat_cbramod, random_split
+from brainfm.data.store import ShardStore
+
+#: Named subject splits usable from configs.
+NAMED_SPLITS = {"eegmat-cbramod": eegmat_cbramod}
+
+
+def _open_store(store: str | None) -> ShardStore:
+    if store is None:
+        from brainfm.pipelines.sample import sample_store  # noqa: PLC0415 - converts only if missing
+
+        store = str(sample_store())
+    return ShardStore(store)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate_windows,
+        persistent_workers=num_workers > 0,
+        pin_memory=False,
+        drop_last=drop_last,
+    )
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Unlabelled windows from every recording, split by subject.
+
+    Parameters
+    ----------
+    store : str, optional
+        Store URL; default: the sample store.
+    window_s, stride_s : float
+        Window length and stride (seconds).
+    batch_size, num_workers : int
+        DataLoader settings (workers are persistent).
+    val_subjects : list of str, optional
+        Validation subjects; default: a seeded random ``val_fraction`` of subjects.
+    exclude_subjects : list of str, optional
+        Subjects never used (e.g. the test subjects of a downstream protocol).
+    channel_types : list of str, optional
+        Keep only these channel types.
+    buffer_size, block_s : int, float
+        Shuffle-buffer size (windows) and read-block length (seconds).
+    seed : int
+        Seed of the subject split and the window order.
+    """
+
+    def __init__(
+        self,
+        store: str | None = None,
+        window_s: float = 5.0,
+        stride_s: float | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_subjects: list[str] | None = None,
+        val_fraction: float = 0.1,
+        exclude_subjects: list[str] | None = None,
+        channel_types: list[str] | None = None,
+        buffer_size: int = 512,
+        block_s: float = 60.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.store_url = store
+        self.train_set: ShuffledWindows | None = None
+        self.val_set: FixedWindows | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        store = _open_store(self.store_url)
+        subjects = [s for s in store.subjects() if s not in set(hp.exclude_subjects or ())]
+        if hp.val_subjects is not None:
+            split = SubjectSplit([s for s in subjects if s not in hp.val_subjects], hp.val_subjects)
+        else:
+            split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
+        common = dict(channel_types=hp.channel_types)
+        self.split = split
+        self.train_set = ShuffledWindows(
+            store, hp.window_s, hp.stride_s, recordings=store.select(split.train),
+            block_s=hp.block_s, buffer_size=hp.buffer_size, seed=hp.seed, **common,
+        )
+        self.val_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(split.val), **common)
+        self.sfreq = self.train_set.sfreq
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers)
+
+
+class DecodingDataModule(L.LightningDataModule):
+    """Labelled windows for fine-tuning and evaluation, split by subject.
+
+    Labels come either from a BIDS entity per recording (``label_entity`` +
+    ``label_map``, e.g. ``task`` → ``{"rest": 0, "arithmetic": 1}`` for EEGMAT) with
+    fixed windows, or from events (``event_id`` with ``tmin``/``tmax``).
+
+    Parameters
+    ----------
+    split : str or dict
+        A name from :data:`NAMED_SPLITS` or ``{"train": [...], "val": [...], "test": [...]}``.
+    """
+
+    def __init__(
+        self,
+        store: str | None = None,
+        split: str | dict[str, list[str]] = "eegmat-cbramod",
+        window_s: float = 5.0,
+        stride_s: float | None = None,
+        label_entity: str | None = "task",
+        label_map: dict[str, int] | None = None,
+        event_id: dict[str, int] | None = None,
+        tmin: float = 0.0,
+        tmax: float | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        channel_types: list[str] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.sets: dict[str, Any] = {}
+
+    def _split(self) -> SubjectSplit:
+        split = self.hparams.split
+        if isinstance(split, str):
+            if split not in NAMED_SPLITS:
+                raise ValueError(f"unknown split {split!r}; named splits: {', '.join(NAMED_SPLITS)}")
+            return NAMED_SPLITS[split]()
+        return SubjectSplit(split.get("train", ()), split.get("val", ()), split.get("test", ()))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        hp = self.hparams
+        store = _open_store(hp.store)
+        self.split = self._split()
+        for part in ("train", "val", "test"):
+            recordings = store.select(self.split.part(part))
+            if hp.event_id is not None:
+                if hp.tmax is None:
+                    raise ValueError("event-locked windows need tmax")
+                ds = EventWindows(store, hp.event_id, hp.tmin, hp.tmax, recordings, hp.channel_types)
+            else:
+                if not hp.label_map:
+                    raise ValueError("give label_map (with label_entity) or event_id")
+                labels = EntityLabels(hp.label_entity, hp.label_map)
+                ds = FixedWindows(store, hp.window_s, hp.stride_s, recordings, labels, hp.channel_types)
+            self.sets[part] = ds
+        self.sfreq = self.sets["train"].sfreq
+
+    @property
+    def n_classes(self) -> int:
+        mapping: Mapping[str, int] = self.hparams.event_id or self.hparams.label_map
+        return len(set(mapping.values()))
+
+    def class_counts(self, part: str = "train") -> np.ndarray:
+        """Windows per class in ``part`` — for class weights or a weighted sampler."""
+        return np.bincount(self.sets[part].labels, minlength=self.n_classes)
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.sets["train"], self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.sets["val"], self.hparams.batch_size, self.hparams.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return _loader(self.sets["test"], self.hparams.batch_size, self.hparams.num_workers)
+
+
+__all__: Sequence[str] = ["DecodingDataModule", "PretrainDataModule", "NAMED_SPLITS"]

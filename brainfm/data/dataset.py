@@ -1,0 +1,306 @@
+"""Window datasets over a shard store.
+
+Three ways to cut a store into samples, all yielding the same sample dict::
+
+    {"x": float32 tensor (C, T) in physical units, "spec": SensorSpec,
+     "recording": str, "subject": str, "start": int (sample), "label": int (optional)}
+
+* :class:`FixedWindows` — map-style, fixed length and stride, optional recording-level
+  labels (e.g. EEGMAT rest vs arithmetic from the BIDS ``task``).
+* :class:`EventWindows` — map-style, event-locked labelled windows.
+* :class:`ShuffledWindows` — iterable, for pretraining: visits chunk-aligned blocks in
+  random order, reads each block with one store call, and mixes windows through a
+  shuffle buffer, instead of one random seek per window.
+
+Channels without a known position are dropped by default (``positioned_only``): the
+sensor tokenizer cannot embed them. Recordings left with no channel are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from brainfm.data.store import Recording, ShardStore
+from brainfm.signal import SensorSpec, collate_sensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EntityLabels:
+    """Recording-level labels from a BIDS entity, e.g. ``EntityLabels("task", {"rest": 0, "arithmetic": 1})``.
+
+    Recordings whose entity value is not in ``mapping`` are left out.
+    """
+
+    entity: str
+    mapping: Mapping[str, int]
+
+    def __call__(self, entry: Mapping[str, Any]) -> int | None:
+        return self.mapping.get(entry.get(self.entity))
+
+    @property
+    def classes(self) -> list[str]:
+        return [k for k, _ in sorted(self.mapping.items(), key=lambda kv: kv[1])]
+
+
+class _StoreWindows:
+    """Shared plumbing: recording selection, channel picking, sample assembly."""
+
+    def __init__(
+        self,
+        store: ShardStore | str,
+        recordings: Sequence[str] | None = None,
+        channel_types: Sequence[str] | None = None,
+        positioned_only: bool = True,
+    ):
+        self.store = store if isinstance(store, ShardStore) else ShardStore(store)
+        ids = list(recordings) if recordings is not None else self.store.recording_ids
+        self.channel_types = tuple(channel_types) if channel_types else None
+        self.positioned_only = positioned_only
+        self.recordings: list[str] = []
+        self._picks: list[np.ndarray] = []
+        self._specs: list[SensorSpec] = []
+        for rid in ids:
+            spec = self.store.recording(rid).spec
+            keep = np.ones(spec.n_channels, dtype=bool)
+            if self.channel_types:
+                keep &= np.isin(spec.ch_types, self.channel_types)
+            if positioned_only:
+                keep &= spec.has_positions
+            if not keep.any():
+                log.info("skipping %s: no channel left after picking", rid)
+                continue
+            picks = np.flatnonzero(keep)
+            self.recordings.append(rid)
+            self._picks.append(picks)
+            self._specs.append(spec if keep.all() else spec.pick(picks))
+        sfreqs = {s.sfreq for s in self._specs}
+        if len(sfreqs) > 1:
+            raise ValueError(f"recordings have different sampling rates {sorted(sfreqs)}")
+        self.sfreq = sfreqs.pop() if sfreqs else float(self.store.preset["sfreq"])
+
+    def _recording(self, i: int) -> Recording:
+        return self.store.recording(self.recordings[i])
+
+    def _sample(self, i: int, block: np.ndarray, start: int, label: int | None) -> dict[str, Any]:
+        picks = self._picks[i]
+        x = block if len(picks) == block.shape[0] else block[picks]
+        entry = self.store.entry(self.recordings[i])
+        sample = {
+            "x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            "spec": self._specs[i],
+            "recording": self.recordings[i],
+            "subject": entry["subject"],
+            "start": int(start),
+        }
+        if label is not None:
+            sample["label"] = int(label)
+        return sample
+
+
+class FixedWindows(_StoreWindows, Dataset):
+    """Fixed-length windows with a stride, optionally labelled per recording.
+
+    Parameters
+    ----------
+    store : ShardStore or str
+        The store or its URL.
+    window_s, stride_s : float
+        Window length and stride in seconds (stride defaults to the window length).
+    recordings : sequence of str, optional
+        Recording ids to use (default: all).
+    labels : callable, optional
+        Maps a manifest entry to an int label or None (recording left out), e.g.
+        :class:`EntityLabels`.
+    channel_types : sequence of str, optional
+        Keep only these channel types.
+    positioned_only : bool
+        Drop channels without a known position.
+    """
+
+    def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
+                 labels=None, channel_types=None, positioned_only: bool = True):
+        super().__init__(store, recordings, channel_types, positioned_only)
+        self.window = _samples(window_s, self.sfreq, "window")
+        self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
+        rec_idx, starts, labs = [], [], []
+        for i, rid in enumerate(self.recordings):
+            entry = self.store.entry(rid)
+            label = labels(entry) if labels is not None else None
+            if labels is not None and label is None:
+                continue
+            s = np.arange(0, entry["n_samples"] - self.window + 1, self.stride)
+            rec_idx.append(np.full(len(s), i))
+            starts.append(s)
+            labs.append(np.full(len(s), -1 if label is None else label))
+        self.rec_index = np.concatenate(rec_idx) if rec_idx else np.zeros(0, dtype=np.int64)
+        self.starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        self.labels = np.concatenate(labs) if labs else np.zeros(0, dtype=np.int64)
+        self.labelled = labels is not None
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i, start = int(self.rec_index[k]), int(self.starts[k])
+        block = self._recording(i).read(start, start + self.window)
+        return self._sample(i, block, start, int(self.labels[k]) if self.labelled else None)
+
+
+class EventWindows(_StoreWindows, Dataset):
+    """Event-locked windows ``[onset + tmin, onset + tmax)`` labelled by event label.
+
+    Parameters
+    ----------
+    event_id : mapping of str to int
+        Event labels to use and their class index; other events are ignored.
+    tmin, tmax : float
+        Window bounds in seconds relative to event onset. Windows that would leave the
+        recording are dropped.
+    """
+
+    def __init__(self, store, event_id: Mapping[str, int], tmin: float, tmax: float,
+                 recordings=None, channel_types=None, positioned_only: bool = True):
+        super().__init__(store, recordings, channel_types, positioned_only)
+        if tmax <= tmin:
+            raise ValueError(f"tmax ({tmax}) must be after tmin ({tmin})")
+        self.event_id = dict(event_id)
+        self.window = _samples(tmax - tmin, self.sfreq, "window")
+        rec_idx, starts, labs = [], [], []
+        for i, rid in enumerate(self.recordings):
+            ev = self.store.recording(rid).events
+            n = self.store.entry(rid)["n_samples"]
+            for onset, label in zip(ev.onset, ev.label):
+                if label not in self.event_id:
+                    continue
+                start = int(round((onset + tmin) * self.sfreq))
+                if 0 <= start and start + self.window <= n:
+                    rec_idx.append(i), starts.append(start), labs.append(self.event_id[label])
+        self.rec_index = np.asarray(rec_idx, dtype=np.int64)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.labels = np.asarray(labs, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i, start = int(self.rec_index[k]), int(self.starts[k])
+        block = self._recording(i).read(start, start + self.window)
+        return self._sample(i, block, start, int(self.labels[k]))
+
+
+class ShuffledWindows(_StoreWindows, IterableDataset):
+    """Random windows for pretraining, read block by block through a shuffle buffer.
+
+    The windows of one epoch are exactly those of :class:`FixedWindows` with the same
+    window and stride. They are grouped into blocks of about ``block_s`` seconds,
+    aligned to the store's time chunks. Each epoch visits the blocks in a seeded
+    random order, split across DataLoader workers (and distributed ranks), reads each
+    block with one call and pushes its windows into a buffer of ``buffer_size`` from
+    which windows leave in random order.
+    """
+
+    def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
+                 channel_types=None, positioned_only: bool = True, block_s: float = 60.0,
+                 buffer_size: int = 512, seed: int = 0):
+        super().__init__(store, recordings, channel_types, positioned_only)
+        self.window = _samples(window_s, self.sfreq, "window")
+        self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.epoch = 0
+        blocks = []  # (recording index, first window start, last window start + 1)
+        for i, rid in enumerate(self.recordings):
+            rec = self._recording(i)
+            span = max(rec.chunk, int(math.ceil(block_s * self.sfreq / rec.chunk)) * rec.chunk)
+            last = rec.n_samples - self.window
+            for lo in range(0, last + 1, span):
+                first = -(-lo // self.stride) * self.stride
+                if first <= min(lo + span - 1, last):
+                    blocks.append((i, first, min(lo + span, last + 1)))
+        self.blocks = np.asarray(blocks, dtype=np.int64).reshape(-1, 3)
+        self._n_windows = int(sum(len(range(a, b, self.stride)) for _, a, b in self.blocks))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose order the next iteration uses.
+
+        Each iteration advances the epoch by itself, also inside DataLoader workers
+        as long as they are persistent (``persistent_workers=True``); call this to
+        jump, e.g. after resuming.
+        """
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._n_windows // _world()[1]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world = _world()
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+        mine = order[rank * nw + wid :: world * nw]
+        out_rng = np.random.default_rng([self.seed, epoch, rank, wid])
+        buffer: list[dict[str, Any]] = []
+        for b in mine:
+            i, first, stop = (int(v) for v in self.blocks[b])
+            block = self._recording(i).read(first, stop - 1 + self.window)
+            for start in range(first, stop, self.stride):
+                off = start - first
+                buffer.append(self._sample(i, block[:, off : off + self.window], start, None))
+            while len(buffer) >= self.buffer_size:
+                yield buffer.pop(int(out_rng.integers(len(buffer))))
+        while buffer:
+            yield buffer.pop(int(out_rng.integers(len(buffer))))
+
+
+def _samples(seconds: float, sfreq: float, what: str) -> int:
+    n = int(round(seconds * sfreq))
+    if n <= 0:
+        raise ValueError(f"{what} of {seconds} s is shorter than one sample at {sfreq} Hz")
+    return n
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch, padding the channel axis (mask True = real channel).
+
+    Returns ``x`` (B, C_max, T), ``channel_mask`` (B, C_max), ``sensor_geometry``
+    (B, C_max, 6), ``sensor_type`` (B, C_max), ``sfreq``, ``recording``, ``subject``,
+    ``start`` and, when every sample has one, ``label`` (B,).
+    """
+    if not samples:
+        raise ValueError("empty batch")
+    lengths = {s["x"].shape[1] for s in samples}
+    if len(lengths) > 1:
+        raise ValueError(f"windows of different lengths in one batch: {sorted(lengths)}")
+    specs = [s["spec"] for s in samples]
+    sfreqs = {s.sfreq for s in specs}
+    if len(sfreqs) > 1:
+        raise ValueError(f"windows of different sampling rates in one batch: {sorted(sfreqs)}")
+    batch: dict[str, Any] = collate_sensors(specs)
+    c_max, t = batch["channel_mask"].shape[1], lengths.pop()
+    x = torch.zeros(len(samples), c_max, t)
+    for k, s in enumerate(samples):
+        x[k, : s["x"].shape[0]] = s["x"]
+    batch["x"] = x  # (B, C_max, T)
+    batch["sfreq"] = sfreqs.pop()
+    for key in ("recording", "subject"):
+        batch[key] = [s[key] for s in samples]
+    batch["start"] = torch.tensor([s["start"] for s in samples])
+    if all("label" in s for s in samples):
+        batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    return batch

@@ -1,0 +1,81 @@
+"""Shared fixtures. Tests run offline on the real recordings under the data root.
+
+Network: the guard installed by :func:`pytest_configure` refuses every socket connection except Unix sockets
+(DataLoader workers) and loopback (Dask's LocalCluster), for the whole session;
+``test_no_network`` checks that the guard is on. pytest-socket's ``--allow-hosts``
+does the same for IP sockets but rejects Unix sockets, so the guard is written here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from brainfm.data.root import data_root
+
+# Everything brainfm builds during tests goes to a throwaway home, never ~/.cache.
+_HOME = Path(os.environ.setdefault("BRAINFM_HOME", str(Path(__file__).parent.parent / ".pytest-brainfm-home")))
+
+#: A small but complete sample: EEGMAT subjects on each side of the CBraMod split,
+#: one EEGMMIDB imagery run, and every MEG/EEG format excerpt.
+SMALL_SAMPLE = {"eegmat_subjects": [0, 1, 28, 32], "eegbci_runs": [4]}
+
+
+class NetworkBlocked(OSError):
+    """Raised when a test tries to reach a non-loopback address."""
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_connect = socket.socket.connect
+_connect_ex = socket.socket.connect_ex
+
+
+def _guarded(method):
+    def connect(self, address, *args):
+        if self.family != getattr(socket, "AF_UNIX", None) and not _is_local(address):
+            raise NetworkBlocked(f"tests never touch the network (tried {address!r})")
+        return method(self, address, *args)
+
+    connect._brainfm_guard = True
+    return connect
+
+
+def pytest_configure(config):
+    """Install the network guard for the whole test process."""
+    if not getattr(socket.socket.connect, "_brainfm_guard", False):
+        socket.socket.connect = _guarded(_connect)
+        socket.socket.connect_ex = _guarded(_connect_ex)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if not (root / "eegmat").is_dir():
+        pytest.fail(f"real recordings not found under {root}; set BRAINFM_DATA")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory, shared_data) -> tuple[Path, Path]:
+    """(BIDS root, store) of the small sample, converted once per session."""
+    from brainfm.pipelines.sample import build_sample
+
+    dest = tmp_path_factory.mktemp("sample")
+    store, report = build_sample(dest, workers=2, progress=False, **SMALL_SAMPLE)
+    assert report.ok, report.failed
+    return dest / "bids", store

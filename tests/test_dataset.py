@@ -1,0 +1,147 @@
+"""Windows, batches, splits and data modules on the real sample store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from brainfm.data import (
+    EntityLabels,
+    EventWindows,
+    FixedWindows,
+    ShardStore,
+    ShuffledWindows,
+    collate_windows,
+    eegmat_cbramod,
+    kfold_subjects,
+    leave_one_subject_out,
+    random_split,
+)
+from brainfm.data.datamodule import DecodingDataModule, PretrainDataModule
+from brainfm.data.store import decode_signal, encode_signal
+
+EEGMAT_LABELS = EntityLabels("task", {"rest": 0, "arithmetic": 1})
+
+
+def test_encoding_error_bound_and_large_values():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 50, (3, 5000)), rng.normal(0, 2e5, (1, 5000))]).astype(np.float32)
+    enc, scale = encode_signal(x)
+    assert enc.dtype == np.float16 and scale.tolist()[:3] == [1.0, 1.0, 1.0] and scale[3] > 1
+    assert np.log2(scale[3]).is_integer()  # power of two: no extra rounding
+    back = decode_signal(enc, scale)
+    assert np.isfinite(back).all()
+    big = np.abs(x) > 1e-3
+    assert (np.abs(back - x)[big] / np.abs(x)[big]).max() <= 2.0**-11
+    with pytest.raises(ValueError, match="NaN"):
+        encode_signal(np.array([[1.0, np.nan]]))
+
+
+def test_fixed_window_counts(small_sample):
+    _, url = small_sample
+    store = ShardStore(url)
+    ds = FixedWindows(store, window_s=5.0, stride_s=2.5, channel_types=["eeg"])
+    expected = 0
+    for rid in ds.recordings:
+        n = store.entry(rid)["n_samples"]
+        expected += max(0, (n - 1000) // 500 + 1)
+    assert len(ds) == expected
+    s = ds[0]
+    assert s["x"].shape == (s["spec"].n_channels, 1000) and s["x"].dtype == torch.float32
+    assert "sub-eeglab_task-tutorial_eeg" not in ds.recordings  # no positions: skipped
+
+
+def test_recording_labels(small_sample):
+    _, url = small_sample
+    store = ShardStore(url)
+    ds = FixedWindows(store, 5.0, labels=EEGMAT_LABELS, recordings=store.select([f"eegmat{i:02d}" for i in range(36)]))
+    assert {store.entry(ds.recordings[i])["task"] for i in set(ds.rec_index.tolist())} == {"rest", "arithmetic"}
+    counts = np.bincount(ds.labels)
+    # 4 subjects x (182 s rest, 62 s arithmetic) in 5-s windows
+    assert counts.tolist() == [4 * 36, 4 * 12]
+
+
+def test_shuffled_windows_cover_the_fixed_windows(small_sample):
+    _, url = small_sample
+    fixed = FixedWindows(url, 4.0, 2.0)
+    shuffled = ShuffledWindows(url, 4.0, 2.0, buffer_size=64, block_s=30.0, seed=3)
+    got = [(s["recording"], s["start"]) for s in shuffled]
+    want = [(fixed.recordings[i], int(st)) for i, st in zip(fixed.rec_index, fixed.starts)]
+    assert sorted(got) == sorted(want) and len(got) == len(shuffled)
+    again = [(s["recording"], s["start"]) for s in ShuffledWindows(url, 4.0, 2.0, buffer_size=64, block_s=30.0, seed=3)]
+    assert got == again  # same seed, same order
+    second_epoch = [(s["recording"], s["start"]) for s in shuffled]
+    assert second_epoch != got and sorted(second_epoch) == sorted(got)
+    # the data equal the map-style windows
+    s = next(iter(ShuffledWindows(url, 4.0, 2.0, seed=1)))
+    k = next(k for k in range(len(fixed)) if fixed.recordings[fixed.rec_index[k]] == s["recording"] and fixed.starts[k] == s["start"])
+    torch.testing.assert_close(s["x"], fixed[k]["x"])
+
+
+def test_workers_split_the_epoch(small_sample):
+    _, url = small_sample
+    ds = ShuffledWindows(url, 4.0, 4.0, buffer_size=32, seed=0, channel_types=["eeg"])
+    loader = DataLoader(ds, batch_size=None, num_workers=2, collate_fn=None)
+    seen = [(s["recording"], s["start"]) for s in loader]
+    assert len(seen) == len(set(seen)) == len(ds)
+
+
+def test_event_windows(small_sample):
+    _, url = small_sample
+    store = ShardStore(url)
+    ds = EventWindows(store, {"T1": 0, "T2": 1}, tmin=0.0, tmax=4.0, recordings=store.select(["eegbci001"]))
+    ev = store.recording("sub-eegbci001_task-imagLR_run-4_eeg").events
+    assert len(ds) == int(np.isin(ev.label, ["T1", "T2"]).sum()) == 15
+    assert sorted(set(ds.labels.tolist())) == [0, 1]
+    s = ds[0]
+    assert s["x"].shape == (64, 800) and s["label"] in (0, 1)
+    with pytest.raises(ValueError, match="tmax"):
+        EventWindows(store, {"T1": 0}, tmin=1.0, tmax=0.5)
+
+
+def test_mixed_montage_batch(small_sample):
+    _, url = small_sample
+    store = ShardStore(url)
+    ds = FixedWindows(store, 1.0, recordings=["sub-eegmat00_task-rest_eeg", "sub-megsample_task-audvis_run-1_meg",
+                                              "sub-kitmq_task-rest_meg"])
+    picks = [0, int(np.flatnonzero(ds.rec_index == 1)[0]), int(np.flatnonzero(ds.rec_index == 2)[0])]
+    batch = collate_windows([ds[k] for k in picks])
+    assert batch["x"].shape == (3, 366, 200)
+    assert batch["channel_mask"].sum(1).tolist() == [19, 366, 125]
+    assert (batch["x"][0, 19:] == 0).all() and not batch["sensor_geometry"][batch["channel_mask"]].isnan().any()
+    assert set(batch["sensor_type"][1].unique().tolist()) == {0, 1, 2}
+
+
+def test_splits_are_deterministic_and_disjoint():
+    s = eegmat_cbramod()
+    assert s.train[0] == "eegmat00" and s.val == ("eegmat28", "eegmat29", "eegmat30", "eegmat31") and len(s.test) == 4
+    subjects = [f"s{i}" for i in range(10)]
+    loso = list(leave_one_subject_out(subjects, n_val=2, seed=1))
+    assert [f.test for f in loso] == [(s,) for s in sorted(subjects)]
+    assert loso[3] == list(leave_one_subject_out(subjects, n_val=2, seed=1))[3]
+    for fold in loso:
+        assert not set(fold.train) & set(fold.val) and len(fold.val) == 2
+    folds = kfold_subjects(subjects, 3, seed=0)
+    assert sorted(x for f in folds for x in f.test) == sorted(subjects)
+    assert folds == kfold_subjects(subjects, 3, seed=0) and folds != kfold_subjects(subjects, 3, seed=1)
+    r = random_split(subjects, val=0.2, test=0.2, seed=0)
+    assert (len(r.train), len(r.val), len(r.test)) == (6, 2, 2)
+    with pytest.raises(ValueError, match="both"):
+        type(s)(["a"], ["a"])
+
+
+def test_datamodules(small_sample):
+    _, url = small_sample
+    dm = PretrainDataModule(str(url), window_s=2.0, batch_size=8, val_subjects=["eegmat28"])
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["x"].shape[0] == 8 and batch["x"].shape[2] == 400 and batch["sfreq"] == 200.0
+    assert all(r.startswith("sub-eegmat28") for r in dm.val_set.recordings)
+    dec = DecodingDataModule(str(url), split="eegmat-cbramod", window_s=5.0, label_map={"rest": 0, "arithmetic": 1})
+    dec.setup("fit")
+    assert {dec.sets[p].store.entry(r)["subject"] for p in ("train",) for r in dec.sets[p].recordings} >= {"eegmat00"}
+    assert dec.class_counts("test").tolist() == [36, 12]
+    batch = next(iter(dec.test_dataloader()))
+    assert batch["label"].shape == (32,) and batch["x"].shape == (32, 19, 1000)

@@ -115,10 +115,32 @@ def _client(workers: int, scheduler: str | None):
     if scheduler:
         return Client(scheduler), None
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
         silence_logs=logging.ERROR,
     )
     return Client(cluster), cluster
+
+
+def _run(todo, bids_root: str, store_url: str, preset: Preset, workers: int, scheduler: str | None):
+    """Yield conversion results as they finish: in this process for one local worker
+    (no cluster to start), else on a Dask cluster."""
+    if not todo:
+        return
+    if workers == 1 and scheduler is None:
+        for fpath, checksum in todo:
+            yield convert_recording(bids_root, fpath, store_url, preset, checksum)
+        return
+    from distributed import as_completed  # noqa: PLC0415
+
+    client, cluster = _client(workers, scheduler)
+    try:
+        futures = [client.submit(convert_recording, bids_root, f, store_url, preset, c, pure=False) for f, c in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def convert(
@@ -142,7 +164,8 @@ def convert(
         Preprocessing preset (see :data:`brainfm.pipelines.presets.PRESETS`).
     workers : int, optional
         Worker processes of the local cluster (default: CPU count, at most the
-        number of recordings to convert). Ignored with ``scheduler``.
+        number of recordings to convert). With 1, recordings are converted in this
+        process and no cluster is started. Ignored with ``scheduler``.
     scheduler : str, optional
         Address of an existing Dask scheduler to use instead of a LocalCluster.
     progress : bool
@@ -179,35 +202,21 @@ def convert(
         todo.append((str(path.fpath), checksum))
     shard.commit(store_url, manifest)
 
-    if todo:
-        n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        report.workers = n_workers
-        client, cluster = _client(n_workers, scheduler)
-        try:
-            futures = [
-                client.submit(convert_recording, bids_root, f, store_url, preset, c, pure=False)
-                for f, c in todo
-            ]
-            from distributed import as_completed  # noqa: PLC0415
-
-            bar = tqdm(total=len(futures), desc="convert", unit="rec", disable=not progress)
-            for fut in as_completed(futures):
-                result = fut.result()
-                if result["ok"]:
-                    manifest["recordings"][result["id"]] = result["entry"]
-                    shard.commit(store_url, manifest)
-                    report.converted.append(result["id"])
-                    if result["warnings"]:
-                        report.warnings[result["id"]] = result["warnings"]
-                else:
-                    report.failed.append({k: result[k] for k in ("id", "source", "error")})
-                    log.error("failed %s: %s", result["source"], result["error"])
-                bar.update()
-            bar.close()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    report.workers = 0 if not todo else n_workers
+    bar = tqdm(total=len(todo), desc="convert", unit="rec", disable=not progress or not todo)
+    for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
+        if result["ok"]:
+            manifest["recordings"][result["id"]] = result["entry"]
+            shard.commit(store_url, manifest)
+            report.converted.append(result["id"])
+            if result["warnings"]:
+                report.warnings[result["id"]] = result["warnings"]
+        else:
+            report.failed.append({k: result[k] for k in ("id", "source", "error")})
+            log.error("failed %s: %s", result["source"], result["error"])
+        bar.update()
+    bar.close()
     report.converted.sort()
     report.seconds = time.perf_counter() - t0
     _write_report(store_url, report)

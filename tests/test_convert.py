@@ -206,6 +206,18 @@ def test_resume_after_kill(small_sample, tmp_path):
         np.testing.assert_array_equal(ShardStore(store).recording(rid).read_all(), reference.recording(rid).read_all())
 
 
+def test_existing_dask_scheduler(small_sample, tmp_path):
+    """``--scheduler``: conversion runs on a cluster that somebody else started."""
+    from distributed import LocalCluster
+
+    bids, _ = small_sample
+    root = _copy_bids(bids, tmp_path / "bids", ["eegmat00", "kitmq"])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        report = convert(root, tmp_path / "store", scheduler=cluster.scheduler_address, progress=False)
+    assert report.ok and len(report.converted) == 3
+
+
 def test_presets_are_hashed():
     default = get_preset("eeg-fm")
     assert default.sfreq == 200 and (default.l_freq, default.h_freq) == (0.3, 75.0) and default.notch == "auto"

@@ -394,7 +394,7 @@ def write_recording(
     }
     try:
         fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
-        group = zarr.open_group(_zarr_store(fs, tmp), mode="w", zarr_format=3)
+        group = zarr.open_group(_zarr_store(fs, tmp), mode="w", zarr_format=3, attributes=group_attrs)
         arr = group.create_array(
             "data",
             shape=encoded.shape,
@@ -403,7 +403,6 @@ def write_recording(
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
         )
         arr[...] = encoded
-        group.attrs.update(group_attrs)
         if fs.exists(final):  # a stale, unlisted copy from an interrupted run
             fs.rm(final, recursive=True)
         fs.mv(tmp, final, recursive=True)

@@ -224,3 +224,18 @@ def test_presets_are_hashed():
     assert default.hash != get_preset("eeg-fm-avgref").hash
     with pytest.raises(KeyError, match="available"):
         get_preset("nope")
+
+
+def test_fsspec_url_store(small_sample, tmp_path):
+    """Stores live at fsspec URLs (here ``memory://``, the same code path as ``s3://``)."""
+    from brainfm.data import FixedWindows
+
+    bids, full_store = small_sample
+    root = _copy_bids(bids, tmp_path / "bids", ["eegmat00"])
+    url = f"memory://brainfm-test-{tmp_path.name}/store"
+    report = convert(root, url, workers=1, progress=False)
+    assert report.ok and len(report.converted) == 2
+    store = ShardStore(url)
+    rid = "sub-eegmat00_task-rest_eeg"
+    np.testing.assert_array_equal(store.recording(rid).read_all(), ShardStore(full_store).recording(rid).read_all())
+    assert len(FixedWindows(store, 5.0)) == 36 + 12

@@ -1,0 +1,37 @@
+"""The ``brainfm`` command: data subcommands and its help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from brainfm.cli import main
+
+
+def test_info_json(small_sample, capsys):
+    _, store = small_sample
+    assert main(["info", str(store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format_version"] == 1 and info["preset"] == "eeg-fm" and info["sfreq"] == 200.0
+    assert info["subjects"] == 11 and info["recordings"] == 16
+    assert info["channel_type_counts"]["mag"] > 0 and info["total_hours"] > 0.1
+
+
+def test_info_text(small_sample, capsys):
+    _, store = small_sample
+    assert main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "recordings" in out and "eeg: " in out
+
+
+def test_info_on_a_non_store_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a brainfm store"):
+        main(["info", str(tmp_path)])
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "brainfm.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "convert" in out.stdout and "sample-data" in out.stdout

@@ -234,7 +234,8 @@ def test_fsspec_url_store(small_sample, tmp_path):
     root = _copy_bids(bids, tmp_path / "bids", ["eegmat00"])
     url = f"memory://brainfm-test-{tmp_path.name}/store"
     report = convert(root, url, workers=1, progress=False)
-    assert report.ok and len(report.converted) == 2
+    assert report.ok, report.failed
+    assert len(report.converted) == 2
     store = ShardStore(url)
     rid = "sub-eegmat00_task-rest_eeg"
     np.testing.assert_array_equal(store.recording(rid).read_all(), ShardStore(full_store).recording(rid).read_all())

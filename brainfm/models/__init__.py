@@ -1,0 +1,27 @@
+"""brainfm models: config presets, sensor tokenizer, criss-cross encoder, heads."""
+
+from brainfm.models.activations import ASH, get_activation
+from brainfm.models.attention import CrissCrossBlock, load_braindecode_criss_cross
+from brainfm.models.config import PRESETS, ModelConfig
+from brainfm.models.encoder import BrainEncoder
+from brainfm.models.heads import ClassificationHead, ReconstructionHead, masked_mean
+from brainfm.models.serialization import load_pretrained, save_encoder
+from brainfm.models.tokenizer import PatchEmbedding, SensorEmbedding, SensorTokenizer
+
+__all__ = [
+    "ASH",
+    "PRESETS",
+    "BrainEncoder",
+    "ClassificationHead",
+    "CrissCrossBlock",
+    "ModelConfig",
+    "PatchEmbedding",
+    "ReconstructionHead",
+    "SensorEmbedding",
+    "SensorTokenizer",
+    "get_activation",
+    "load_braindecode_criss_cross",
+    "load_pretrained",
+    "masked_mean",
+    "save_encoder",
+]

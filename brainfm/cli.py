@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -101,6 +102,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 def lightning_main(args: Sequence[str]) -> None:
     """LightningCLI in subclass mode over brainfm's modules and data modules."""
+    # Lightning 2.6 uses an API jsonargparse deprecates; users cannot act on that warning.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     import lightning as L  # noqa: PLC0415
     from lightning.pytorch.cli import LightningCLI  # noqa: PLC0415
 

@@ -112,6 +112,7 @@ def mne_bids_path(fpath: str, bids_root: str):
 def _client(workers: int, scheduler: str | None):
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler:
         return Client(scheduler), None
     cluster = LocalCluster(

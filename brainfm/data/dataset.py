@@ -206,6 +206,11 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
     random order, split across DataLoader workers (and distributed ranks), reads each
     block with one call and pushes its windows into a buffer of ``buffer_size`` from
     which windows leave in random order.
+
+    In one process (any number of DataLoader workers) an epoch yields every window
+    exactly once. Under DDP each rank yields exactly ``len(self)`` windows — its
+    blocks' windows, topped up from a reshuffled pass when its blocks hold fewer — so
+    that all ranks run the same number of steps.
     """
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
@@ -246,20 +251,46 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
-        mine = order[rank * nw + wid :: world * nw]
         out_rng = np.random.default_rng([self.seed, epoch, rank, wid])
+        windows = self._windows(epoch, rank * nw + wid, world * nw)
+        if world > 1:
+            # Under DDP every rank must yield the same number of windows, or the last
+            # collective of the epoch hangs: take exactly an equal share, wrapping around.
+            share = len(self) // nw + (1 if wid < len(self) % nw else 0)
+            windows = _take_cycling(windows, lambda k: self._windows(epoch + 1000 * (k + 1), rank * nw + wid, world * nw), share)
         buffer: list[dict[str, Any]] = []
-        for b in mine:
+        for sample in windows:
+            buffer.append(sample)
+            if len(buffer) >= self.buffer_size:
+                yield buffer.pop(int(out_rng.integers(len(buffer))))
+        while buffer:
+            yield buffer.pop(int(out_rng.integers(len(buffer))))
+
+    def _windows(self, epoch: int, shard: int, n_shards: int) -> Iterator[dict[str, Any]]:
+        """Windows of this shard's blocks, block by block (one read per block)."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+        for b in order[shard::n_shards]:
             i, first, stop = (int(v) for v in self.blocks[b])
             block = self._recording(i).read(first, stop - 1 + self.window)
             for start in range(first, stop, self.stride):
                 off = start - first
-                buffer.append(self._sample(i, block[:, off : off + self.window], start, None))
-            while len(buffer) >= self.buffer_size:
-                yield buffer.pop(int(out_rng.integers(len(buffer))))
-        while buffer:
-            yield buffer.pop(int(out_rng.integers(len(buffer))))
+                yield self._sample(i, block[:, off : off + self.window], start, None)
+
+
+def _take_cycling(first: Iterator, more, n: int) -> Iterator:
+    """Exactly ``n`` items: ``first``, then ``more(0)``, ``more(1)``, ... as needed."""
+    k, source, taken = 0, first, 0
+    while taken < n:
+        got = False
+        for item in source:
+            got = True
+            yield item
+            taken += 1
+            if taken == n:
+                return
+        if not got and k > 0:
+            raise RuntimeError("a distributed shard has no windows at all")
+        source, k = more(k), k + 1
 
 
 def _samples(seconds: float, sfreq: float, what: str) -> int:

@@ -201,6 +201,12 @@ class PretrainModule(pl.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_fit_end(self) -> None:
+        """Export the trained encoder next to the logs as ``encoder.safetensors``."""
+        log_dir = self.trainer.log_dir
+        if log_dir is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
+            self.export_safetensors(os.path.join(log_dir, "encoder.safetensors"))
+
     # -- export -----------------------------------------------------------------------
     def export_safetensors(self, path: str | os.PathLike) -> None:
         """Write encoder weights and config as safetensors (read back with

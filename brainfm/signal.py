@@ -19,6 +19,7 @@ refuse loudly instead of silently treating the sensor as sitting at the origin.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -149,6 +150,12 @@ class SensorSpec:
         """Position and orientation ``(C, 6)`` as float32 — the tokenizer's input."""
         return np.concatenate([self.positions, self.orientations], axis=1).astype(np.float32)
 
+    @functools.cached_property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(geometry (C, 6) float32, type indices (C,) int64)`` as tensors, computed once
+        per spec (batches are collated from them on the data-loading hot path)."""
+        return torch.from_numpy(self.geometry()), torch.from_numpy(self.type_indices())
+
     def pick(self, idx: Sequence[int] | np.ndarray) -> "SensorSpec":
         """A spec for the channels at ``idx`` (in that order)."""
         idx = np.asarray(idx, dtype=np.int64)
@@ -224,7 +231,6 @@ def collate_sensors(specs: Sequence[SensorSpec], n_channels: int | None = None) 
         c = s.n_channels
         if c > c_max:
             raise ValueError(f"spec has {c} channels, more than the batch's {c_max}")
-        geom[i, :c] = torch.from_numpy(s.geometry())
-        types[i, :c] = torch.from_numpy(s.type_indices())
+        geom[i, :c], types[i, :c] = s.tensors
         mask[i, :c] = True
     return {"sensor_geometry": geom, "sensor_type": types, "channel_mask": mask}

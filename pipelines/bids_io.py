@@ -6,6 +6,7 @@ that :mod:`brainfm.pipelines.convert` can run it in Dask worker processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from pathlib import Path
@@ -114,6 +115,11 @@ def head_loc(info: mne.Info) -> np.ndarray:
     return loc
 
 
+@functools.lru_cache(maxsize=4)
+def _standard_montage(name: str) -> mne.channels.DigMontage:
+    return mne.channels.make_standard_montage(name)
+
+
 def standard_montage_name() -> str:
     """MNE's standard 10-05 montage: ``colin27_1005`` (MNE ≥ 1.13) or ``standard_1005``."""
     builtin = mne.channels.get_builtin_montages()
@@ -132,9 +138,7 @@ def fill_from_montage(raw: mne.io.BaseRaw, loc: np.ndarray) -> tuple[np.ndarray,
         return loc, {"montage": None, "filled": [], "missing": []}
     name = standard_montage_name()
     probe = raw.copy().pick(unknown)
-    probe.set_montage(
-        mne.channels.make_standard_montage(name), match_case=False, on_missing="ignore", verbose="error"
-    )
+    probe.set_montage(_standard_montage(name), match_case=False, on_missing="ignore", verbose="error")
     filled, missing = [], []
     loc = loc.copy()
     for j, i in enumerate(unknown):

@@ -324,10 +324,13 @@ def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"windows of different sampling rates in one batch: {sorted(sfreqs)}")
     batch: dict[str, Any] = collate_sensors(specs)
     c_max, t = batch["channel_mask"].shape[1], lengths.pop()
-    x = torch.zeros(len(samples), c_max, t)
-    for k, s in enumerate(samples):
-        x[k, : s["x"].shape[0]] = s["x"]
-    batch["x"] = x  # (B, C_max, T)
+    if all(s["x"].shape[0] == c_max for s in samples):
+        batch["x"] = torch.stack([s["x"] for s in samples])  # (B, C, T)
+    else:
+        x = torch.zeros(len(samples), c_max, t)
+        for k, s in enumerate(samples):
+            x[k, : s["x"].shape[0]] = s["x"]
+        batch["x"] = x  # (B, C_max, T), zero-padded
     batch["sfreq"] = sfreqs.pop()
     for key in ("recording", "subject"):
         batch[key] = [s[key] for s in samples]

@@ -52,3 +52,27 @@ def test_ddp_two_processes_on_cpu(small_sample, tmp_path):
     assert "max_steps=4" in out.stderr + out.stdout
     metrics = list(tmp_path.rglob("metrics.csv"))
     assert metrics and (tmp_path / "runs/quickstart/csv/version_0/encoder.safetensors").exists()
+
+
+def test_resume_validate_test_predict(small_sample, tmp_path, monkeypatch):
+    """fit writes a checkpoint; fit resumes from it; validate/test/predict load it."""
+    _, store = small_sample
+    monkeypatch.setattr(sys, "argv", ["brainfm"])
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).parent.parent / "configs/pretrain/quickstart.yaml")
+    common = [
+        "--config", config, "--trainer.enable_progress_bar=false", f"--data.init_args.store={store}",
+        "--data.init_args.batch_size=8", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
+        "--trainer.limit_predict_batches=2",
+    ]
+    main(["fit", *common, "--trainer.max_steps=3", "--trainer.val_check_interval=3"])
+    ckpt = tmp_path / "runs/quickstart/csv/version_0/checkpoints/last.ckpt"
+    assert ckpt.exists()
+    with pytest.warns(UserWarning, match="dirpath has changed"):  # new logger version, same run
+        main(["fit", *common, "--trainer.max_steps=6", "--trainer.val_check_interval=3", f"--ckpt_path={ckpt}"])
+    import torch
+
+    assert torch.load(tmp_path / "runs/quickstart/csv/version_1/checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+    for command in ("validate", "test", "predict"):
+        with pytest.warns(UserWarning, match="dirpath has changed"):
+            main([command, *common, f"--ckpt_path={ckpt}"])

@@ -145,3 +145,25 @@ def test_datamodules(small_sample):
     assert dec.class_counts("test").tolist() == [36, 12]
     batch = next(iter(dec.test_dataloader()))
     assert batch["label"].shape == (32,) and batch["x"].shape == (32, 19, 1000)
+
+
+def test_resumable_loader_continues_mid_epoch(small_sample):
+    from brainfm.data.datamodule import ResumableLoader
+
+    _, url = small_sample
+
+    def loader():
+        return ResumableLoader(ShuffledWindows(url, 2.0, seed=5, buffer_size=16), batch_size=4,
+                               collate_fn=collate_windows, drop_last=True)
+
+    full = loader()
+    first_epoch = [list(zip(b["recording"], b["start"].tolist())) for b in full]
+    interrupted = loader()
+    it = iter(interrupted)
+    seen = [list(zip(b["recording"], b["start"].tolist())) for _, b in zip(range(7), it)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 0, "batches": 7}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [list(zip(b["recording"], b["start"].tolist())) for b in resumed]
+    assert seen + rest == first_epoch

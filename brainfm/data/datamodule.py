@@ -43,6 +43,40 @@ def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, d
     )
 
 
+class ResumableLoader(DataLoader):
+    """A DataLoader over :class:`ShuffledWindows` that Lightning can resume mid-epoch.
+
+    Its state is the epoch being iterated and the batches already yielded; restoring
+    it replays that epoch's (seeded) order and skips those batches, so a resumed run
+    sees exactly the windows the interrupted one had not seen yet.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The dataset advances its epoch on each iteration, in the main process or in
+        # each persistent worker; this counter mirrors it from the main process.
+        self._next_epoch = self.dataset.epoch
+        self._epoch, self._yielded, self._skip = self._next_epoch, 0, 0
+
+    def __iter__(self):
+        self._epoch, self._yielded = self._next_epoch, 0
+        self._next_epoch += 1
+        skip, self._skip = self._skip, 0
+        for k, batch in enumerate(super().__iter__()):
+            self._yielded = k + 1
+            if k >= skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if self._iterator is not None:
+            raise RuntimeError("restore a ResumableLoader before iterating it")
+        self.dataset.set_epoch(state["epoch"])
+        self._next_epoch, self._skip = state["epoch"], state["batches"]
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Unlabelled windows from every recording, split by subject.
 
@@ -57,7 +91,10 @@ class PretrainDataModule(L.LightningDataModule):
     val_subjects : list of str, optional
         Validation subjects; default: a seeded random ``val_fraction`` of subjects.
     exclude_subjects : list of str, optional
-        Subjects never used (e.g. the test subjects of a downstream protocol).
+        Subjects never used for training or validation (e.g. the test subjects of a
+        downstream protocol).
+    test_subjects : list of str, optional
+        Subjects of ``brainfm test`` (default: the validation subjects).
     channel_types : list of str, optional
         Keep only these channel types.
     buffer_size, block_s : int, float
@@ -76,6 +113,7 @@ class PretrainDataModule(L.LightningDataModule):
         val_subjects: list[str] | None = None,
         val_fraction: float = 0.1,
         exclude_subjects: list[str] | None = None,
+        test_subjects: list[str] | None = None,
         channel_types: list[str] | None = None,
         buffer_size: int = 512,
         block_s: float = 60.0,
@@ -86,6 +124,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.store_url = store
         self.train_set: ShuffledWindows | None = None
         self.val_set: FixedWindows | None = None
+        self.test_set: FixedWindows | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -104,13 +143,25 @@ class PretrainDataModule(L.LightningDataModule):
             block_s=hp.block_s, buffer_size=hp.buffer_size, seed=hp.seed, **common,
         )
         self.val_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(split.val), **common)
+        test = hp.test_subjects if hp.test_subjects is not None else split.val
+        self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
         self.sfreq = self.train_set.sfreq
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, drop_last=True)
+        w = self.hparams.num_workers
+        return ResumableLoader(
+            self.train_set, batch_size=self.hparams.batch_size, num_workers=w, collate_fn=collate_windows,
+            persistent_workers=w > 0, drop_last=True,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return _loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return _loader(self.test_set, self.hparams.batch_size, self.hparams.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
 
 
 class DecodingDataModule(L.LightningDataModule):

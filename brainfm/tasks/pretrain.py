@@ -184,6 +184,20 @@ class PretrainModule(pl.LightningModule):
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=b, sync_dist=True)
         self.log("val/loss_mean_baseline", out["baseline"], batch_size=b, sync_dist=True)
 
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(batch_idx)
+        out = self.masked_loss(batch, generator=gen)
+        b = batch["x"].shape[0]
+        self.log("test/loss", out["loss"], batch_size=b, sync_dist=True)
+        self.log("test/loss_mean_baseline", out["baseline"], batch_size=b, sync_dist=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Window embeddings: encoder tokens mean-pooled over real channels and patches."""
+        tokens = self.encoder(batch["x"], batch["sensor_geometry"], batch["sensor_type"], batch["channel_mask"])
+        w = batch["channel_mask"][:, :, None, None].to(tokens.dtype)  # (B, C, 1, 1)
+        pooled = (tokens * w).sum(dim=(1, 2)) / (w.sum(dim=(1, 2)) * tokens.shape[2])  # (B, D)
+        return {"embedding": pooled, "recording": batch["recording"], "start": batch["start"]}
+
     def configure_optimizers(self) -> dict[str, Any]:
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)}
         decay, no_decay = [], []

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--skip-errors", action="store_true", help="exit 0 even if some recordings failed")
     c.add_argument("--report", default=None, help="also write the JSON conversion report here")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    c.add_argument("--targets", type=float, default=None, metavar="WINDOW_S",
+                   help="also precompute neurodynamics targets for windows of this length (s)")
+    c.add_argument("--targets-stride", type=float, default=None, metavar="STRIDE_S",
+                   help="stride of those windows (default: the window length)")
 
     i = sub.add_parser("info", help="summarise a shard store")
     i.add_argument("store")
@@ -64,6 +68,11 @@ def _convert(args: argparse.Namespace) -> int:
     )
     for f in report.failed:
         print(f"  FAILED {f['source']}: {f['error']}", file=sys.stderr)
+    if args.targets is not None:
+        from brainfm.pipelines.targets import precompute_targets  # noqa: PLC0415
+
+        key = precompute_targets(args.store, args.targets, args.targets_stride, progress=not args.no_progress)
+        print(f"targets: set {key!r} (use --data.init_args.target_set {key})")
     return 0 if report.ok or args.skip_errors else 1
 
 

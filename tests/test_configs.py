@@ -32,7 +32,7 @@ def test_config_fast_dev_run(config, small_sample, tmp_path, monkeypatch):
         f"--trainer.default_root_dir={tmp_path}",
         f"--data.init_args.store={store}", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
         "--data.init_args.val_subjects=[eegmat28]",
-        "--model.init_args.compile=false",
+        "--model.init_args.compile=false", "--model.init_args.target_stats_windows=32",
     ])
 
 

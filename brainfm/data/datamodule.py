@@ -43,6 +43,16 @@ def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, d
     )
 
 
+def _match_target_set(store: ShardStore, hp: Any) -> str | None:
+    """The key of a precomputed target set for these windows and default picks, if any."""
+    for key, entry in sorted(store.manifest.get("targets", {}).items()):
+        stride = hp.stride_s or hp.window_s
+        if (entry["window_s"], entry["positioned_only"], entry["channel_types"]) == (hp.window_s, True, hp.channel_types) \
+                and abs(stride / entry["stride_s"] - round(stride / entry["stride_s"])) < 1e-9:
+            return key
+    return None
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over :class:`ShuffledWindows` that Lightning can resume mid-epoch.
 
@@ -101,6 +111,12 @@ class PretrainDataModule(L.LightningDataModule):
         Shuffle-buffer size (windows) and read-block length (seconds).
     seed : int
         Seed of the subject split and the window order.
+    target_set : str, optional
+        Key of a precomputed target set in the store (``brainfm convert --targets``);
+        batches then carry ``targets`` and the neurodynamics objective reads them
+        instead of computing them. ``"auto"`` picks the set whose window and stride
+        match, if the store has one, and otherwise leaves targets to be computed on
+        the fly.
     """
 
     def __init__(
@@ -118,6 +134,7 @@ class PretrainDataModule(L.LightningDataModule):
         buffer_size: int = 512,
         block_s: float = 60.0,
         seed: int = 0,
+        target_set: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -136,7 +153,8 @@ class PretrainDataModule(L.LightningDataModule):
             split = SubjectSplit([s for s in subjects if s not in hp.val_subjects], hp.val_subjects)
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
-        common = dict(channel_types=hp.channel_types)
+        self.target_set = _match_target_set(store, hp) if hp.target_set == "auto" else hp.target_set
+        common = dict(channel_types=hp.channel_types, targets=self.target_set)
         self.split = split
         self.train_set = ShuffledWindows(
             store, hp.window_s, hp.stride_s, recordings=store.select(split.train),

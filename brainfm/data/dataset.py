@@ -60,8 +60,11 @@ class _StoreWindows:
         recordings: Sequence[str] | None = None,
         channel_types: Sequence[str] | None = None,
         positioned_only: bool = True,
+        targets: str | None = None,
     ):
         self.store = store if isinstance(store, ShardStore) else ShardStore(store)
+        self.targets = targets
+        self._target_tables: dict[int, torch.Tensor] = {}
         ids = list(recordings) if recordings is not None else self.store.recording_ids
         self.channel_types = tuple(channel_types) if channel_types else None
         self.positioned_only = positioned_only
@@ -90,6 +93,32 @@ class _StoreWindows:
     def _recording(self, i: int) -> Recording:
         return self.store.recording(self.recordings[i])
 
+    def _check_targets(self, window: int, stride: int) -> None:
+        """Precomputed targets (``targets=key``) must match these windows exactly."""
+        if self.targets is None:
+            return
+        sets = self.store.manifest.get("targets", {})
+        if self.targets not in sets:
+            raise KeyError(f"store {self.store.url} has no target set {self.targets!r}; it has {sorted(sets)}")
+        entry = sets[self.targets]
+        t_window = int(round(entry["window_s"] * self.sfreq))
+        self._target_stride = int(round(entry["stride_s"] * self.sfreq))
+        if t_window != window or stride % self._target_stride:
+            raise ValueError(
+                f"target set {self.targets!r} is for {entry['window_s']} s windows every {entry['stride_s']} s; "
+                "use that window and a multiple of that stride"
+            )
+        if (entry["positioned_only"], entry["channel_types"]) != (self.positioned_only, self.channel_types):
+            raise ValueError(f"target set {self.targets!r} was computed with other channel picks")
+
+    def _target_row(self, i: int, start: int) -> torch.Tensor:
+        table = self._target_tables.get(i)
+        if table is None:
+            from brainfm.pipelines.targets import read_targets  # noqa: PLC0415 - no MNE behind it
+
+            table = self._target_tables[i] = read_targets(self._recording(i), self.targets)
+        return table[start // self._target_stride]
+
     def _sample(self, i: int, block: np.ndarray, start: int, label: int | None) -> dict[str, Any]:
         picks = self._picks[i]
         x = block if len(picks) == block.shape[0] else block[picks]
@@ -103,6 +132,8 @@ class _StoreWindows:
         }
         if label is not None:
             sample["label"] = int(label)
+        if self.targets is not None:
+            sample["targets"] = self._target_row(i, start)
         return sample
 
 
@@ -127,10 +158,11 @@ class FixedWindows(_StoreWindows, Dataset):
     """
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
-                 labels=None, channel_types=None, positioned_only: bool = True):
-        super().__init__(store, recordings, channel_types, positioned_only)
+                 labels=None, channel_types=None, positioned_only: bool = True, targets: str | None = None):
+        super().__init__(store, recordings, channel_types, positioned_only, targets)
         self.window = _samples(window_s, self.sfreq, "window")
         self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
+        self._check_targets(self.window, self.stride)
         rec_idx, starts, labs = [], [], []
         for i, rid in enumerate(self.recordings):
             entry = self.store.entry(rid)
@@ -215,10 +247,11 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
                  channel_types=None, positioned_only: bool = True, block_s: float = 60.0,
-                 buffer_size: int = 512, seed: int = 0):
-        super().__init__(store, recordings, channel_types, positioned_only)
+                 buffer_size: int = 512, seed: int = 0, targets: str | None = None):
+        super().__init__(store, recordings, channel_types, positioned_only, targets)
         self.window = _samples(window_s, self.sfreq, "window")
         self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
+        self._check_targets(self.window, self.stride)
         self.buffer_size = buffer_size
         self.seed = seed
         self.epoch = 0
@@ -311,7 +344,8 @@ def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns ``x`` (B, C_max, T), ``channel_mask`` (B, C_max), ``sensor_geometry``
     (B, C_max, 6), ``sensor_type`` (B, C_max), ``sfreq``, ``recording``, ``subject``,
-    ``start`` and, when every sample has one, ``label`` (B,).
+    ``start`` and, when every sample has them, ``label`` (B,) and precomputed
+    neurodynamics ``targets`` (B, K).
     """
     if not samples:
         raise ValueError("empty batch")
@@ -337,4 +371,6 @@ def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     batch["start"] = torch.tensor([s["start"] for s in samples])
     if all("label" in s for s in samples):
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    if all("targets" in s for s in samples):
+        batch["targets"] = torch.stack([s["targets"] for s in samples])  # (B, K)
     return batch

@@ -4,7 +4,7 @@ from brainfm.models.activations import ASH, get_activation
 from brainfm.models.attention import CrissCrossBlock, load_braindecode_criss_cross
 from brainfm.models.config import PRESETS, ModelConfig
 from brainfm.models.encoder import BrainEncoder
-from brainfm.models.heads import ClassificationHead, ReconstructionHead, masked_mean
+from brainfm.models.heads import ClassificationHead, NeurodynamicsHead, ReconstructionHead, masked_mean
 from brainfm.models.serialization import load_pretrained, save_encoder
 from brainfm.models.tokenizer import PatchEmbedding, SensorEmbedding, SensorTokenizer
 
@@ -15,6 +15,7 @@ __all__ = [
     "ClassificationHead",
     "CrissCrossBlock",
     "ModelConfig",
+    "NeurodynamicsHead",
     "PatchEmbedding",
     "ReconstructionHead",
     "SensorEmbedding",

@@ -71,3 +71,33 @@ class ClassificationHead(nn.Module):
         """``(B, C, S, D)`` tokens and ``(B, C)`` mask -> ``(B, n_outputs)`` logits."""
         pooled = masked_mean(tokens, channel_mask)  # (B, D)
         return self.linear(self.dropout(self.norm(pooled)))
+
+
+class NeurodynamicsHead(nn.Module):
+    """Pooled tokens -> the (z-scored) neurodynamics target vector.
+
+    DeeperBrain (2026) pretrains an EEG encoder to predict interpretable order
+    parameters of the signal (band power, connectivity, coupling, complexity) from the
+    masked input, next to masked reconstruction. The head is deliberately small:
+    masked mean pooling, ``LayerNorm -> Linear -> GELU -> Linear``.
+
+    Parameters
+    ----------
+    d_model : int
+        Token width.
+    n_targets : int
+        Length of the target vector.
+    hidden : int, optional
+        Hidden width (default ``d_model``).
+    """
+
+    def __init__(self, d_model: int, n_targets: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or d_model
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model), nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, n_targets)
+        )
+
+    def forward(self, tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, D)`` tokens and ``(B, C)`` mask -> ``(B, n_targets)``."""
+        return self.net(masked_mean(tokens, channel_mask))

@@ -6,14 +6,17 @@ of real channels only, in the normalised units the encoder sees (physical units 
 ``ModelConfig.input_scale``), as in CBraMod's pretraining (Wang et al., ICLR 2025).
 
 Batch keys read: ``x`` (B, C, T) float, ``channel_mask`` (B, C) bool, ``sensor_geometry``
-(B, C, 6) float, ``sensor_type`` (B, C) int64 and ``sfreq`` (checked against the model).
-Other keys (``recording``, ``subject``, ``label``) are ignored.
+(B, C, 6) float, ``sensor_type`` (B, C) int64 and ``sfreq`` (checked against the model);
+with the neurodynamics objective also ``targets`` (B, K) when the store holds precomputed
+targets. Other keys (``recording``, ``subject``, ``label``) are ignored.
 
 Logged: ``train/loss``, ``train/samples_per_s``, ``train/tokens_per_s`` (wall time between
 consecutive training steps, data loading and optimiser included; real-channel tokens),
 ``val/loss`` and ``val/loss_mean_baseline``: the loss of predicting every masked sample as
 the mean of the visible samples of the same channel (zero if a channel has no visible
-patch). A model that beats it has learned more than each channel's offset.
+patch). A model that beats it has learned more than each channel's offset. ``val/loss``
+is always the reconstruction loss, so runs with and without the neurodynamics objective
+compare; with it, ``train/recon``, ``train/nsp`` and ``val/nsp`` are logged too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from brainfm.models.config import ModelConfig
 from brainfm.models.encoder import BrainEncoder
-from brainfm.models.heads import ReconstructionHead
+from brainfm.models.heads import NeurodynamicsHead, ReconstructionHead, masked_mean
 from brainfm.models.serialization import save_encoder
 
 
@@ -85,6 +88,16 @@ class PretrainModule(pl.LightningModule):
     compile : bool
         ``torch.compile`` each criss-cross block in :meth:`configure_model` (the input
         checks of the encoder stay eager).
+    nsp_weight : float
+        Weight λ of the neurodynamics loss: ``L = L_masked_recon + λ·L_nsp``. 0 turns it
+        off. A :class:`~brainfm.models.NeurodynamicsHead` on the pooled tokens of the
+        *masked* input predicts the z-scored target vector of the *unmasked* window
+        (DeeperBrain, 2026).
+    targets : dict, optional
+        :class:`brainfm.targets.TargetSpec` fields (bands, which targets, Welch settings).
+    target_stats_windows : int
+        Training windows used to compute the target normalisation (mean, std) before
+        the first step; the statistics are buffers, saved with every checkpoint.
     """
 
     def __init__(
@@ -98,6 +111,9 @@ class PretrainModule(pl.LightningModule):
         max_steps: int = 10_000,
         min_lr_factor: float = 0.01,
         compile: bool = False,
+        nsp_weight: float = 0.0,
+        targets: dict[str, Any] | None = None,
+        target_stats_windows: int = 1024,
     ) -> None:
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
@@ -116,6 +132,16 @@ class PretrainModule(pl.LightningModule):
         self.encoder = BrainEncoder(config)
         self.head = ReconstructionHead(config.d_model, config.patch_size, config.activation)
         self._last_step_time: float | None = None
+        self.target_spec = None
+        if nsp_weight < 0:
+            raise ValueError(f"nsp_weight must be >= 0, got {nsp_weight}")
+        if nsp_weight > 0:
+            from brainfm.targets import TargetNormalizer, TargetSpec, target_names  # noqa: PLC0415
+
+            self.target_spec = TargetSpec(**(targets or {}))
+            self.target_names = target_names(self.target_spec)
+            self.nsp_head = NeurodynamicsHead(config.d_model, len(self.target_names))
+            self.target_norm = TargetNormalizer(len(self.target_names))  # statistics saved in checkpoints
 
     def configure_model(self) -> None:
         if self.hparams.compile:
@@ -153,18 +179,63 @@ class PretrainModule(pl.LightningModule):
         pred = self.head(tokens)  # (B, C, S, P)
         with torch.no_grad():
             baseline = masked_mse(mean_baseline(target, patch_mask), target, patch_mask)
-        return {
-            "loss": masked_mse(pred, target, patch_mask),
+        recon = masked_mse(pred, target, patch_mask)
+        out = {
+            "loss": recon,
+            "recon": recon,
             "baseline": baseline,
             "patch_mask": patch_mask,
             "n_tokens": int(mask.sum()) * target.shape[2],
         }
+        if self.target_spec is not None:
+            z = self.target_norm(self.batch_targets(batch))  # (B, K), z-scored
+            valid = torch.isfinite(z)
+            err = (self.nsp_head(tokens, mask) - torch.nan_to_num(z)) ** 2 * valid  # (B, K)
+            out["nsp"] = err.sum() / valid.sum().clamp_min(1)
+            out["loss"] = recon + self.hparams.nsp_weight * out["nsp"]
+        return out
+
+    @torch.no_grad()
+    def batch_targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The raw target vectors ``(B, K)`` of a batch: precomputed ones from the store
+        when the batch carries them, else computed here, on the batch's device."""
+        if "targets" in batch:
+            return batch["targets"].float()
+        from brainfm.targets import compute_targets  # noqa: PLC0415
+
+        return compute_targets(
+            batch["x"].float(), self.config.sfreq, batch["channel_mask"], batch["sensor_geometry"], self.target_spec
+        )
+
+    def on_fit_start(self) -> None:
+        if self.target_spec is not None and not bool(self.target_norm.count.gt(0).any()):
+            self.fit_target_stats(self.trainer.datamodule)
+
+    @torch.no_grad()
+    def fit_target_stats(self, datamodule: Any) -> None:
+        """Mean and std of the target vector over evenly spaced training windows."""
+        from brainfm.data.dataset import FixedWindows, collate_windows  # noqa: PLC0415
+
+        train = datamodule.train_set
+        windows = FixedWindows(
+            train.store, train.window / train.sfreq, train.stride / train.sfreq, recordings=train.recordings,
+            channel_types=train.channel_types, positioned_only=train.positioned_only, targets=train.targets,
+        )
+        n = min(len(windows), self.hparams.target_stats_windows)
+        picks = torch.linspace(0, len(windows) - 1, n).round().long().unique().tolist()
+        for lo in range(0, len(picks), 64):
+            batch = collate_windows([windows[k] for k in picks[lo : lo + 64]])
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            self.target_norm.update(self.batch_targets(batch))
 
     # -- Lightning hooks --------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.masked_loss(batch)
         b = batch["x"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=b)
+        if "nsp" in out:
+            self.log("train/recon", out["recon"], batch_size=b)
+            self.log("train/nsp", out["nsp"], batch_size=b)
         now = time.perf_counter()
         if self._last_step_time is not None:
             dt = max(now - self._last_step_time, 1e-9)
@@ -181,21 +252,22 @@ class PretrainModule(pl.LightningModule):
         gen = torch.Generator().manual_seed(batch_idx)
         out = self.masked_loss(batch, generator=gen)
         b = batch["x"].shape[0]
-        self.log("val/loss", out["loss"], prog_bar=True, batch_size=b, sync_dist=True)
+        self.log("val/loss", out["recon"], prog_bar=True, batch_size=b, sync_dist=True)
+        if "nsp" in out:
+            self.log("val/nsp", out["nsp"], batch_size=b, sync_dist=True)
         self.log("val/loss_mean_baseline", out["baseline"], batch_size=b, sync_dist=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator().manual_seed(batch_idx)
         out = self.masked_loss(batch, generator=gen)
         b = batch["x"].shape[0]
-        self.log("test/loss", out["loss"], batch_size=b, sync_dist=True)
+        self.log("test/loss", out["recon"], batch_size=b, sync_dist=True)
         self.log("test/loss_mean_baseline", out["baseline"], batch_size=b, sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Window embeddings: encoder tokens mean-pooled over real channels and patches."""
         tokens = self.encoder(batch["x"], batch["sensor_geometry"], batch["sensor_type"], batch["channel_mask"])
-        w = batch["channel_mask"][:, :, None, None].to(tokens.dtype)  # (B, C, 1, 1)
-        pooled = (tokens * w).sum(dim=(1, 2)) / (w.sum(dim=(1, 2)) * tokens.shape[2])  # (B, D)
+        pooled = masked_mean(tokens, batch["channel_mask"])  # (B, D)
         return {"embedding": pooled, "recording": batch["recording"], "start": batch["start"]}
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -9,17 +9,20 @@ import pytest
 import torch
 
 from brainfm.data import FixedWindows, ShardStore, ShuffledWindows, collate_windows
-from brainfm.pipelines.targets import precompute_targets
+from brainfm.cli import main
 from brainfm.targets import TargetSpec, compute_targets, target_names
 from brainfm.tasks import PretrainModule
 
 
 @pytest.fixture(scope="module")
 def store_with_targets(small_sample, tmp_path_factory):
-    _, url = small_sample
+    """``brainfm convert BIDS STORE --targets 2.0`` on an up-to-date store: converts
+    nothing, precomputes the 2-s targets."""
+    bids, url = small_sample
     copy = tmp_path_factory.mktemp("targets") / "store"
     shutil.copytree(url, copy)
-    key = precompute_targets(str(copy), 2.0, progress=False)
+    assert main(["convert", str(bids), str(copy), "--workers", "1", "--no-progress", "--targets", "2.0"]) == 0
+    (key,) = ShardStore(copy).manifest["targets"]
     return copy, key
 
 

@@ -76,4 +76,4 @@ def precompute_targets(store_url: str, window_s: float, stride_s: float | None =
 
 def read_targets(recording: shard.Recording, key: str) -> torch.Tensor:
     """The ``(n_windows, K)`` precomputed targets of one recording."""
-    return torch.from_numpy(np.asarray(recording._group[f"targets-{key}"][...]))
+    return torch.from_numpy(recording.read_array(f"targets-{key}"))

@@ -234,6 +234,10 @@ class Recording:
     def read_all(self) -> np.ndarray:
         return self.read(0, self.n_samples)
 
+    def read_array(self, name: str) -> np.ndarray:
+        """A whole auxiliary array of the recording's group (e.g. precomputed targets)."""
+        return np.asarray(self._group[name][...])
+
     def _chunk(self, k: int) -> np.ndarray:
         key = (id(self._data.store), self._data.path, k)
         cached = CHUNK_CACHE.get(key)

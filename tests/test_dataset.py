@@ -167,3 +167,24 @@ def test_resumable_loader_continues_mid_epoch(small_sample):
     resumed.load_state_dict(state)
     rest = [list(zip(b["recording"], b["start"].tolist())) for b in resumed]
     assert seen + rest == first_epoch
+
+
+def test_chunk_cache_never_confuses_recordings(small_sample):
+    """Cache keys belong to one Recording object (not to a reusable id()) and leave with it."""
+    import gc
+
+    from brainfm.data.store import CHUNK_CACHE
+
+    _, url = small_sample
+    rid = "sub-eegmat00_task-rest_eeg"
+    rec = ShardStore(url).recording(rid)
+    data = rec.read_all().copy()
+    owner = rec._cache_id
+    assert any(k[0] == owner for k in CHUNK_CACHE._items)
+    assert ShardStore(url).recording(rid)._cache_id != owner
+    del rec
+    gc.collect()
+    assert not any(k[0] == owner for k in CHUNK_CACHE._items)
+    other = ShardStore(url).recording("sub-eegmat01_task-rest_eeg").read_all()
+    assert not np.array_equal(other, data)
+    np.testing.assert_array_equal(ShardStore(url).recording(rid).read_all(), data)

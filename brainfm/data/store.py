@@ -60,6 +60,7 @@ import json
 import math
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -153,6 +154,12 @@ class _ChunkCache:
                 self._items.move_to_end(key)
             return value
 
+    def drop(self, owner: str) -> None:
+        """Forget every chunk whose key starts with ``owner``."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == owner]:
+                self._bytes -= self._items.pop(key).nbytes
+
     def put(self, key: tuple, value: np.ndarray) -> None:
         with self._lock:
             if key in self._items:
@@ -194,6 +201,10 @@ class Recording:
              "sfreq": self.attrs["sfreq"], "units": ch["units"]}
         )
         self.chunk = int(self._data.chunks[1])
+        # Cache keys are unique per Recording object (never id(), which Python reuses after
+        # garbage collection); its chunks leave the cache when the object goes.
+        self._cache_id = uuid.uuid4().hex
+        weakref.finalize(self, CHUNK_CACHE.drop, self._cache_id)
 
     # metadata ---------------------------------------------------------------------
     @property
@@ -239,7 +250,7 @@ class Recording:
         return np.asarray(self._group[name][...])
 
     def _chunk(self, k: int) -> np.ndarray:
-        key = (id(self._data.store), self._data.path, k)
+        key = (self._cache_id, k)
         cached = CHUNK_CACHE.get(key)
         if cached is None:
             self._read_ahead(k)
@@ -261,10 +272,9 @@ class Recording:
         last = min(n_chunks, first + per_group)
         lo, hi = first * self.chunk, min(last * self.chunk, self.n_samples)
         block = decode_signal(self._data[:, lo:hi], self.scale)
-        base = (id(self._data.store), self._data.path)
         for j in range(first, last):
             a = (j - first) * self.chunk
-            CHUNK_CACHE.put(base + (j,), block[:, a : a + self.chunk])
+            CHUNK_CACHE.put((self._cache_id, j), block[:, a : a + self.chunk])
 
     def __repr__(self) -> str:
         return f"Recording({self.id!r}, {self.spec!r}, {self.n_samples / self.sfreq:.1f} s)"

@@ -62,9 +62,10 @@ def precompute_targets(store_url: str, window_s: float, stride_s: float | None =
                                 chunks=(max(1, len(values)), len(names)), zarr_format=3)
         arr[...] = values
         final = f"{group_path}/targets-{key}"
+        fs.invalidate_cache()
         if fs.exists(final):
             fs.rm(final, recursive=True)
-        fs.mv(tmp, final, recursive=True)
+        shard.move_tree(fs, tmp, final)
     manifest = shard.read_manifest(store_url)
     manifest.setdefault("targets", {})[key] = {
         "spec": spec_dict, "window_s": window_s, "stride_s": stride_s, "names": names,

@@ -445,9 +445,10 @@ def write_recording(
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         )
         arr[...] = encoded
+        fs.invalidate_cache()  # Zarr wrote through its own filesystem instance; drop stale listings
         if fs.exists(final):  # a stale, unlisted copy from an interrupted run
             fs.rm(final, recursive=True)
-        fs.mv(tmp, final, recursive=True)
+        move_tree(fs, tmp, final)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
@@ -465,6 +466,18 @@ def write_recording(
         "ch_type_counts": counts,
         "n_events": len(events),
     }
+
+
+def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Rename a folder: one atomic rename on local disk; on object stores, which have no
+    folders, copy every object then delete the sources (the manifest, not the rename,
+    is what makes a recording visible, so this needs no atomicity)."""
+    if isinstance(fs, LocalFileSystem):
+        fs.mv(src, dst, recursive=True)
+        return
+    for path in fs.find(src):
+        fs.copy(path, dst + path[len(src):])
+    fs.rm(src, recursive=True)
 
 
 def read_manifest(store_url: str) -> dict[str, Any] | None:

@@ -109,8 +109,12 @@ def _sample(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def lightning_main(args: Sequence[str]) -> None:
-    """LightningCLI in subclass mode over brainfm's modules and data modules."""
+def lightning_main(args: Sequence[str] | None) -> None:
+    """LightningCLI in subclass mode over brainfm's modules and data modules.
+
+    ``args=None`` lets LightningCLI read ``sys.argv`` itself (the console script);
+    a list runs it from Python, as the tests do.
+    """
     # Lightning 2.6 uses an API jsonargparse deprecates; users cannot act on that warning.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     import lightning as L  # noqa: PLC0415
@@ -124,7 +128,7 @@ def lightning_main(args: Sequence[str]) -> None:
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=list(args),
+        args=None if args is None else list(args),
         save_config_kwargs={"overwrite": True},
     )
 
@@ -133,7 +137,7 @@ def main(args: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainfm`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        lightning_main(argv)
+        lightning_main(None if args is None else argv)
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ns = _parser().parse_args(argv)

@@ -49,7 +49,7 @@ def discover(bids_root: str | Path) -> list[BIDSPath]:
     return sorted(keep, key=lambda p: str(p.fpath))
 
 
-def _safe_relative(path: Path, root: Path) -> str:
+def safe_relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root``; refuses paths that escape the dataset."""
     resolved, base = path.resolve(), root.resolve()
     if not resolved.is_relative_to(base):

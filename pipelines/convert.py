@@ -62,7 +62,7 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
     bids_path = mne_bids_path(fpath, bids_root)
     source = str(fpath)
     try:
-        source = bids_io._safe_relative(Path(fpath), Path(bids_root))
+        source = bids_io.safe_relative(Path(fpath), Path(bids_root))
         raw, messages = bids_io.read_raw(bids_path)
         raw, filters = preprocess(raw, preset)
         loc = bids_io.head_loc(raw.info)
@@ -103,6 +103,7 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
 
 
 def mne_bids_path(fpath: str, bids_root: str):
+    """The BIDSPath of a data file (entities parsed from its name) under ``bids_root``."""
     from mne_bids import get_bids_path_from_fname  # noqa: PLC0415
 
     path = get_bids_path_from_fname(fpath, check=False)
@@ -230,7 +231,7 @@ def convert(
 
 
 def _write_report(store_url: str, report: ConversionReport) -> None:
-    fs, root = shard._fs(store_url)
+    fs, root = shard.store_fs(store_url)
     stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{int((time.time() % 1) * 1e6):06d}"
     fs.makedirs(f"{root}/reports", exist_ok=True)
     fs.pipe_file(f"{root}/reports/convert-{stamp}.json", json.dumps(report.to_dict(), indent=1).encode())

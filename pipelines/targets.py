@@ -46,7 +46,7 @@ def precompute_targets(store_url: str, window_s: float, stride_s: float | None =
     spec_dict = json.loads(json.dumps(dataclasses.asdict(spec)))
     key = targets_key(spec_dict, window_s, stride_s)
     store = shard.ShardStore(store_url)
-    fs, root = shard._fs(store_url)
+    fs, root = shard.store_fs(store_url)
     windows = FixedWindows(store, window_s, stride_s)
     names = target_names(spec)
     for i, rid in enumerate(tqdm(windows.recordings, desc="targets", unit="rec", disable=not progress)):
@@ -58,7 +58,7 @@ def precompute_targets(store_url: str, window_s: float, stride_s: float | None =
             values[lo : lo + len(y)] = y.float().numpy()
         group_path = f"{root}/{store.entry(rid)['path']}"
         tmp = f"{group_path}/.tmp-targets-{key}-{uuid.uuid4().hex[:8]}"
-        arr = zarr.create_array(shard._zarr_store(fs, tmp), shape=values.shape, dtype="float32",
+        arr = zarr.create_array(shard.zarr_store(fs, tmp), shape=values.shape, dtype="float32",
                                 chunks=(max(1, len(values)), len(names)), zarr_format=3)
         arr[...] = values
         final = f"{group_path}/targets-{key}"

@@ -88,12 +88,13 @@ READ_AHEAD_BYTES = 8 * 2**20
 # --------------------------------------------------------------------------------------
 # locations
 # --------------------------------------------------------------------------------------
-def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def store_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of a store location and the path within it."""
     fs, path = fsspec.core.url_to_fs(str(url))
     return fs, path.rstrip("/")
 
 
-def _zarr_store(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+def zarr_store(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     """A Zarr store for ``path`` on ``fs``: LocalStore on disk, FsspecStore elsewhere."""
     if isinstance(fs, LocalFileSystem):
         return zarr.storage.LocalStore(path)
@@ -291,7 +292,7 @@ class ShardStore:
 
     def __init__(self, url: str | Any):
         self.url = str(url)
-        self._fs, self._root = _fs(self.url)
+        self._fs, self._root = store_fs(self.url)
         try:
             manifest = json.loads(self._fs.cat_file(f"{self._root}/{MANIFEST}"))
         except FileNotFoundError:
@@ -330,7 +331,7 @@ class ShardStore:
         rec = self._open.get(recording_id)
         if rec is None:
             path = self.entry(recording_id)["path"]
-            group = zarr.open_group(_zarr_store(self._fs, f"{self._root}/{path}"), mode="r")
+            group = zarr.open_group(zarr_store(self._fs, f"{self._root}/{path}"), mode="r")
             rec = self._open[recording_id] = Recording(group, recording_id)
         return rec
 
@@ -353,7 +354,7 @@ class ShardStore:
 
     def __setstate__(self, state: dict) -> None:
         self.url = state["url"]
-        self._fs, self._root = _fs(self.url)
+        self._fs, self._root = store_fs(self.url)
         self.manifest = state["manifest"]
         self._open = {}
 
@@ -407,7 +408,7 @@ def write_recording(
         raise ValueError(f"invalid recording id {recording_id!r}")
     if data.shape != (spec.n_channels, data.shape[1]):
         raise ValueError(f"data shape {data.shape} does not match {spec.n_channels} channels")
-    fs, root = _fs(store_url)
+    fs, root = store_fs(store_url)
     encoded, scale = encode_signal(data)
     tmp = f"{root}/{RECORDINGS}/.tmp-{recording_id}-{uuid.uuid4().hex[:8]}"
     final = f"{root}/{RECORDINGS}/{recording_id}"
@@ -436,7 +437,7 @@ def write_recording(
     }
     try:
         fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
-        group = zarr.open_group(_zarr_store(fs, tmp), mode="w", zarr_format=3, attributes=group_attrs)
+        group = zarr.open_group(zarr_store(fs, tmp), mode="w", zarr_format=3, attributes=group_attrs)
         arr = group.create_array(
             "data",
             shape=encoded.shape,
@@ -482,7 +483,7 @@ def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
 
 def read_manifest(store_url: str) -> dict[str, Any] | None:
     """The store's manifest, or None when the store does not exist yet."""
-    fs, root = _fs(store_url)
+    fs, root = store_fs(store_url)
     try:
         return json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
     except FileNotFoundError:
@@ -501,7 +502,7 @@ def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
 
 def commit(store_url: str, manifest: Mapping[str, Any]) -> None:
     """Atomically replace the store's manifest (write a temporary file, then rename)."""
-    fs, root = _fs(store_url)
+    fs, root = store_fs(store_url)
     fs.makedirs(root, exist_ok=True)
     tmp = f"{root}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
     fs.pipe_file(tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -510,7 +511,7 @@ def commit(store_url: str, manifest: Mapping[str, Any]) -> None:
 
 def remove_stale_temporaries(store_url: str) -> list[str]:
     """Delete ``.tmp-*`` groups left by interrupted writers; return their names."""
-    fs, root = _fs(store_url)
+    fs, root = store_fs(store_url)
     base = f"{root}/{RECORDINGS}"
     if not fs.exists(base):
         return []

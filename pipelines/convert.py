@@ -4,9 +4,9 @@ The driver (this process) discovers recordings, checksums their sources and skip
 those already in the store with the same checksum and preset hash. The rest are
 converted by Dask workers (a :class:`~distributed.LocalCluster` by default, or an
 existing cluster given by its scheduler address), each writing its recording
-atomically (:func:`brainfm.data.store.write_recording`). As each finishes, the driver
-adds it to the manifest and rewrites the manifest atomically, so a run killed at any
-point leaves a valid store that the next run completes.
+atomically (:func:`brainfm.data.store.write_recording`). As they finish, the driver
+adds them to the manifest and rewrites it atomically (at most once a second, and at the
+end), so a run killed at any point leaves a valid store that the next run completes.
 
 Failures (unreadable or truncated files, NaNs, no usable channels) are collected in a
 JSON report under ``STORE/reports/``; the other recordings still convert.
@@ -29,6 +29,8 @@ from brainfm.pipelines.preprocess import preprocess, to_physical_units
 from brainfm.signal import SensorSpec
 
 log = logging.getLogger(__name__)
+#: Minimum seconds between two manifest rewrites during a conversion.
+COMMIT_EVERY_S = 1.0
 
 
 @dataclass
@@ -212,10 +214,16 @@ def convert(
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     report.workers = 0 if not todo else n_workers
     bar = tqdm(total=len(todo), desc="convert", unit="rec", disable=not progress or not todo)
+    # The manifest is rewritten whole, so commit at most once per COMMIT_EVERY_S (and at
+    # the end) instead of once per recording, which would be quadratic in dataset size.
+    # A kill loses at most that much listing; those recordings are simply converted again.
+    last_commit = float("-inf")
     for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
         if result["ok"]:
             manifest["recordings"][result["id"]] = result["entry"]
-            shard.commit(store_url, manifest)
+            if time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                shard.commit(store_url, manifest)
+                last_commit = time.monotonic()
             report.converted.append(result["id"])
             if result["warnings"]:
                 report.warnings[result["id"]] = result["warnings"]
@@ -224,6 +232,7 @@ def convert(
             log.error("failed %s: %s", result["source"], result["error"])
         bar.update()
     bar.close()
+    shard.commit(store_url, manifest)
     report.converted.sort()
     report.seconds = time.perf_counter() - t0
     _write_report(store_url, report)

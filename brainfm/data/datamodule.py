@@ -15,7 +15,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
-from brainfm.data.splits import SubjectSplit, eegmat_cbramod, random_split
+from brainfm.data.splits import SubjectSplit, calibration_spans, eegmat_cbramod, random_split
 from brainfm.data.store import ShardStore
 
 #: Named subject splits usable from configs.
@@ -193,6 +193,17 @@ class DecodingDataModule(L.LightningDataModule):
     ----------
     split : str or dict
         A name from :data:`NAMED_SPLITS` or ``{"train": [...], "val": [...], "test": [...]}``.
+    adapt_subjects : list of str, optional
+        Calibration mode (reset-tuning, within-subject few-shot): the split is replaced by
+        these subjects' own data, cut in time by :func:`brainfm.data.splits.calibration_spans`.
+        ``train`` is the first ``adapt_seconds`` of each subject (windows every
+        ``adapt_stride_s``), ``test`` is the rest (windows every ``stride_s``), and there
+        is no validation set.
+    adapt_seconds : float
+        Labelled seconds per subject in calibration mode.
+    adapt_stride_s : float
+        Stride of the calibration windows (overlapping windows make the most of a few
+        seconds; test windows never overlap calibration ones).
     """
 
     def __init__(
@@ -209,6 +220,9 @@ class DecodingDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         channel_types: list[str] | None = None,
+        adapt_subjects: list[str] | None = None,
+        adapt_seconds: float = 60.0,
+        adapt_stride_s: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -227,6 +241,9 @@ class DecodingDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         store = _open_store(hp.store)
+        if hp.adapt_subjects:
+            self._setup_calibration(store)
+            return
         self.split = self._split()
         for part in ("train", "val", "test"):
             recordings = store.select(self.split.part(part))
@@ -242,6 +259,39 @@ class DecodingDataModule(L.LightningDataModule):
             self.sets[part] = ds
         self.sfreq = self.sets["train"].sfreq
 
+    def _setup_calibration(self, store: ShardStore) -> None:
+        hp = self.hparams
+        if hp.event_id is not None or not hp.label_map:
+            raise ValueError("calibration mode (adapt_subjects) needs recording-level labels (label_map)")
+        labels = EntityLabels(hp.label_entity, hp.label_map)
+        recordings = [r for r in store.select(hp.adapt_subjects) if labels(store.entry(r)) is not None]
+        missing = sorted(set(hp.adapt_subjects) - {store.entry(r)["subject"] for r in recordings})
+        if missing:
+            raise ValueError(f"no labelled recordings for adapt_subjects {missing} in {store.url}")
+        calib, test = {}, {}
+        for subject in hp.adapt_subjects:
+            durations = {r: store.entry(r)["n_samples"] / store.entry(r)["sfreq"]
+                         for r in recordings if store.entry(r)["subject"] == subject}
+            c, t = calibration_spans(durations, hp.adapt_seconds)
+            calib.update(c), test.update(t)
+        self.split = SubjectSplit((), (), tuple(hp.adapt_subjects), name=f"calibration-{hp.adapt_seconds:g}s")
+        self.sets["train"] = FixedWindows(store, hp.window_s, hp.adapt_stride_s, recordings, labels,
+                                          hp.channel_types, spans=calib)
+        self.sets["val"] = None
+        self.sets["test"] = FixedWindows(store, hp.window_s, hp.stride_s, recordings, labels,
+                                         hp.channel_types, spans=test)
+        self.sfreq = self.sets["train"].sfreq
+
+    def subject_channels(self, part: str = "train") -> dict[str, int]:
+        """Channels per subject in ``part`` (for subject-specific layers); one montage per subject."""
+        ds = self.sets[part]
+        out: dict[str, int] = {}
+        for rid, spec in zip(ds.recordings, ds._specs):
+            subject = ds.store.entry(rid)["subject"]
+            if out.setdefault(subject, spec.n_channels) != spec.n_channels:
+                raise ValueError(f"subject {subject!r} has recordings with different channel counts")
+        return out
+
     @property
     def n_classes(self) -> int:
         mapping: Mapping[str, int] = self.hparams.event_id or self.hparams.label_map
@@ -254,11 +304,16 @@ class DecodingDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return _loader(self.sets["train"], self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.sets["val"] is None or not len(self.sets["val"]):
+            return []  # calibration mode and splits without validation subjects: no validation loop
         return _loader(self.sets["val"], self.hparams.batch_size, self.hparams.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return _loader(self.sets["test"], self.hparams.batch_size, self.hparams.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
 
 
 __all__: Sequence[str] = ["DecodingDataModule", "PretrainDataModule", "NAMED_SPLITS"]

@@ -155,10 +155,15 @@ class FixedWindows(_StoreWindows, Dataset):
         Keep only these channel types.
     positioned_only : bool
         Drop channels without a known position.
+    spans : mapping of str to (float, float), optional
+        Per recording id, the time range ``[start_s, stop_s)`` windows must lie in (for
+        example the calibration and test parts of :func:`brainfm.data.splits.calibration_spans`).
+        Recordings not in the mapping use their whole length.
     """
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
-                 labels=None, channel_types=None, positioned_only: bool = True, targets: str | None = None):
+                 labels=None, channel_types=None, positioned_only: bool = True, targets: str | None = None,
+                 spans: Mapping[str, tuple[float, float]] | None = None):
         super().__init__(store, recordings, channel_types, positioned_only, targets)
         self.window = _samples(window_s, self.sfreq, "window")
         self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
@@ -169,7 +174,11 @@ class FixedWindows(_StoreWindows, Dataset):
             label = labels(entry) if labels is not None else None
             if labels is not None and label is None:
                 continue
-            s = np.arange(0, entry["n_samples"] - self.window + 1, self.stride)
+            lo, hi = 0, entry["n_samples"]
+            if spans is not None and rid in spans:
+                lo = max(lo, int(round(spans[rid][0] * self.sfreq)))
+                hi = min(hi, int(round(spans[rid][1] * self.sfreq)))
+            s = np.arange(lo, hi - self.window + 1, self.stride)
             rec_idx.append(np.full(len(s), i))
             starts.append(s)
             labs.append(np.full(len(s), -1 if label is None else label))

@@ -8,7 +8,7 @@ function of its inputs (and seed): the same call gives the same split everywhere
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -88,3 +88,41 @@ def random_split(subjects: Sequence[str], val: float = 0.1, test: float = 0.0, s
         sorted(order[n_test + n_val :]), sorted(order[n_test : n_test + n_val]), sorted(order[:n_test]),
         name=f"random-{seed}",
     )
+
+
+def calibration_spans(
+    durations: Mapping[str, float], seconds: float
+) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+    """Split one subject's labelled recordings in time: calibration first, test after.
+
+    The within-subject protocol of few-shot decoding and reset-tuning: a new subject gives
+    ``seconds`` of labelled data at the start of each recording, and everything after it
+    is the test set. Every recording gives the same fraction of its length, so the
+    seconds are shared between classes in proportion to how much of each class the
+    subject has (EEGMAT: 180 s rest, 60 s arithmetic, so 60 s of calibration is 45 s of
+    rest and 15 s of arithmetic) and calibration and test keep the same class balance.
+    Calibration and test never overlap in time.
+
+    Parameters
+    ----------
+    durations : mapping of recording id to duration in seconds
+        The subject's labelled recordings.
+    seconds : float
+        Total calibration time; must leave test data in every class.
+
+    Returns
+    -------
+    calibration, test : dict of recording id to (start_s, stop_s)
+    """
+    if seconds <= 0:
+        raise ValueError(f"calibration seconds must be > 0, got {seconds}")
+    total = sum(durations.values())
+    if seconds >= total:
+        raise ValueError(f"{seconds} s of calibration leaves no test data (the subject has {total:.1f} s)")
+    frac = seconds / total
+    calib, test = {}, {}
+    for rid, dur in sorted(durations.items()):
+        cut = frac * dur
+        calib[rid] = (0.0, cut)
+        test[rid] = (cut, dur)
+    return calib, test

@@ -3,14 +3,18 @@
 from brainfm.models.activations import ASH, get_activation
 from brainfm.models.attention import CrissCrossBlock, load_braindecode_criss_cross
 from brainfm.models.config import PRESETS, ModelConfig
+from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder
-from brainfm.models.heads import ClassificationHead, NeurodynamicsHead, ReconstructionHead, masked_mean
-from brainfm.models.serialization import load_pretrained, save_encoder
+from brainfm.models.heads import AttentionPool, ClassificationHead, NeurodynamicsHead, ReconstructionHead, masked_mean
+from brainfm.models.serialization import load_decoder, load_pretrained, save_decoder, save_encoder
+from brainfm.models.subject import SubjectAdapter, SubjectLayers
 from brainfm.models.tokenizer import PatchEmbedding, SensorEmbedding, SensorTokenizer
 
 __all__ = [
     "ASH",
     "PRESETS",
+    "AttentionPool",
+    "BrainDecoder",
     "BrainEncoder",
     "ClassificationHead",
     "CrissCrossBlock",
@@ -22,7 +26,11 @@ __all__ = [
     "SensorTokenizer",
     "get_activation",
     "load_braindecode_criss_cross",
+    "load_decoder",
     "load_pretrained",
     "masked_mean",
+    "save_decoder",
     "save_encoder",
+    "SubjectAdapter",
+    "SubjectLayers",
 ]

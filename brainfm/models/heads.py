@@ -48,8 +48,32 @@ def masked_mean(tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tenso
     return total / count
 
 
+class AttentionPool(nn.Module):
+    """Attention pooling over real-channel tokens: ``(B, C, S, D)`` -> ``(B, D)``.
+
+    One learned query scores every token (``q·k / sqrt(D)``, padded channels excluded) and
+    the pooled vector is the softmax-weighted sum of the tokens, the single-query
+    cross-attention pooling of set transformers (PMA, Lee et al., ICML 2019). It lets the
+    head weight informative channels and patches instead of averaging them.
+    """
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(d_model))  # zero query = uniform weights = mean pooling
+        self.key = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+        b, c, s, d = tokens.shape
+        flat = tokens.reshape(b, c * s, d)  # (B, C*S, D)
+        scores = self.key(flat) @ self.query / d**0.5  # (B, C*S)
+        keep = channel_mask[:, :, None].expand(b, c, s).reshape(b, c * s)  # (B, C*S)
+        scores = scores.masked_fill(~keep, float("-inf"))
+        weights = torch.softmax(scores, dim=1)  # (B, C*S)
+        return torch.einsum("bn,bnd->bd", weights, flat)  # (B, D)
+
+
 class ClassificationHead(nn.Module):
-    """Masked mean pooling over real channels and patches, then ``LayerNorm -> Linear``.
+    """Pool real-channel tokens (mean or attention), then ``LayerNorm -> Dropout -> Linear``.
 
     Parameters
     ----------
@@ -59,18 +83,27 @@ class ClassificationHead(nn.Module):
         Number of classes (logits).
     dropout : float
         Dropout before the linear layer.
+    pooling : {'mean', 'attention'}
+        Masked mean over channels and patches, or :class:`AttentionPool`.
     """
 
-    def __init__(self, d_model: int, n_outputs: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_outputs: int, dropout: float = 0.0, pooling: str = "mean") -> None:
         super().__init__()
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        self.pooling = pooling
+        self.pool = AttentionPool(d_model) if pooling == "attention" else None
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(d_model, n_outputs)
 
+    def pooled(self, tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, D)`` -> ``(B, D)`` pooled features (before the norm)."""
+        return self.pool(tokens, channel_mask) if self.pool is not None else masked_mean(tokens, channel_mask)
+
     def forward(self, tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, D)`` tokens and ``(B, C)`` mask -> ``(B, n_outputs)`` logits."""
-        pooled = masked_mean(tokens, channel_mask)  # (B, D)
-        return self.linear(self.dropout(self.norm(pooled)))
+        return self.linear(self.dropout(self.norm(self.pooled(tokens, channel_mask))))
 
 
 class NeurodynamicsHead(nn.Module):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.models import load_pretrained, masked_mean
 
@@ -141,11 +142,7 @@ def write(rows: list[dict], dm: DecodingDataModule, args: argparse.Namespace) ->
         "runs": rows,
         "summary": summary,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(payload, indent=1))
     lines = [
-        "# Results",
-        "",
         "## EEGMAT frozen probe: does the neurodynamics objective help? (issue #4)",
         "",
         f"Command: `{payload['command']}`. Split: {payload['split']}. Windows per class "
@@ -163,7 +160,7 @@ def write(rows: list[dict], dm: DecodingDataModule, args: argparse.Namespace) ->
     lines += ["", "Per run:", "", "| objective | seed | balanced accuracy | AUROC | C |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['objective']} | {r['seed']} | {r['balanced_accuracy']:.3f} | {r['auroc']:.3f} | {r['C']} |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n" + CAVEATS)
+    write_section(args.out, "probe", payload, "\n".join(lines) + "\n" + CAVEATS)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 * ``brainfm convert BIDS_ROOT STORE`` — BIDS to shard store (:mod:`brainfm.pipelines.convert`).
 * ``brainfm info STORE [--json]`` — what a store holds.
 * ``brainfm sample-data [DEST]`` — build the bundled sample dataset and store.
+* ``brainfm quantize --ckpt CKPT --scheme w8a8|w4a16 --calib STORE --out BUNDLE`` — post-training
+  quantization into a safetensors bundle (:mod:`brainfm.deploy`).
+* ``brainfm export --ckpt CKPT --onnx OUT.onnx [--int8]`` — ONNX for onnxruntime.
 """
 
 from __future__ import annotations
@@ -52,7 +55,53 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--eegbci-runs", type=int, nargs="*", default=None, help="EEGMMIDB S001 runs (default: 2-14)")
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--no-progress", action="store_true")
+
+    q = sub.add_parser("quantize", help="quantize a fine-tuned decoder into a bundle (W8A8 or W4A16)")
+    q.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
+    q.add_argument("--scheme", required=True, choices=("w8a8", "w4a16"))
+    q.add_argument("--out", required=True, help="bundle directory to write")
+    q.add_argument("--smoothquant", action=argparse.BooleanOptionalAction, default=True,
+                   help="activation-aware scaling: SmoothQuant (w8a8) / AWQ-style (w4a16); needs --calib")
+    q.add_argument("--alpha", default=None, type=_alpha,
+                   help="migration strength in [0, 1] or 'auto' (default: 0.5 for w8a8, auto for w4a16)")
+    q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128), help="w4a16 group size")
+    e = sub.add_parser("export", help="export a fine-tuned decoder to ONNX (fp32, or int8 for onnxruntime)")
+    e.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
+    e.add_argument("--onnx", required=True, help="output .onnx file")
+    e.add_argument("--int8", action="store_true", help="int8-quantize the weight GEMMs with onnxruntime")
+    e.add_argument("--int8-mode", default="dynamic", choices=("dynamic", "static"),
+                   help="dynamic (default) or static QDQ (needs --calib)")
+    for cmd in (q, e):
+        cmd.add_argument("--calib", default=None, metavar="STORE", help="shard store with calibration windows")
+        cmd.add_argument("--windows", type=int, default=256, help="calibration windows (default: 256)")
+        cmd.add_argument("--window-s", type=float, default=5.0, help="calibration window length in s (default: 5)")
+        cmd.add_argument("--calib-subjects", nargs="+", default=None, help="subjects to calibrate on (default: all)")
+        cmd.add_argument("--channel-types", nargs="+", default=None, help="keep only these channel types")
+        cmd.add_argument("--batch-size", type=int, default=32)
+        cmd.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _alpha(value: str) -> str | float:
+    if value == "auto":
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must be a number in [0, 1] or 'auto', got {value!r}")
+    return alpha
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    if args.command == "quantize" and args.smoothquant and not args.calib:
+        _parser().error("quantize --smoothquant needs --calib STORE (or pass --no-smoothquant)")
+    if args.command == "export" and args.int8 and args.int8_mode == "static" and not args.calib:
+        _parser().error("export --int8 --int8-mode static needs --calib STORE")
+    from brainfm.deploy import commands  # noqa: PLC0415
+
+    return commands.run_quantize(args) if args.command == "quantize" else commands.run_export(args)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -141,7 +190,8 @@ def main(args: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ns = _parser().parse_args(argv)
-    handler = {"convert": _convert, "info": _info, "sample-data": _sample}[ns.command]
+    handler = {"convert": _convert, "info": _info, "sample-data": _sample,
+               "quantize": _deploy, "export": _deploy}[ns.command]
     return handler(ns)
 
 

@@ -156,6 +156,18 @@ class SensorSpec:
         per spec (batches are collated from them on the data-loading hot path)."""
         return torch.from_numpy(self.geometry()), torch.from_numpy(self.type_indices())
 
+    def to_mne_info(self) -> "mne.Info":
+        """An :class:`mne.Info` with these channels, types and ``loc`` (head coordinates),
+        e.g. for :func:`mne.viz.plot_topomap` of channel-level values."""
+        import mne  # noqa: PLC0415 - only for plotting and interop
+
+        info = mne.create_info(list(self.ch_names), self.sfreq, list(self.ch_types))
+        with info._unlock():
+            for ch, loc in zip(info["chs"], self.loc):
+                ch["loc"][:] = loc
+                ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
+        return info
+
     def pick(self, idx: Sequence[int] | np.ndarray) -> "SensorSpec":
         """A spec for the channels at ``idx`` (in that order)."""
         idx = np.asarray(idx, dtype=np.int64)

@@ -22,7 +22,10 @@ def test_config_header(config):
     assert str(config.relative_to(config.parents[2])) in head
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+PRETRAIN_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain"]  # finetune: tests/test_decode.py
+
+
+@pytest.mark.parametrize("config", PRETRAIN_CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_config_fast_dev_run(config, small_sample, tmp_path, monkeypatch):
     _, store = small_sample
     monkeypatch.setattr(sys, "argv", ["brainfm"])  # LightningCLI reads args, not pytest's argv

@@ -204,6 +204,9 @@ class DecodingDataModule(L.LightningDataModule):
     adapt_stride_s : float
         Stride of the calibration windows (overlapping windows make the most of a few
         seconds; test windows never overlap calibration ones).
+    adapt_test_after_s : float, optional
+        Test only on data after this many calibration seconds (default
+        ``adapt_seconds``), to score several calibration amounts on the same windows.
     """
 
     def __init__(
@@ -223,6 +226,7 @@ class DecodingDataModule(L.LightningDataModule):
         adapt_subjects: list[str] | None = None,
         adapt_seconds: float = 60.0,
         adapt_stride_s: float = 1.0,
+        adapt_test_after_s: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -272,7 +276,7 @@ class DecodingDataModule(L.LightningDataModule):
         for subject in hp.adapt_subjects:
             durations = {r: store.entry(r)["n_samples"] / store.entry(r)["sfreq"]
                          for r in recordings if store.entry(r)["subject"] == subject}
-            c, t = calibration_spans(durations, hp.adapt_seconds)
+            c, t = calibration_spans(durations, hp.adapt_seconds, hp.adapt_test_after_s)
             calib.update(c), test.update(t)
         self.split = SubjectSplit((), (), tuple(hp.adapt_subjects), name=f"calibration-{hp.adapt_seconds:g}s")
         self.sets["train"] = FixedWindows(store, hp.window_s, hp.adapt_stride_s, recordings, labels,

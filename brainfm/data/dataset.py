@@ -176,8 +176,9 @@ class FixedWindows(_StoreWindows, Dataset):
                 continue
             lo, hi = 0, entry["n_samples"]
             if spans is not None and rid in spans:
-                lo = max(lo, int(round(spans[rid][0] * self.sfreq)))
-                hi = min(hi, int(round(spans[rid][1] * self.sfreq)))
+                # ceil/floor: a window never starts before its span or ends after it
+                lo = max(lo, int(np.ceil(spans[rid][0] * self.sfreq - 1e-6)))
+                hi = min(hi, int(np.floor(spans[rid][1] * self.sfreq + 1e-6)))
             s = np.arange(lo, hi - self.window + 1, self.stride)
             rec_idx.append(np.full(len(s), i))
             starts.append(s)

@@ -91,7 +91,7 @@ def random_split(subjects: Sequence[str], val: float = 0.1, test: float = 0.0, s
 
 
 def calibration_spans(
-    durations: Mapping[str, float], seconds: float
+    durations: Mapping[str, float], seconds: float, test_after: float | None = None
 ) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
     """Split one subject's labelled recordings in time: calibration first, test after.
 
@@ -109,6 +109,10 @@ def calibration_spans(
         The subject's labelled recordings.
     seconds : float
         Total calibration time; must leave test data in every class.
+    test_after : float, optional
+        Start the test part after this much calibration time instead of ``seconds``
+        (``>= seconds``), so runs with different amounts of calibration are scored on
+        the same test windows.
 
     Returns
     -------
@@ -117,12 +121,13 @@ def calibration_spans(
     if seconds <= 0:
         raise ValueError(f"calibration seconds must be > 0, got {seconds}")
     total = sum(durations.values())
-    if seconds >= total:
-        raise ValueError(f"{seconds} s of calibration leaves no test data (the subject has {total:.1f} s)")
-    frac = seconds / total
+    test_after = seconds if test_after is None else test_after
+    if test_after < seconds:
+        raise ValueError(f"test_after ({test_after}) must be >= seconds ({seconds})")
+    if test_after >= total:
+        raise ValueError(f"{test_after} s of calibration leaves no test data (the subject has {total:.1f} s)")
     calib, test = {}, {}
     for rid, dur in sorted(durations.items()):
-        cut = frac * dur
-        calib[rid] = (0.0, cut)
-        test[rid] = (cut, dur)
+        calib[rid] = (0.0, seconds / total * dur)
+        test[rid] = (test_after / total * dur, dur)
     return calib, test

@@ -36,6 +36,10 @@ def braindecode_model(name: str, n_chans: int, n_times: int, sfreq: float, n_cla
         warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is deprecated")
         import braindecode.models as bd  # noqa: PLC0415 - heavy import, only for baselines
 
+    if name == "EEGNet":
+        # Lawhern et al.'s dense layer has a max-norm (0.25) constraint; braindecode 1.8
+        # deprecates building it without one (the default, which warns).
+        kwargs.setdefault("final_layer_with_constraint", True)
     return getattr(bd, name)(n_chans=n_chans, n_outputs=n_classes, n_times=n_times, sfreq=sfreq, **kwargs)
 
 

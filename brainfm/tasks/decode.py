@@ -143,7 +143,7 @@ class DecodeModule(ClassifierModule):
         super().__init__(n_classes, lr, weight_decay, warmup_steps, min_lr_factor, class_weights, label_smoothing)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "reset" and init_from is None and subject_channels is None:
+        if mode == "reset" and init_from is None and not subject_channels:
             raise ValueError("mode='reset' adapts a fine-tuned decoder: give init_from")
         if isinstance(model, ModelConfig):
             model = model.to_dict()
@@ -168,6 +168,10 @@ class DecodeModule(ClassifierModule):
             source_subjects = {**dec["subject_channels"], **source_subjects}
             classes = classes or dec.get("classes")
         self.decoder = BrainDecoder(config, n_classes, pooling, head_dropout, source_subjects, classes)
+        # Checkpoints carry the resolved architecture, so they rebuild without the init file:
+        # DecodeModule.load_from_checkpoint(path, init_from=None).
+        self.hparams.update(model=config.to_dict(), model_overrides=None, pooling=pooling,
+                            classes=self.decoder.classes, subject_channels=dict(source_subjects) or None)
         if state is not None:
             missing, unexpected = self.decoder.load_state_dict(state, strict=False)
             expect_missing = meta["kind"] == "encoder" or bool(subject_channels)
@@ -205,6 +209,13 @@ class DecodeModule(ClassifierModule):
                     self.decoder.subjects.get(subject).requires_grad_(True)
         if dm is not None and getattr(dm, "sfreq", None) not in (None, self.config.sfreq):
             raise ValueError(f"the data are at {dm.sfreq} Hz, the model expects {self.config.sfreq} Hz")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Recreate subject layers a checkpoint holds but this instance lacks (e.g. a
+        reset-tuned subject when the module was built from the config alone)."""
+        for subject, n in (checkpoint.get("hyper_parameters", {}).get("subject_channels") or {}).items():
+            if subject not in self.decoder.subjects:
+                self.decoder.subjects.add(subject, n)
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.mode != "full":

@@ -1,0 +1,200 @@
+"""Quantized-model bundles: safetensors weights plus a validated JSON config, never pickle.
+
+Layout (``brainfm-quantized`` format, version 1): a directory holding
+
+``weights.safetensors``
+    The quantized decoder's state dict: float tensors of the layers kept in float, and for
+    each quantized linear its buffers (``qweight`` int8 ``(N, K)`` + ``w_scale`` float32
+    ``(N,)`` for ``w8a8``; ``packed`` uint8 ``(N, ceil(K / 2))`` + ``scales`` float16
+    ``(N, ceil(K / G))`` for ``w4a16``; ``bias`` float32 ``(N,)`` and ``smooth`` float32
+    ``(K,)`` when present).
+``bundle.json``
+    ``format``, ``format_version``, ``scheme``, ``group_size``, ``smoothquant``, ``alpha``,
+    ``layers`` (module name to the layer spec: ``kind``, ``in_features``, ``out_features``,
+    ``bias``, ``smooth`` and ``activation`` or ``group_size``), ``float_layers`` (name to the
+    reason it stayed in float), ``fused_activations`` (activation modules replaced by
+    identity because the GEMM applies them), ``decoder`` (:meth:`BrainDecoder.metadata`:
+    model config, classes, pooling, subject channels), ``calibration``, ``report``
+    (per-layer error measured at quantization time), ``weights`` (file name and SHA-256),
+    ``extra`` and ``brainfm_version``.
+
+:func:`load` rebuilds the float decoder from the config, swaps the listed layers for empty
+quantized ones after checking that each name is an ``nn.Linear`` of the stated shape,
+checks the weight file's hash, then loads it with ``strict=True`` and checks every tensor's
+dtype (``load_state_dict`` would otherwise cast silently). Only JSON and safetensors are
+parsed, so loading a bundle runs no code from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, build_quant_linear
+from brainfm.deploy.quantize import set_module
+from brainfm.kernels.reference import ACTIVATIONS
+
+FORMAT = "brainfm-quantized"
+FORMAT_VERSION = 1
+CONFIG_NAME = "bundle.json"
+WEIGHTS_NAME = "weights.safetensors"
+_MAX_CONFIG_BYTES = 16 * 2**20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_bundle(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write a quantized decoder (from :func:`brainfm.deploy.quantize`) as a bundle directory.
+
+    Parameters
+    ----------
+    model : BrainDecoder
+        With a ``deploy_config`` attribute.
+    path : path-like
+        Directory to create (an existing bundle there is overwritten).
+    extra : dict, optional
+        JSON-serialisable notes (e.g. the checkpoint and store used).
+
+    Returns
+    -------
+    Path
+        The bundle directory.
+    """
+    config = getattr(model, "deploy_config", None)
+    if config is None or not hasattr(model, "metadata"):
+        raise TypeError("save_bundle expects a decoder returned by brainfm.deploy.quantize")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.fspath(path / WEIGHTS_NAME), metadata={"format": FORMAT})
+    from brainfm import __version__  # noqa: PLC0415
+
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "decoder": model.metadata(),
+           "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(path / WEIGHTS_NAME)},
+           "extra": extra or {}, "brainfm_version": __version__}
+    (path / CONFIG_NAME).write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"invalid bundle config: {msg}")
+
+
+def _check_layer(name: str, spec: Any) -> None:
+    _require(isinstance(spec, dict), f"layer {name!r} is not an object")
+    _require(spec.get("kind") in SCHEMES, f"layer {name!r}: kind must be one of {SCHEMES}")
+    for key in ("in_features", "out_features"):
+        v = spec.get(key)
+        _require(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                 f"layer {name!r}: {key} must be a positive int")
+    for key in ("bias", "smooth"):
+        _require(isinstance(spec.get(key), bool), f"layer {name!r}: {key} must be true or false")
+    if spec["kind"] == "w8a8":
+        _require(spec.get("activation", "none") in ACTIVATIONS, f"layer {name!r}: activation not in {ACTIVATIONS}")
+    else:
+        _require(spec.get("group_size") in GROUP_SIZES, f"layer {name!r}: group_size not in {GROUP_SIZES}")
+
+
+def validate_config(doc: Any) -> dict[str, Any]:
+    """Check a parsed ``bundle.json``; return it, or raise ``ValueError`` naming the problem."""
+    _require(isinstance(doc, dict), "top level is not an object")
+    _require(doc.get("format") == FORMAT, f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+    _require(doc.get("format_version") == FORMAT_VERSION,
+             f"format_version {doc.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    _require(doc.get("scheme") in SCHEMES, f"scheme must be one of {SCHEMES}, got {doc.get('scheme')!r}")
+    layers = doc.get("layers")
+    _require(isinstance(layers, dict), "layers must be an object")
+    for name, spec in layers.items():
+        _check_layer(name, spec)
+        _require(spec["kind"] == doc["scheme"], f"layer {name!r} is {spec['kind']} in a {doc['scheme']} bundle")
+    fused = doc.get("fused_activations", [])
+    _require(isinstance(fused, list) and all(isinstance(n, str) for n in fused),
+             "fused_activations must be a list of names")
+    dec = doc.get("decoder")
+    _require(isinstance(dec, dict) and isinstance(dec.get("config"), dict) and isinstance(dec.get("n_classes"), int),
+             "decoder must hold config and n_classes")
+    unknown = set(dec) - {"config", "n_classes", "pooling", "subject_channels", "classes"}
+    _require(not unknown, f"unknown decoder fields {sorted(unknown)}")
+    weights = doc.get("weights")
+    _require(isinstance(weights, dict) and weights.get("file") == WEIGHTS_NAME
+             and isinstance(weights.get("sha256"), str), f"weights must name {WEIGHTS_NAME} and its sha256")
+    return doc
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated ``bundle.json`` of the bundle directory ``path``."""
+    path = Path(path)
+    cfg = path / CONFIG_NAME
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{path} is not a brainfm bundle (no {CONFIG_NAME})")
+    if cfg.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{cfg} is larger than {_MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = json.loads(cfg.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid bundle config: {cfg} is not JSON ({err})") from None
+    return validate_config(doc)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a quantized decoder from a bundle directory (eval mode).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``bundle.json`` or weight file.
+    ValueError
+        Invalid config, hash mismatch, or weights that do not fit the config.
+    """
+    from brainfm.models import BrainDecoder, ModelConfig  # noqa: PLC0415
+
+    path = Path(path)
+    doc = read_config(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"bundle {path} has no {WEIGHTS_NAME}")
+    if _sha256(weights) != doc["weights"]["sha256"]:
+        raise ValueError(f"{weights} does not match the SHA-256 in {CONFIG_NAME} (corrupt or edited)")
+    dec = doc["decoder"]
+    model = BrainDecoder(ModelConfig.from_dict(dec["config"]), **{k: v for k, v in dec.items() if k != "config"})
+    for name, spec in doc["layers"].items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"invalid bundle config: no layer {name!r} in the decoder") from None
+        _require(isinstance(linear, nn.Linear), f"{name!r} is a {type(linear).__name__}, not a Linear")
+        _require((linear.in_features, linear.out_features, linear.bias is not None)
+                 == (spec["in_features"], spec["out_features"], spec["bias"]),
+                 f"layer {name!r} does not match the model's shape")
+        set_module(model, name, build_quant_linear(spec))
+    for name in doc.get("fused_activations", []):
+        try:
+            act = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"invalid bundle config: no module {name!r} to fuse") from None
+        _require(type(act) in (nn.GELU, nn.SiLU), f"fused activation {name!r} is a {type(act).__name__}")
+        set_module(model, name, nn.Identity())
+    state = load_file(os.fspath(weights))
+    expected = model.state_dict()
+    bad = [k for k in state if k in expected and state[k].dtype != expected[k].dtype]
+    if bad:
+        raise ValueError(f"{weights}: wrong dtype for {bad[:5]}")
+    model.load_state_dict(state, strict=True)
+    model.deploy_config = {k: v for k, v in doc.items() if k not in ("format", "format_version", "decoder", "weights")}
+    return model.to(map_location).eval()

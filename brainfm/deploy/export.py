@@ -1,0 +1,210 @@
+"""ONNX export of a :class:`~brainfm.models.BrainDecoder`, and int8 quantization for onnxruntime.
+
+Export. ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript, opset 20):
+the TorchScript exporter of torch 2.11 cannot export ``aten::fft_rfft`` (the spectral
+branch), the dynamo exporter lowers it to ONNX ``DFT``. The graph is :class:`DecoderGraph`:
+the decoder's own modules in its order, minus what does not trace (the encoder's input
+validation reads tensor values with ``nonzero().tolist()``, and the decoder skips the
+spatial attention mask when no channel is padded, a value-dependent branch): it always
+passes ``channel_mask`` to the blocks, which gives the same result. Subject layers are not
+exported (the graph is the shared model, what an unseen subject gets). Inputs:
+
+==================  ===========================  ======================================
+name                shape                        dtype
+==================  ===========================  ======================================
+``x``               (batch, channels, 200*S)     float32, physical units (uV, fT, fT/cm)
+``sensor_geometry`` (batch, channels, 6)         float32
+``sensor_type``     (batch, channels)            int64
+``channel_mask``    (batch, channels)            bool
+==================  ===========================  ======================================
+
+with batch, channels and the number of patches ``S`` (1 to ``max_patches``) dynamic;
+output ``logits`` (batch, n_classes).
+
+Int8. :func:`quantize_onnx` runs onnxruntime's post-training quantization on the weight
+GEMMs only (``MatMul``/``Gemm`` nodes with a constant weight; attention's activation x
+activation products, convolutions, norms and the DFT stay float), with the same
+``min_features`` rule as :func:`brainfm.deploy.quantize`:
+
+``dynamic`` (default)
+    ``quantize_dynamic``: int8 per-channel weights, activations quantized per tensor at run
+    time (``DynamicQuantizeLinear`` + ``MatMulInteger``). No calibration data.
+``static``
+    ``quantize_static`` in QDQ format: per-channel int8 weights and per-tensor int8
+    activations whose ranges come from real calibration windows (min-max). Portable to
+    QDQ-consuming runtimes; on onnxruntime CPU measured slower than ``dynamic`` (see
+    ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+INPUT_NAMES = ("x", "sensor_geometry", "sensor_type", "channel_mask")
+OUTPUT_NAME = "logits"
+OPSET = 20
+INT8_MODES = ("dynamic", "static")
+
+
+class DecoderGraph(nn.Module):
+    """The traceable forward of a decoder's shared model: ``(x, geometry, type, mask) -> logits``."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor, sensor_geometry: torch.Tensor, sensor_type: torch.Tensor,
+                channel_mask: torch.Tensor) -> torch.Tensor:
+        enc = self.decoder.encoder
+        sensor_type = torch.where(channel_mask, sensor_type, torch.zeros_like(sensor_type))
+        tokens = enc.tokenizer(x, sensor_geometry, sensor_type, channel_mask)  # (B, C, S, D)
+        for block in enc.blocks:
+            tokens = block(tokens, channel_mask)  # (B, C, S, D)
+        tokens = enc.norm(tokens) * channel_mask[:, :, None, None].to(tokens.dtype)
+        return self.decoder.head(tokens, channel_mask)  # (B, n_classes)
+
+
+def example_inputs(config: Any, batch: int = 2, n_channels: int = 19, seconds: float = 4.0,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Synthetic EEG-like inputs (20 uV noise, electrodes on a 9.5-cm sphere) for tracing and timing."""
+    g = torch.Generator().manual_seed(seed)
+    t = int(round(seconds * config.sfreq))
+    pos = torch.randn(n_channels, 3, generator=g)
+    pos = pos / pos.norm(dim=1, keepdim=True) * 0.095
+    geometry = torch.cat([pos, torch.zeros_like(pos)], 1).expand(batch, n_channels, 6).contiguous()
+    return (torch.randn(batch, n_channels, t, generator=g) * 20.0, geometry,
+            torch.zeros(batch, n_channels, dtype=torch.long), torch.ones(batch, n_channels, dtype=torch.bool))
+
+
+def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Export ``decoder`` (float) to a single-file ONNX model at ``path``.
+
+    Batch, channel count and window length (in whole patches) are dynamic.
+    """
+    from torch.export import Dim  # noqa: PLC0415
+
+    config = decoder.config
+    graph = DecoderGraph(decoder).eval()
+    batch, channels = Dim("batch"), Dim("channels")
+    patches = Dim("patches", min=1, max=config.max_patches)
+    dims = {k: {0: batch, 1: channels} for k in INPUT_NAMES}
+    dims["x"] = {0: batch, 1: channels, 2: config.patch_size * patches}
+    # batch 2 at trace time: torch.export specialises dimensions that are 1
+    example = example_inputs(config, batch=2, n_channels=5, seconds=2 * config.patch_seconds)
+    # The exporter logs one warning per torchvision op it cannot register (torchvision is not
+    # a dependency), warns that a Dim shared by several inputs keeps one axis name, and its
+    # pytree code warns about LeafSpec; none of it concerns this graph.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            program = torch.onnx.export(graph, example, dynamo=True, dynamic_shapes=dims,
+                                        input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                                        opset_version=opset, verbose=False)
+    finally:
+        registration_log.setLevel(level)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(os.fspath(path), external_data=False)
+    return path
+
+
+def weight_gemm_nodes(model: Any, min_features: int = 8) -> list[str]:
+    """Names of ``MatMul``/``Gemm`` nodes of an ONNX model with a constant 2-D weight of at
+    least ``min_features`` inputs and outputs (the nodes :func:`quantize_onnx` quantizes)."""
+    inits = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        shape = inits[node.input[1]]
+        if len(shape) == 2 and min(shape) >= min_features:
+            names.append(node.name)
+    return names
+
+
+def _reader(batches: Iterable[dict[str, Any]], n_windows: int):
+    """An onnxruntime ``CalibrationDataReader`` over the first ``n_windows`` of brainfm batches."""
+    from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
+
+    class BatchReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches, self.seen = iter(batches), 0
+
+        def get_next(self) -> dict[str, Any] | None:
+            batch = next(self.batches, None) if self.seen < n_windows else None
+            if batch is None:
+                return None
+            take = min(len(batch["x"]), n_windows - self.seen)
+            self.seen += take
+            return {k: batch[k][:take].numpy() for k in INPUT_NAMES}
+
+    return BatchReader()
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "dynamic",
+                  calib_batches: Iterable[dict[str, Any]] | None = None, n_windows: int = 256,
+                  min_features: int = 8) -> Path:
+    """Int8-quantize the weight GEMMs of the float ONNX model ``src`` into ``dst``.
+
+    Parameters
+    ----------
+    mode : {'dynamic', 'static'}
+        See the module docstring; ``static`` needs ``calib_batches``.
+    calib_batches : iterable of dict, optional
+        Batches of :func:`brainfm.data.collate_windows` (static calibration).
+    """
+    import onnx  # noqa: PLC0415
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static  # noqa: PLC0415
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+
+    if mode not in INT8_MODES:
+        raise ValueError(f"mode must be one of {INT8_MODES}, got {mode!r}")
+    if mode == "static" and calib_batches is None:
+        raise ValueError("static int8 quantization needs calibration windows (calib_batches)")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # onnxruntime's recommended pre-processing: ONNX shape inference and graph optimisation
+        # (its symbolic shape inference cannot follow the DFT of the spectral branch; skipped)
+        pre = os.path.join(tmp, "pre.onnx")
+        quant_pre_process(os.fspath(src), pre, skip_symbolic_shape=True)
+        nodes = weight_gemm_nodes(onnx.load(pre), min_features)
+        common = dict(per_channel=True, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                      op_types_to_quantize=["MatMul", "Gemm"])
+        if mode == "dynamic":
+            quantize_dynamic(pre, os.fspath(dst), **common)
+        else:
+            quantize_static(pre, os.fspath(dst), _reader(calib_batches, n_windows), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, **common)
+    return dst
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU ``InferenceSession`` (``threads`` intra-op threads, default: runtime's)."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, x: torch.Tensor, sensor_geometry: torch.Tensor, sensor_type: torch.Tensor,
+             channel_mask: torch.Tensor) -> torch.Tensor:
+    """Logits of an onnxruntime session for torch inputs."""
+    feeds = dict(zip(INPUT_NAMES, (t.detach().cpu().numpy() for t in (x, sensor_geometry, sensor_type,
+                                                                        channel_mask))))
+    return torch.from_numpy(session.run([OUTPUT_NAME], feeds)[0])

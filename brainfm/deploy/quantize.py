@@ -1,0 +1,181 @@
+"""Post-training quantization of a :class:`~brainfm.models.BrainDecoder`: swap its linears.
+
+:func:`quantize` copies the decoder and replaces every ``nn.Linear`` of the encoder (patch
+projections, sensor MLP, criss-cross QKV/output projections, feed-forward) and of the head
+by a :class:`~brainfm.deploy.qlinear.W8A8Linear` or
+:class:`~brainfm.deploy.qlinear.W4A16Linear`. Convolutions, norms, embeddings, the rFFT
+spectral branch, attention (SDPA) and the subject layers stay in float.
+
+Layers kept in float (``min_features``, default 8): a linear with fewer than 8 inputs or
+outputs, i.e. the sensor MLP's first layer (6 geometry inputs) and the classification
+layer (``n_classes`` outputs). Their GEMMs are too small to gain anything, and they sit at
+the two ends of the network where every rounding error reaches the logits; on EEGMAT with
+the ``tiny`` model, quantizing them too costs SQNR for no speed (see
+``docs/benchmarks.md``). ``exclude`` keeps more layers in float by name.
+
+W8A8 with GELU or SiLU feed-forwards also fuses the activation into the first FFN linear's
+GEMM epilogue (``fuse_activation``), replacing the activation module by ``nn.Identity``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from typing import Any, Iterable
+
+from torch import nn
+
+from brainfm.deploy.calibrate import LinearStats, calibrate
+from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, QuantLinear, W4A16Linear, W8A8Linear
+from brainfm.deploy.smooth import awq_multiplier, output_error, search_multiplier, smoothquant_multiplier
+from brainfm.kernels.reference import sqnr_db
+
+
+def quantizable_linears(model: nn.Module, min_features: int = 8,
+                        exclude: Iterable[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """Names of the ``nn.Linear`` layers to quantize, and the others with the reason.
+
+    ``exclude`` holds ``fnmatch`` patterns of module names (e.g. ``"head.*"``).
+    """
+    patterns = list(exclude)
+    chosen, kept = [], {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            kept[name] = "excluded by pattern"
+        elif min(module.in_features, module.out_features) < min_features:
+            kept[name] = f"{module.in_features}->{module.out_features} has fewer than {min_features} features"
+        else:
+            chosen.append(name)
+    return chosen, kept
+
+
+def _fusable_activation(model: nn.Module, name: str) -> tuple[str, str] | None:
+    """``(activation module name, 'gelu'|'silu')`` if the activation right after linear ``name`` can fuse."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    act_attr = None
+    if attr == "linear1" and hasattr(parent, "activation") and hasattr(parent, "linear2"):  # attention.FeedForward
+        act_attr = "activation"
+    elif isinstance(parent, nn.Sequential) and attr.isdigit() and int(attr) + 1 < len(parent):
+        act_attr = str(int(attr) + 1)
+    if act_attr is None:
+        return None
+    act = getattr(parent, act_attr)
+    kind = None
+    if type(act) is nn.GELU and act.approximate == "none":
+        kind = "gelu"
+    elif type(act) is nn.SiLU:
+        kind = "silu"
+    return None if kind is None else (f"{parent_name}.{act_attr}" if parent_name else act_attr, kind)
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted path) of ``model`` by ``module``."""
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, module)
+
+
+def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, Any]] | None = None, *,
+             smoothquant: bool = True, alpha: float | str | None = None, group_size: int = 64,
+             n_windows: int = 256, min_features: int = 8, exclude: Iterable[str] = (),
+             fuse_activation: bool = True, stats: dict[str, LinearStats] | None = None,
+             progress: bool = False) -> nn.Module:
+    """A quantized copy of ``decoder`` (the input is left untouched).
+
+    Parameters
+    ----------
+    decoder : BrainDecoder
+    scheme : {'w8a8', 'w4a16'}
+        See :mod:`brainfm.deploy.qlinear`.
+    calib_batches : iterable of dict, optional
+        Real windows (:func:`brainfm.deploy.calibrate.calibration_batches`); needed for the
+        activation-aware scaling, not for plain round-to-nearest.
+    smoothquant : bool
+        Per-input-channel scaling from calibration: SmoothQuant migration for ``w8a8``,
+        AWQ-style scaling for ``w4a16`` (:mod:`brainfm.deploy.smooth`).
+    alpha : float or 'auto', optional
+        Migration strength; ``'auto'`` grid-searches it per layer on calibration rows.
+        Default: 0.5 for ``w8a8`` (SmoothQuant's default), ``'auto'`` for ``w4a16`` (AWQ).
+    group_size : int
+        ``w4a16`` input features per scale.
+    n_windows : int
+        Calibration windows.
+    min_features, exclude
+        Which linears stay in float (:func:`quantizable_linears`).
+    fuse_activation : bool
+        ``w8a8``: fuse a GELU/SiLU that follows a linear into its GEMM.
+    stats : dict, optional
+        Precomputed :func:`~brainfm.deploy.calibrate.calibrate` output (skips calibration).
+
+    Returns
+    -------
+    nn.Module
+        The decoder, in eval mode, with quantized linears. Its ``deploy_config`` attribute
+        (a JSON-ready dict) describes the quantization; :func:`brainfm.deploy.save_bundle`
+        writes it.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme == "w4a16" and group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
+    if alpha is None:
+        alpha = 0.5 if scheme == "w8a8" else "auto"
+    if alpha != "auto" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be in [0, 1] or 'auto', got {alpha!r}")
+    names, kept = quantizable_linears(decoder, min_features, exclude)
+    if smoothquant and stats is None:
+        if calib_batches is None:
+            raise ValueError("smoothquant needs calibration windows (calib_batches) or stats")
+        stats = calibrate(decoder, calib_batches, n_windows, progress=progress)
+    model = copy.deepcopy(decoder).eval()
+    layers: dict[str, dict] = {}
+    report: dict[str, dict] = {}
+    fused: list[str] = []
+    for name in names:
+        linear = model.get_submodule(name)
+        st = (stats or {}).get(name)
+        multiplier, used_alpha = None, None
+        if smoothquant and st is not None:
+            if alpha == "auto":
+                multiplier, used_alpha = search_multiplier(st.rows, st.absmax, st.mean_abs, linear.weight, scheme,
+                                                           group_size)
+            elif scheme == "w8a8":
+                multiplier, used_alpha = smoothquant_multiplier(st.absmax, linear.weight, float(alpha)), float(alpha)
+            else:
+                multiplier, used_alpha = awq_multiplier(st.mean_abs, float(alpha)), float(alpha)
+        act = _fusable_activation(model, name) if scheme == "w8a8" and fuse_activation else None
+        if scheme == "w8a8":
+            q: QuantLinear = W8A8Linear.from_float(linear, multiplier, act[1] if act else "none")
+        else:
+            q = W4A16Linear.from_float(linear, multiplier, group_size)
+        w_hat = q.dequantized_weight() * (1.0 if multiplier is None else multiplier[None, :])  # undo 1 / m
+        entry = {"weight_sqnr_db": _finite(sqnr_db(linear.weight.detach().float(), w_hat)), "alpha": used_alpha}
+        if st is not None and len(st.rows):
+            err = output_error(st.rows, linear.weight, multiplier, scheme, group_size)
+            entry["calib_output_sqnr_db"] = _finite(-10 * math.log10(err) if err > 0 else float("inf"))
+        set_module(model, name, q)
+        if act is not None:
+            set_module(model, act[0], nn.Identity())
+            fused.append(act[0])
+        layers[name] = q.spec()
+        report[name] = entry
+    model.deploy_config = {
+        "scheme": scheme,
+        "group_size": group_size if scheme == "w4a16" else None,
+        "smoothquant": bool(smoothquant),
+        "alpha": alpha if smoothquant else None,
+        "layers": layers,
+        "float_layers": kept,
+        "fused_activations": fused,
+        "calibration": {"windows": next(iter(stats.values())).n_windows if stats else 0},
+        "report": report,
+    }
+    return model
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no infinity: an exact layer reports None."""
+    return None if v == float("inf") else round(float(v), 3)

@@ -1,0 +1,68 @@
+"""Pretrained encoders for demos and tests, built on first use.
+
+brainfm does not download weights. :func:`sample_encoder` returns, in order:
+
+1. ``$BRAINFM_PRETRAINED`` if set (for example the ``encoder.safetensors`` that the
+   README's main job writes, ``runs/quickstart/csv/version_0/encoder.safetensors``);
+2. a cached short pretraining of the ``tiny`` encoder on the bundled sample store
+   (masked patch reconstruction, EEGMAT subjects 32–35 excluded so that evaluations
+   on CBraMod's test subjects stay honest), trained here on first use: about 30 s on a
+   2-core CPU for the default 200 steps.
+
+The cache lives in ``$BRAINFM_HOME/pretrained/`` and is keyed by steps and seed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from brainfm.data.root import cache_home
+
+#: EEGMAT subjects kept out of demo pretraining (CBraMod's test split).
+HELD_OUT = ["eegmat32", "eegmat33", "eegmat34", "eegmat35"]
+
+
+def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, progress: bool = False) -> Path:
+    """Path of a pretrained ``encoder.safetensors`` (see the module docstring).
+
+    Parameters
+    ----------
+    steps : int
+        Pretraining steps when one has to be trained.
+    seed : int
+        Seed of that pretraining.
+    store : str, optional
+        Store to pretrain on (default: the sample store, built on first use).
+    progress : bool
+        Show Lightning's progress bar.
+    """
+    env = os.environ.get("BRAINFM_PRETRAINED")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"BRAINFM_PRETRAINED={env!r} is not a file")
+        return path
+    dest = cache_home() / "pretrained" / f"tiny-sample-recon-steps{steps}-seed{seed}" / "encoder.safetensors"
+    if dest.is_file():
+        return dest
+    import lightning.pytorch as pl  # noqa: PLC0415 - only when training
+
+    from brainfm.data.datamodule import PretrainDataModule  # noqa: PLC0415
+    from brainfm.tasks.pretrain import PretrainModule  # noqa: PLC0415
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    module = PretrainModule(model="tiny", lr=1e-3, warmup_steps=min(50, steps // 4), max_steps=steps)
+    data = PretrainDataModule(store=store, window_s=2.0, batch_size=32, exclude_subjects=HELD_OUT,
+                              val_subjects=["eegmat28", "eegmat29", "eegmat30", "eegmat31"], seed=seed)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             limit_val_batches=0, enable_progress_bar=progress, enable_model_summary=False)
+        trainer.fit(module, data)
+        tmp_file = Path(tmp) / "encoder.safetensors"
+        module.export_safetensors(tmp_file)
+        shutil.move(tmp_file, dest)  # atomic within one file system: never a half-written cache entry
+    return dest

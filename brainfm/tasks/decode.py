@@ -239,7 +239,8 @@ class DecodeModule(ClassifierModule):
 
     def on_fit_end(self) -> None:
         """Export the trained decoder next to the logs as ``decoder.safetensors``."""
-        log_dir = self.trainer.log_dir
+        # Only next to real logs: without a logger, Trainer.log_dir is the working directory.
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if log_dir is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             self.export_safetensors(os.path.join(log_dir, "decoder.safetensors"))
 

@@ -289,7 +289,8 @@ class PretrainModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         """Export the trained encoder next to the logs as ``encoder.safetensors``."""
-        log_dir = self.trainer.log_dir
+        # Only next to real logs: without a logger, Trainer.log_dir is the working directory.
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if log_dir is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
             self.export_safetensors(os.path.join(log_dir, "encoder.safetensors"))
 

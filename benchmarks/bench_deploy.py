@@ -109,6 +109,7 @@ def bench_preset(name: str, threads: int, rounds: int, workdir: Path) -> list[di
 def finetune_tiny(store: str, workdir: Path) -> Path:
     """The decoder of ``tests/test_deploy.py``: ``tiny``, 10 epochs on eegmat00/01; returns its file."""
     import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
 
     from brainfm.data.datamodule import DecodingDataModule
     from brainfm.tasks.decode import DecodeModule
@@ -117,10 +118,11 @@ def finetune_tiny(store: str, workdir: Path) -> Path:
     dm = DecodingDataModule(store=store, split={"train": CALIB_SUBJECTS, "val": ["eegmat28"], "test": ["eegmat32"]},
                             label_map=LABELS, batch_size=16, stride_s=2.5)
     module = DecodeModule(model="tiny", mode="full", lr=3e-3, head_dropout=0.0)
-    L.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-              default_root_dir=workdir).fit(module, dm)
-    return workdir / "decoder.safetensors"
+    trainer = L.Trainer(max_epochs=10, logger=CSVLogger(workdir, name="fit"), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=workdir)
+    trainer.fit(module, dm)
+    return Path(trainer.log_dir) / "decoder.safetensors"  # written by DecodeModule at the end of fit
 
 
 def accuracy_rows(ckpt: Path, store: str, test_subjects: list[str], windows: int, workdir: Path) -> list[dict]:

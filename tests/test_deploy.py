@@ -1,7 +1,8 @@
 """Quantized deployment on a decoder fine-tuned on real EEGMAT windows (issue #6).
 
 One ``tiny`` decoder is fine-tuned per module (subjects eegmat00/01, 10 short epochs) and
-written by ``DecodeModule`` as ``decoder.safetensors``; every test starts from it. Accuracy
+written by ``DecodeModule`` as ``decoder.safetensors`` next to its (CSV) logs; every test
+starts from it. Accuracy
 is compared on the held-out subject eegmat32 (windows every second) and on the training
 windows, where the fp32 model is well above chance, so that flipped decisions would show.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,6 +64,7 @@ def _batches(store: str, subjects: list[str], stride_s: float) -> list[dict]:
 def tuned(small_sample, tmp_path_factory):
     """A tiny decoder fine-tuned on two EEGMAT subjects, its files and real windows."""
     import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
 
     from brainfm.data.datamodule import DecodingDataModule
     from brainfm.tasks.decode import DecodeModule
@@ -73,12 +76,12 @@ def tuned(small_sample, tmp_path_factory):
     dm = DecodingDataModule(store=store, split={"train": TRAIN, "val": ["eegmat28"], "test": TEST},
                             label_map=LABELS, batch_size=16, stride_s=2.5)
     module = DecodeModule(model="tiny", mode="full", lr=3e-3, head_dropout=0.0)
-    trainer = L.Trainer(max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-                        default_root_dir=root)
+    trainer = L.Trainer(max_epochs=10, logger=CSVLogger(root, name="fit"), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=root)
     trainer.fit(module, dm)
     trainer.save_checkpoint(root / "decode.ckpt")
-    ckpt = root / "decoder.safetensors"  # written by DecodeModule.on_fit_end
+    ckpt = Path(trainer.log_dir) / "decoder.safetensors"  # written by DecodeModule at the end of fit
     assert ckpt.is_file()
     calib = list(calibration_batches(store, 128, 5.0, subjects=TRAIN))
     decoder = load_checkpoint(ckpt)
@@ -127,7 +130,8 @@ def test_layer_swap_coverage(scheme, tuned, quantized):
     assert quant == set(cfg["layers"])
     assert all(f"encoder.blocks.{i}.{p}" in quant for i in range(2)
                for p in ("qkv_s", "qkv_t", "out_s", "out_t", "ff.linear1", "ff.linear2"))
-    assert {"encoder.tokenizer.patch_embedding.temporal_proj", "encoder.tokenizer.patch_embedding.spectral_proj"} < quant
+    patch = "encoder.tokenizer.patch_embedding"
+    assert {f"{patch}.temporal_proj", f"{patch}.spectral_proj"} < quant
     # convolutions, norms and embeddings stay float and untouched
     for name, m in tuned.decoder.named_modules():
         if isinstance(m, (nn.Conv1d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)):

@@ -67,7 +67,8 @@ def run_quantize(args: argparse.Namespace) -> int:
             x = decoder_inputs(next(iter(loader)))
             ref, got = decoder(*x), reloaded(*x)
         agree = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
-        line += f"; logits SQNR {sqnr_db(ref, got):.1f} dB, prediction agreement {agree:.3f} on {len(ref)} calibration windows"
+        line += (f"; logits SQNR {sqnr_db(ref, got):.1f} dB, prediction agreement {agree:.3f} "
+                 f"on {len(ref)} calibration windows")
     print(line)
     return 0
 

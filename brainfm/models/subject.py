@@ -103,31 +103,24 @@ class SubjectLayers(nn.Module):
     def get(self, subject: str) -> SubjectAdapter:
         return self.adapters[_key(subject)]
 
-    def _groups(self, subjects: Sequence[str]) -> dict[str, list[int]]:
+    def _per_subject(self, t: torch.Tensor, subjects: Sequence[str], method: str) -> torch.Tensor:
+        """Apply ``SubjectAdapter.<method>`` to the rows of ``t`` of each subject with layers."""
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(subjects):
             if s in self.channels:
                 groups.setdefault(s, []).append(i)
-        return groups
+        if not groups:
+            return t
+        out = t.clone()
+        for subject, idx in groups.items():
+            index = torch.as_tensor(idx, device=t.device)
+            out[index] = getattr(self.get(subject), method)(t[index])
+        return out
 
     def mix(self, x: torch.Tensor, subjects: Sequence[str]) -> torch.Tensor:
         """Apply each sample's subject mixing to ``x`` ``(B, C, T)``."""
-        groups = self._groups(subjects)
-        if not groups:
-            return x
-        out = x.clone()
-        for subject, idx in groups.items():
-            index = torch.as_tensor(idx, device=x.device)
-            out[index] = self.get(subject).mix(x[index])
-        return out
+        return self._per_subject(x, subjects, "mix")
 
     def modulate(self, tokens: torch.Tensor, subjects: Sequence[str]) -> torch.Tensor:
         """Apply each sample's subject FiLM to ``tokens`` ``(B, C, S, D)``."""
-        groups = self._groups(subjects)
-        if not groups:
-            return tokens
-        out = tokens.clone()
-        for subject, idx in groups.items():
-            index = torch.as_tensor(idx, device=tokens.device)
-            out[index] = self.get(subject).modulate(tokens[index])
-        return out
+        return self._per_subject(tokens, subjects, "modulate")

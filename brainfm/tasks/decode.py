@@ -238,7 +238,14 @@ class DecodeModule(ClassifierModule):
                             batch.get("subject"))
 
     def on_fit_end(self) -> None:
-        """Export the trained decoder next to the logs as ``decoder.safetensors``."""
+        """Export the trained decoder next to the logs as ``decoder.safetensors``: the best
+        checkpoint of a monitoring ``ModelCheckpoint`` when there is one, else the last weights."""
+        ckpt = self.trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if getattr(ckpt, "monitor", None) else ""
+        if best and os.path.isfile(best):
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            self.load_state_dict(state)
+            rank_zero_info(f"exporting the best checkpoint {best}")
         # Only next to real logs: without a logger, Trainer.log_dir is the working directory.
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if log_dir is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:

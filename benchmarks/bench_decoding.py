@@ -59,6 +59,33 @@ SUBJECTS = [f"eegmat{i:02d}" for i in range(36)]
 METRICS = ("balanced_accuracy", "kappa", "f1_weighted", "auroc")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 ADAPT_SECONDS = (30.0, 60.0, 120.0)
+NOTES = """
+What the tables say, and what limits them:
+
+* **Targets not reached.** The issue asks for ≥ 0.80 balanced accuracy fine-tuned on the fixed
+  split and ≥ 0.85 after reset-tuning with 60 s under LOSO. brainfm reaches 0.647 ± 0.024 and
+  0.676 ± 0.012. The limit is the pretraining and the model, not the protocol: a `tiny`
+  encoder (2 layers, d = 32, 21 k parameters) pretrained for 2000 steps (≈ 3 min on 2 CPU cores)
+  on the 2.9-h sample store. CBraMod's paper reports about 0.73 on this split after pretraining a
+  model of a few million parameters on thousands of hours of TUEG; the classical pipeline's 0.750
+  here is already at that level.
+* **Pretraining helps.** Same architecture and budget: from scratch 0.598 ± 0.062, pretrained +
+  full fine-tune 0.647 ± 0.024 (and a lower spread), linear probe 0.644 ± 0.054. Every deep
+  model, braindecode's included, stays below the log band-power pipeline on 28 training subjects.
+* **Reset-tuning helps, monotonically in the seconds given:** 0.593 without adaptation, then
+  0.645 / 0.676 / 0.693 with 30 / 60 / 120 s, training 425 parameters per subject with the trunk
+  and head frozen. Within-subject few-shot log band power is far stronger (0.83 / 0.93 / 0.96):
+  with a subject's own labelled minute, rest and arithmetic are easy to separate, and a frozen
+  weak trunk, not the amount of calibration data, is the bottleneck of reset-tuning here.
+* **Protocol deviations, stated.** Cross-subject uses 4 subject folds (every subject held out
+  once, each fold trains on 27 subjects), not 36 LOSO folds, for the 2-core CPU budget;
+  `--folds 36` runs LOSO. The classical pipeline's 0.674 across these folds matches the issue's
+  LOSO reference (0.67 ± 0.16). braindecode CBraMod trains 3 epochs (≈ 60 s per epoch on this CPU,
+  15× brainfm `tiny`), so its figure is a lower bound. Pretraining excluded subjects 32–35 only,
+  so in the cross-subject folds the encoder had seen the *unlabelled* EEG of the other held-out
+  subjects (self-supervised, no labels). The classical rows have zero seed spread because
+  logistic regression is deterministic.
+"""
 
 for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(name).setLevel(logging.ERROR)
@@ -259,7 +286,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, counts: dict[str
             method, secs = key.split(" | ")
             lines.append(f"| {method} | {secs} | {cell(s['balanced_accuracy'])} | {cell(s['kappa'])} | "
                          f"{cell(s['auroc'])} | {s['balanced_accuracy_across_subjects_std']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + NOTES
 
 
 def main() -> None:
@@ -281,7 +308,17 @@ def main() -> None:
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     ap.add_argument("--limit-subjects", type=int, default=None, help="held-out subjects per fold (smoke tests)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render the markdown from the runs stored in results.json (no training)")
     args = ap.parse_args()
+    if args.render_only:
+        payload = json.loads((args.out / "results.json").read_text())["sections"]["decoding"]
+        for key, value in payload["settings"].items():
+            setattr(args, key, value)
+        summary = summarise(payload["runs"])
+        write_section(args.out, "decoding", {k: v for k, v in payload.items() if k != "markdown"},
+                      markdown(summary, args, payload["windows_per_class"], payload["command"]))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     probe_dm = DecodingDataModule(store=args.store, split="eegmat-cbramod", window_s=5.0, label_map=LABELS)

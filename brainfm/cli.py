@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
     q.add_argument("--scheme", required=True, choices=("w8a8", "w4a16"))
     q.add_argument("--out", required=True, help="bundle directory to write")
-    q.add_argument("--smoothquant", action=argparse.BooleanOptionalAction, default=True,
-                   help="activation-aware scaling: SmoothQuant (w8a8) / AWQ-style (w4a16); needs --calib")
+    q.add_argument("--smoothquant", action=argparse.BooleanOptionalAction, default=None,
+                   help="activation-aware scaling: SmoothQuant (w8a8, default on) / AWQ-style (w4a16, default off); "
+                        "needs --calib")
     q.add_argument("--alpha", default=None, type=_alpha,
                    help="migration strength in [0, 1] or 'auto' (default: 0.5 for w8a8, auto for w4a16)")
     q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128), help="w4a16 group size")
@@ -95,6 +96,8 @@ def _alpha(value: str) -> str | float:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    if args.command == "quantize" and args.smoothquant is None:
+        args.smoothquant = args.scheme == "w8a8"
     if args.command == "quantize" and args.smoothquant and not args.calib:
         _parser().error("quantize --smoothquant needs --calib STORE (or pass --no-smoothquant)")
     if args.command == "export" and args.int8 and args.int8_mode == "static" and not args.calib:

@@ -103,7 +103,7 @@ def _balanced_accuracy(logits: torch.Tensor, batches: list[dict]) -> float:
 
 @pytest.fixture(scope="module")
 def quantized(tuned):
-    return {s: quantize(tuned.decoder, s, stats=tuned.stats) for s in ("w8a8", "w4a16")}
+    return {s: quantize(tuned.decoder, s, stats=tuned.stats, smoothquant=True) for s in ("w8a8", "w4a16")}
 
 
 def test_checkpoint_formats_load_the_same_decoder(tuned):
@@ -267,6 +267,9 @@ def test_cli_quantize(tuned, quantized, tmp_path, capsys):
     assert main(["quantize", "--ckpt", str(tuned.ckpt), "--scheme", "w4a16", "--out", str(tmp_path / "rtn"),
                  "--no-smoothquant"]) == 0
     assert read_config(tmp_path / "rtn")["smoothquant"] is False
+    # w4a16 defaults to round-to-nearest (the AWQ search cost accuracy on a real decoder), so no --calib needed
+    assert main(["quantize", "--ckpt", str(tuned.ckpt), "--scheme", "w4a16", "--out", str(tmp_path / "dflt")]) == 0
+    assert read_config(tmp_path / "dflt")["smoothquant"] is False
     with pytest.raises(ValueError, match="no recordings"):
         main(["quantize", "--ckpt", str(tuned.ckpt), "--scheme", "w8a8", "--calib", tuned.store, "--out", str(out),
               "--calib-subjects", "nobody"])

@@ -30,6 +30,7 @@ import torch
 from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.models import load_pretrained, masked_mean
+from brainfm.pipelines.sample import sample_store
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = {
@@ -104,7 +105,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for results.md and results.json")
     args = ap.parse_args()
 
-    dm = DecodingDataModule(split="eegmat-cbramod", window_s=5.0, label_map={"rest": 0, "arithmetic": 1},
+    dm = DecodingDataModule(str(sample_store()), split="eegmat-cbramod", window_s=5.0, label_map={"rest": 0, "arithmetic": 1},
                             batch_size=64)
     dm.setup()
     store = dm.sets["train"].store

@@ -161,21 +161,40 @@ def _sample(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def sample_store_path() -> str:
+    """The bundled sample store, built on first use: what ``store: null`` in a config means."""
+    from brainfm.pipelines.sample import sample_store  # noqa: PLC0415 - imports MNE; only when needed
+
+    return str(sample_store())
+
+
 def lightning_main(args: Sequence[str] | None) -> None:
     """LightningCLI in subclass mode over brainfm's modules and data modules.
 
     ``args=None`` lets LightningCLI read ``sys.argv`` itself (the console script);
-    a list runs it from Python, as the tests do.
+    a list runs it from Python, as the tests do. A data ``store: null`` is resolved here to
+    the sample store (:func:`sample_store_path`), so :mod:`brainfm.data` never imports the
+    conversion pipelines.
     """
     # Lightning 2.6 uses an API jsonargparse deprecates; users cannot act on that warning.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # Deferred: importing torch and Lightning takes seconds, which `brainfm --help` and the
+    # data commands do not need.
     import lightning as L  # noqa: PLC0415
     from lightning.pytorch.cli import LightningCLI  # noqa: PLC0415
 
     import brainfm.data.datamodule  # noqa: F401, PLC0415 - registers the classes for subclass mode
     import brainfm.tasks  # noqa: F401, PLC0415
 
-    LightningCLI(
+    class BrainCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            data = config.get("data")
+            init_args = data.get("init_args") if data is not None else None
+            if init_args is not None and "store" in init_args and init_args.store is None:
+                init_args.store = sample_store_path()
+
+    BrainCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

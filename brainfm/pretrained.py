@@ -19,7 +19,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import lightning.pytorch as pl
+
+from brainfm.data.datamodule import PretrainDataModule
 from brainfm.data.root import cache_home
+from brainfm.tasks.pretrain import PretrainModule
 
 #: EEGMAT subjects kept out of demo pretraining (CBraMod's test split).
 HELD_OUT = ["eegmat32", "eegmat33", "eegmat34", "eegmat35"]
@@ -48,11 +52,10 @@ def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, pr
     dest = cache_home() / "pretrained" / f"tiny-sample-recon-steps{steps}-seed{seed}" / "encoder.safetensors"
     if dest.is_file():
         return dest
-    import lightning.pytorch as pl  # noqa: PLC0415 - only when training
+    if store is None:
+        from brainfm.pipelines.sample import sample_store  # noqa: PLC0415 - imports MNE; only to build the sample
 
-    from brainfm.data.datamodule import PretrainDataModule  # noqa: PLC0415
-    from brainfm.tasks.pretrain import PretrainModule  # noqa: PLC0415
-
+        store = str(sample_store())
     pl.seed_everything(seed, workers=True, verbose=False)
     module = PretrainModule(model="tiny", lr=1e-3, warmup_steps=min(50, steps // 4), max_steps=steps)
     data = PretrainDataModule(store=store, window_s=2.0, batch_size=32, exclude_subjects=HELD_OUT,

@@ -1,9 +1,12 @@
 """LightningDataModules for pretraining and for labelled decoding.
 
-Both take plain arguments so that LightningCLI can fill them from YAML. ``store``
-defaults to the bundled sample store (built on first use by
-:func:`brainfm.pipelines.sample.sample_store`). Batches are the dicts of
-:func:`brainfm.data.dataset.collate_windows`.
+Both take plain arguments so that LightningCLI can fill them from YAML, and both derive
+from :class:`BrainDataModule`: after ``setup`` they expose one typed
+:class:`~brainfm.data.summary.DataSummary` (``summary``) and draw statistics windows
+(:meth:`BrainDataModule.statistics_batches`), which is all a task reads from its data.
+``store`` is a store URL; ``brainfm fit`` resolves a ``null`` store in a config to the
+bundled sample store (built on first use), so this layer never imports the conversion
+pipelines. Batches are the dicts of :func:`brainfm.data.dataset.collate_windows`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
+from brainfm.data.sampling import evenly_spaced, window_loader
 from brainfm.data.splits import SubjectSplit, calibration_spans, eegmat_cbramod, random_split
 from brainfm.data.store import ShardStore
+from brainfm.data.summary import DataSummary
 
 #: Named subject splits usable from configs.
 NAMED_SPLITS = {"eegmat-cbramod": eegmat_cbramod}
@@ -24,9 +29,8 @@ NAMED_SPLITS = {"eegmat-cbramod": eegmat_cbramod}
 
 def _open_store(store: str | None) -> ShardStore:
     if store is None:
-        from brainfm.pipelines.sample import sample_store  # noqa: PLC0415 - converts only if missing
-
-        store = str(sample_store())
+        raise ValueError("no store given: pass a store URL (`brainfm fit` resolves store: null to the sample "
+                         "store; in Python, brainfm.pipelines.sample.sample_store() builds it)")
     return ShardStore(store)
 
 
@@ -45,7 +49,7 @@ def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, d
 
 def _match_target_set(store: ShardStore, hp: Any) -> str | None:
     """The key of a precomputed target set for these windows and default picks, if any."""
-    for key, entry in sorted(store.manifest.get("targets", {}).items()):
+    for key, entry in sorted(store.target_sets.items()):
         stride = hp.stride_s or hp.window_s
         if (entry["window_s"], entry["positioned_only"], entry["channel_types"]) == (hp.window_s, True, hp.channel_types) \
                 and abs(stride / entry["stride_s"] - round(stride / entry["stride_s"])) < 1e-9:
@@ -87,13 +91,44 @@ class ResumableLoader(DataLoader):
         self._next_epoch, self._skip = state["epoch"], state["batches"]
 
 
-class PretrainDataModule(L.LightningDataModule):
+class BrainDataModule(L.LightningDataModule):
+    """What every brainfm DataModule offers a task after ``setup``.
+
+    Subclasses set ``self._summary`` in ``setup`` and implement :meth:`statistics_windows`.
+    """
+
+    _summary: DataSummary | None = None
+
+    @property
+    def summary(self) -> DataSummary:
+        """The :class:`DataSummary` of the training windows (after ``setup``)."""
+        if self._summary is None:
+            raise RuntimeError(f"{type(self).__name__}.summary is only known after setup()")
+        return self._summary
+
+    @property
+    def sfreq(self) -> float:
+        """Sampling rate of the windows (after ``setup``)."""
+        return self.summary.sfreq
+
+    def statistics_windows(self) -> FixedWindows | EventWindows:
+        """Map-style training windows from which :meth:`statistics_batches` draws."""
+        raise NotImplementedError
+
+    def statistics_batches(self, n_windows: int, batch_size: int = 64) -> DataLoader:
+        """Up to ``n_windows`` training windows spread evenly over the training set, in order
+        (for statistics such as the neurodynamics target normalisation)."""
+        windows = self.statistics_windows()
+        return window_loader(windows, evenly_spaced(len(windows), n_windows), batch_size)
+
+
+class PretrainDataModule(BrainDataModule):
     """Unlabelled windows from every recording, split by subject.
 
     Parameters
     ----------
-    store : str, optional
-        Store URL; default: the sample store.
+    store : str
+        Store URL (``null`` in a config: ``brainfm fit`` resolves it to the sample store).
     window_s, stride_s : float
         Window length and stride (seconds).
     batch_size, num_workers : int
@@ -163,7 +198,13 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(split.val), **common)
         test = hp.test_subjects if hp.test_subjects is not None else split.val
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
-        self.sfreq = self.train_set.sfreq
+        self._summary = DataSummary.of(self.train_set, target_set=self.target_set)
+
+    def statistics_windows(self) -> FixedWindows:
+        """The training windows as :class:`FixedWindows` (same window, stride, picks and targets)."""
+        hp = self.hparams
+        return FixedWindows(self.train_set.store, hp.window_s, hp.stride_s, recordings=self.train_set.recordings,
+                            channel_types=hp.channel_types, targets=self.target_set)
 
     def train_dataloader(self) -> DataLoader:
         w = self.hparams.num_workers
@@ -182,7 +223,7 @@ class PretrainDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
 
-class DecodingDataModule(L.LightningDataModule):
+class DecodingDataModule(BrainDataModule):
     """Labelled windows for fine-tuning and evaluation, split by subject.
 
     Labels come either from a BIDS entity per recording (``label_entity`` +
@@ -191,6 +232,8 @@ class DecodingDataModule(L.LightningDataModule):
 
     Parameters
     ----------
+    store : str
+        Store URL (``null`` in a config: ``brainfm fit`` resolves it to the sample store).
     split : str or dict
         A name from :data:`NAMED_SPLITS` or ``{"train": [...], "val": [...], "test": [...]}``.
     adapt_subjects : list of str, optional
@@ -261,7 +304,7 @@ class DecodingDataModule(L.LightningDataModule):
                 labels = EntityLabels(hp.label_entity, hp.label_map)
                 ds = FixedWindows(store, hp.window_s, hp.stride_s, recordings, labels, hp.channel_types)
             self.sets[part] = ds
-        self.sfreq = self.sets["train"].sfreq
+        self._summarize()
 
     def _setup_calibration(self, store: ShardStore) -> None:
         hp = self.hparams
@@ -284,17 +327,17 @@ class DecodingDataModule(L.LightningDataModule):
         self.sets["val"] = None
         self.sets["test"] = FixedWindows(store, hp.window_s, hp.stride_s, recordings, labels,
                                          hp.channel_types, spans=test)
-        self.sfreq = self.sets["train"].sfreq
+        self._summarize()
+
+    def _summarize(self) -> None:
+        self._summary = DataSummary.of(self.sets["train"], class_counts=self.class_counts("train"))
+
+    def statistics_windows(self) -> FixedWindows | EventWindows:
+        return self.sets["train"]
 
     def subject_channels(self, part: str = "train") -> dict[str, int]:
         """Channels per subject in ``part`` (for subject-specific layers); one montage per subject."""
-        ds = self.sets[part]
-        out: dict[str, int] = {}
-        for rid, spec in zip(ds.recordings, ds._specs):
-            subject = ds.store.entry(rid)["subject"]
-            if out.setdefault(subject, spec.n_channels) != spec.n_channels:
-                raise ValueError(f"subject {subject!r} has recordings with different channel counts")
-        return out
+        return DataSummary.of(self.sets[part]).subject_channels()
 
     @property
     def n_classes(self) -> int:
@@ -320,4 +363,4 @@ class DecodingDataModule(L.LightningDataModule):
         return self.test_dataloader()
 
 
-__all__: Sequence[str] = ["DecodingDataModule", "PretrainDataModule", "NAMED_SPLITS"]
+__all__: Sequence[str] = ["BrainDataModule", "DecodingDataModule", "PretrainDataModule", "NAMED_SPLITS"]

@@ -70,7 +70,8 @@ class _StoreWindows:
         self.positioned_only = positioned_only
         self.recordings: list[str] = []
         self._picks: list[np.ndarray] = []
-        self._specs: list[SensorSpec] = []
+        #: Per recording, its sensors after channel picking (what the model sees).
+        self.specs: list[SensorSpec] = []
         for rid in ids:
             spec = self.store.recording(rid).spec
             keep = np.ones(spec.n_channels, dtype=bool)
@@ -84,11 +85,16 @@ class _StoreWindows:
             picks = np.flatnonzero(keep)
             self.recordings.append(rid)
             self._picks.append(picks)
-            self._specs.append(spec if keep.all() else spec.pick(picks))
-        sfreqs = {s.sfreq for s in self._specs}
+            self.specs.append(spec if keep.all() else spec.pick(picks))
+        sfreqs = {s.sfreq for s in self.specs}
         if len(sfreqs) > 1:
             raise ValueError(f"recordings have different sampling rates {sorted(sfreqs)}")
         self.sfreq = sfreqs.pop() if sfreqs else float(self.store.preset["sfreq"])
+
+    @property
+    def subjects(self) -> list[str]:
+        """Per recording, its subject."""
+        return [self.store.entry(rid)["subject"] for rid in self.recordings]
 
     def _recording(self, i: int) -> Recording:
         return self.store.recording(self.recordings[i])
@@ -97,10 +103,7 @@ class _StoreWindows:
         """Precomputed targets (``targets=key``) must match these windows exactly."""
         if self.targets is None:
             return
-        sets = self.store.manifest.get("targets", {})
-        if self.targets not in sets:
-            raise KeyError(f"store {self.store.url} has no target set {self.targets!r}; it has {sorted(sets)}")
-        entry = sets[self.targets]
+        entry = self.store.target_set(self.targets)
         t_window = int(round(entry["window_s"] * self.sfreq))
         self._target_stride = int(round(entry["stride_s"] * self.sfreq))
         if t_window != window or stride % self._target_stride:
@@ -114,9 +117,7 @@ class _StoreWindows:
     def _target_row(self, i: int, start: int) -> torch.Tensor:
         table = self._target_tables.get(i)
         if table is None:
-            from brainfm.pipelines.targets import read_targets  # noqa: PLC0415 - no MNE behind it
-
-            table = self._target_tables[i] = read_targets(self._recording(i), self.targets)
+            table = self._target_tables[i] = self._recording(i).read_targets(self.targets)  # (n_windows, K)
         return table[start // self._target_stride]
 
     def _sample(self, i: int, block: np.ndarray, start: int, label: int | None) -> dict[str, Any]:
@@ -125,7 +126,7 @@ class _StoreWindows:
         entry = self.store.entry(self.recordings[i])
         sample = {
             "x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-            "spec": self._specs[i],
+            "spec": self.specs[i],
             "recording": self.recordings[i],
             "subject": entry["subject"],
             "start": int(start),

@@ -11,6 +11,9 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
         <recording id>/          one Zarr v3 group per completely written recording
           zarr.json              group attributes (below)
           data/                  Zarr v3 array, float16, shape (C, N), chunks (C, chunk)
+          targets-<key>/         optional Zarr v3 array, float32, shape (n_windows, K): one
+                                 precomputed target set (below)
+          .tmp-targets-<key>-<uuid>/  a target array being written (ignored by readers)
         .tmp-<id>-<uuid>/        a recording being written (ignored by readers)
       reports/convert-*.json     one report per conversion run
 
@@ -24,7 +27,8 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
                              "ch_type_counts": {"eeg": 19}, "n_events": E,
                              "positions": "recorded"|"montage:<name>"|"none",
                              "source": "<path relative to the BIDS root>",
-                             "source_sha256": "...", "preset_hash": "..."}}}
+                             "source_sha256": "...", "preset_hash": "..."}},
+     "targets": {"<key>": {...target set entry, below...}}}          (only when a set exists)
 
 A recording is listed in the manifest only after its group was written under a
 temporary name and renamed into place, so a store read through its manifest is
@@ -38,6 +42,31 @@ Recording group attributes (``zarr.json``)::
     channels: {names, types, units, loc (C x 12, null where unknown), scale (C),
                bads (names), coil_types}
     events:   {onset (s from the first stored sample), duration (s), label}
+
+Target sets
+-----------
+A target set holds, for every recording, the neurodynamics target vector
+(:func:`brainfm.targets.compute_targets`) of each fixed window ``[k·stride, k·stride + window)``
+as the array ``targets-<key>`` of shape ``(n_windows, K)``. Its manifest entry::
+
+    "targets": {"<key>": {"spec": {...TargetSpec fields...}, "window_s": s, "stride_s": s,
+                          "names": [K target names], "positioned_only": true,
+                          "channel_types": null | [types]}}
+
+``key`` is :func:`target_set_key` of (spec, window_s, stride_s). Each array is written under a
+temporary name and renamed (:func:`write_target_table`); the manifest lists the set
+(:func:`add_target_set`) only after every recording has its array, so readers never see a
+partial set. Windows use the loader's channel picking (``positioned_only``, ``channel_types``),
+so a window dataset with the same window and picks, a stride that is a multiple of the stored
+one and ``targets=key`` reads exactly the targets it would compute itself
+(:meth:`Recording.read_targets`).
+
+Writing
+-------
+Every array of the store (a recording's group, a target table) goes through one path,
+:func:`_write_atomically`: written under a ``.tmp-*`` name, renamed when complete, removed if
+the writer fails. The manifest is replaced atomically by :func:`commit` (temporary file, then
+rename).
 
 Signal encoding
 ---------------
@@ -56,6 +85,7 @@ The measured maximum on real data is recorded in ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -63,7 +93,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import fsspec
 import numpy as np
@@ -77,6 +107,8 @@ FORMAT = "brainfm-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RECORDINGS = "recordings"
+#: Name prefix of a recording's precomputed target arrays (``targets-<key>``).
+TARGETS_PREFIX = "targets-"
 #: Largest magnitude stored unscaled; above it the channel gets a power-of-two scale.
 FP16_SAFE_MAX = 32768.0
 #: Worst-case relative reconstruction error of the float16 encoding (round to nearest).
@@ -250,6 +282,10 @@ class Recording:
         """A whole auxiliary array of the recording's group (e.g. precomputed targets)."""
         return np.asarray(self._group[name][...])
 
+    def read_targets(self, key: str) -> torch.Tensor:
+        """The ``(n_windows, K)`` float32 table of target set ``key`` (see the module docstring)."""
+        return torch.from_numpy(self.read_array(f"{TARGETS_PREFIX}{key}"))
+
     def _chunk(self, k: int) -> np.ndarray:
         key = (self._cache_id, k)
         cached = CHUNK_CACHE.get(key)
@@ -326,6 +362,18 @@ class ShardStore:
 
     def subjects(self) -> list[str]:
         return sorted({e["subject"] for e in self.manifest["recordings"].values()})
+
+    @property
+    def target_sets(self) -> dict[str, dict[str, Any]]:
+        """Manifest entries of the precomputed target sets, by key."""
+        return self.manifest.get("targets", {})
+
+    def target_set(self, key: str) -> dict[str, Any]:
+        """The manifest entry of target set ``key``; KeyError naming the sets there are."""
+        sets = self.target_sets
+        if key not in sets:
+            raise KeyError(f"store {self.url} has no target set {key!r}; it has {sorted(sets)}")
+        return sets[key]
 
     def recording(self, recording_id: str) -> Recording:
         rec = self._open.get(recording_id)
@@ -435,7 +483,8 @@ def write_recording(
             "label": [str(x) for x in events.label],
         },
     }
-    try:
+
+    def write() -> None:
         fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
         group = zarr.open_group(zarr_store(fs, tmp), mode="w", zarr_format=3, attributes=group_attrs)
         arr = group.create_array(
@@ -446,14 +495,8 @@ def write_recording(
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         )
         arr[...] = encoded
-        fs.invalidate_cache()  # Zarr wrote through its own filesystem instance; drop stale listings
-        if fs.exists(final):  # a stale, unlisted copy from an interrupted run
-            fs.rm(final, recursive=True)
-        move_tree(fs, tmp, final)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
-        raise
+
+    _write_atomically(fs, tmp, final, write)
     counts: dict[str, int] = {}
     for t in spec.ch_types:
         counts[t] = counts.get(t, 0) + 1
@@ -467,6 +510,24 @@ def write_recording(
         "ch_type_counts": counts,
         "n_events": len(events),
     }
+
+
+def _write_atomically(fs: fsspec.AbstractFileSystem, tmp: str, final: str, write: Callable[[], None]) -> None:
+    """The store's one write path: ``write()`` fills ``tmp``, which then replaces ``final``.
+
+    A stale, unlisted copy at ``final`` (from an interrupted run) is removed first; if
+    anything fails, ``tmp`` is removed and the error propagates.
+    """
+    try:
+        write()
+        fs.invalidate_cache()  # Zarr wrote through its own filesystem instance; drop stale listings
+        if fs.exists(final):
+            fs.rm(final, recursive=True)
+        move_tree(fs, tmp, final)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+        raise
 
 
 def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
@@ -519,3 +580,44 @@ def remove_stale_temporaries(store_url: str) -> list[str]:
     for p in stale:
         fs.rm(p, recursive=True)
     return stale
+
+
+# --------------------------------------------------------------------------------------
+# target sets
+# --------------------------------------------------------------------------------------
+def target_set_key(spec: Mapping[str, Any], window_s: float, stride_s: float) -> str:
+    """The key of a target set: a hash of its target spec (as JSON), window and stride."""
+    payload = json.dumps({"spec": spec, "window_s": window_s, "stride_s": stride_s}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def write_target_table(store: ShardStore, recording_id: str, key: str, values: np.ndarray) -> None:
+    """Write one recording's ``(n_windows, K)`` targets of set ``key``, atomically.
+
+    Readers see it only once :func:`add_target_set` lists the set in the manifest.
+    """
+    fs, root = store_fs(store.url)
+    group_path = f"{root}/{store.entry(recording_id)['path']}"
+    tmp = f"{group_path}/.tmp-{TARGETS_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
+    values = np.asarray(values, dtype=np.float32)
+
+    def write() -> None:
+        arr = zarr.create_array(zarr_store(fs, tmp), shape=values.shape, dtype="float32",
+                                chunks=(max(1, len(values)), values.shape[1]), zarr_format=3)
+        arr[...] = values
+
+    _write_atomically(fs, tmp, f"{group_path}/{TARGETS_PREFIX}{key}", write)
+
+
+def add_target_set(store_url: str, key: str, *, spec: Mapping[str, Any], window_s: float, stride_s: float,
+                   names: Sequence[str], positioned_only: bool = True,
+                   channel_types: Sequence[str] | None = None) -> None:
+    """List target set ``key`` in the manifest (after every recording has its table)."""
+    manifest = read_manifest(store_url)
+    if manifest is None:
+        raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
+    manifest.setdefault("targets", {})[key] = {
+        "spec": dict(spec), "window_s": window_s, "stride_s": stride_s, "names": list(names),
+        "positioned_only": positioned_only, "channel_types": None if channel_types is None else list(channel_types),
+    }
+    commit(store_url, manifest)

@@ -56,6 +56,15 @@ def type_index(ch_type: str) -> int:
         ) from None
 
 
+def check_sfreq(data_sfreq: float, model_sfreq: float) -> None:
+    """The one sampling-rate check between data and model: equal within 1 µHz, else a clear error."""
+    if abs(float(data_sfreq) - float(model_sfreq)) > 1e-6:
+        raise ValueError(
+            f"sampling rate {float(data_sfreq):g} Hz does not match the model's {float(model_sfreq):g} Hz; "
+            "resample the data first"
+        )
+
+
 def orientation_from_loc(loc: np.ndarray, ch_types: Sequence[str]) -> np.ndarray:
     """Sensor orientation ``(C, 3)`` from MNE ``loc`` rows ``(C, 12)``.
 

@@ -17,7 +17,8 @@ reference otherwise.
 ``w8a8_linear_dynamic(x, qw, sw, ...)`` quantize activations then ``w8a8_linear``
 ``quantize_weight_int4(w, group)``      packed int4 weight + group scales
 ``w4a16_linear(x, packed, s, group)``   int4-weight GEMM / split-K GEMV
-``fused_ash(x, alpha, z, eps)``         fused ASH activation with backward
+``fused_ash(x, alpha, z, eps)``         fused ASH activation with backward (what
+                                        ``brainfm.models.ASH`` runs on CUDA)
 ======================================  =============================================
 """
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: Epilogue activations the quantized GEMMs fuse after dequantization (``activation=``); the
+#: activations a model config selects are ``brainfm.models.activations.MODEL_ACTIVATIONS``.
 ACTIVATIONS = ("none", "gelu", "silu")
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from brainfm.models import ASH, get_activation
-from brainfm.models.activations import ACTIVATIONS
+from brainfm.models.activations import MODEL_ACTIVATIONS
 
 
 def test_matches_formula():
@@ -75,7 +75,7 @@ def test_conv_axis():
 
 
 def test_registry():
-    assert set(ACTIVATIONS) == {"gelu", "silu", "ash"}
+    assert set(MODEL_ACTIVATIONS) == {"gelu", "silu", "ash"}
     assert isinstance(get_activation("gelu", 8), nn.GELU)
     assert isinstance(get_activation("silu", 8), nn.SiLU)
     ash = get_activation("ash", 8, axis=1)

@@ -1,12 +1,12 @@
-"""brainfm models: config presets, sensor tokenizer, criss-cross encoder, heads."""
+"""brainfm models: config presets, sensor tokenizer, criss-cross encoder, heads, weights files."""
 
 from brainfm.models.activations import ASH, get_activation
 from brainfm.models.attention import CrissCrossBlock, load_braindecode_criss_cross
-from brainfm.models.config import PRESETS, ModelConfig
+from brainfm.models.config import PRESETS, ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder
 from brainfm.models.heads import AttentionPool, ClassificationHead, NeurodynamicsHead, ReconstructionHead, masked_mean
-from brainfm.models.serialization import load_decoder, load_pretrained, save_decoder, save_encoder
+from brainfm.models.serialization import Weights, load_decoder, load_pretrained, read_weights, save_decoder, save_encoder
 from brainfm.models.subject import SubjectAdapter, SubjectLayers
 from brainfm.models.tokenizer import PatchEmbedding, SensorEmbedding, SensorTokenizer
 
@@ -33,4 +33,7 @@ __all__ = [
     "save_encoder",
     "SubjectAdapter",
     "SubjectLayers",
+    "Weights",
+    "read_weights",
+    "resolve_config",
 ]

@@ -3,7 +3,9 @@
 :class:`ASH` is Adaptive SwisH (Lee et al., 2022): a Swish whose gate is shifted by a
 per-token threshold ``mu + z * sigma`` computed over the hidden dimension, so that the
 unit keeps roughly the top fraction of features of each token (a smooth, trainable
-top-k). :func:`get_activation` maps the config strings ``'gelu'``, ``'silu'`` and
+top-k). On CUDA tensors :class:`ASH` over the last axis runs the fused Triton kernel
+:func:`brainfm.kernels.fused_ash` (one read of ``x``, one write of ``y``, with a fused
+backward); elsewhere it runs the plain PyTorch formula. :func:`get_activation` maps the config strings ``'gelu'``, ``'silu'`` and
 ``'ash'`` to modules, so every place in :mod:`brainfm.models` that has an activation
 (feed-forward, patch-embedding convs, sensor MLP) follows ``ModelConfig.activation``.
 
@@ -20,7 +22,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-ACTIVATIONS: tuple[str, ...] = ("gelu", "silu", "ash")
+try:  # the fused kernel needs triton, which brainfm installs on Linux only
+    from brainfm.kernels.ash import MAX_D as FUSED_MAX_D
+    from brainfm.kernels.ash import fused_ash
+except ImportError:  # pragma: no cover - platforms without triton run the PyTorch formula
+    fused_ash, FUSED_MAX_D = None, 0
+
+#: Activation names a :class:`~brainfm.models.ModelConfig` can select (``activation``). Not to be
+#: confused with :data:`brainfm.kernels.reference.ACTIVATIONS`, the epilogues the quantized
+#: GEMM kernels fuse.
+MODEL_ACTIVATIONS: tuple[str, ...] = ("gelu", "silu", "ash")
 
 
 class ASH(nn.Module):
@@ -67,12 +78,19 @@ class ASH(nn.Module):
             raise ValueError(
                 f"ASH expects {self.dim} features on axis {self.axis}, got shape {tuple(x.shape)}"
             )
+        if self.uses_fused_kernel(x):
+            return fused_ash(x, self.alpha, self.z, self.eps)
         mu = x.mean(dim=self.axis, keepdim=True)
         var = x.var(dim=self.axis, keepdim=True, unbiased=False)
         sigma = torch.sqrt(var + self.eps)
         alpha = self.alpha.to(x.dtype)
         z = self.z.to(x.dtype)
         return x * torch.sigmoid(alpha * (x - mu - z * sigma))
+
+    def uses_fused_kernel(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` runs the fused Triton kernel: CUDA, features on the last axis."""
+        return (fused_ash is not None and x.is_cuda and self.axis in (-1, x.ndim - 1)
+                and 0 < x.shape[-1] <= FUSED_MAX_D)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, axis={self.axis}, eps={self.eps}"
@@ -105,6 +123,6 @@ def get_activation(name: str, dim: int, axis: int = -1) -> nn.Module:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
+            f"unknown activation {name!r}; choose one of {', '.join(MODEL_ACTIVATIONS)}"
         ) from None
     return factory(dim, axis)

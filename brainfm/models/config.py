@@ -6,6 +6,7 @@ metadata, see :mod:`brainfm.models.serialization`) and is looked up by name::
 
     cfg = ModelConfig.from_name("tiny", dropout=0.0)
     cfg = cfg.for_signal(spec, window_s=4.0)      # checks sfreq, window, positions
+    cfg = resolve_config("tiny", {"dropout": 0.1})  # a name, a to_dict() dict or a config
 
 Presets
 -------
@@ -31,8 +32,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from brainfm.models.activations import ACTIVATIONS
-from brainfm.signal import CHANNEL_TYPES, SensorSpec
+from brainfm.models.activations import MODEL_ACTIVATIONS
+from brainfm.signal import CHANNEL_TYPES, SensorSpec, check_sfreq
 
 #: Physical amplitude that maps to 1.0 at the encoder input, per channel type (in the
 #: order of :data:`brainfm.signal.CHANNEL_TYPES`, in the units of :data:`brainfm.signal.UNITS`).
@@ -120,9 +121,9 @@ class ModelConfig:
             raise ValueError(f"n_heads must be even (half spatial, half temporal), got {self.n_heads}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.activation not in ACTIVATIONS:
+        if self.activation not in MODEL_ACTIVATIONS:
             raise ValueError(
-                f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+                f"unknown activation {self.activation!r}; choose one of {', '.join(MODEL_ACTIVATIONS)}"
             )
         for key in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
@@ -184,11 +185,7 @@ class ModelConfig:
         ModelConfig
             ``self`` (configs are immutable), so calls chain.
         """
-        if abs(spec.sfreq - self.sfreq) > 1e-6:
-            raise ValueError(
-                f"sampling rate {spec.sfreq:g} Hz does not match the model's {self.sfreq:g} Hz; "
-                "resample the data first"
-            )
+        check_sfreq(spec.sfreq, self.sfreq)
         self.check_window(int(round(window_s * self.sfreq)))
         missing = [n for n, ok in zip(spec.ch_names, spec.has_positions) if not ok]
         if missing:
@@ -254,3 +251,16 @@ PRESETS: dict[str, ModelConfig] = {
         conv_channels=25, sensor_hidden=128,
     ),
 }
+
+
+def resolve_config(model: str | dict[str, Any] | ModelConfig,
+                   overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The one config resolver: a preset name, a :meth:`ModelConfig.to_dict` dict or a
+    config, with ``overrides`` (fields replaced, then re-validated) applied."""
+    if isinstance(model, ModelConfig):
+        config = model
+    elif isinstance(model, dict):
+        config = ModelConfig.from_dict(model)
+    else:
+        config = ModelConfig.from_name(model)
+    return config.replace(**overrides) if overrides else config

@@ -11,20 +11,26 @@ the :class:`~brainfm.models.BrainEncoder` state dict and whose string metadata h
 (encoder, subject layers, head), with ``decoder`` metadata: ``n_classes``, ``pooling``,
 ``subject_channels`` and ``classes`` as JSON.
 
-Only safetensors is read or written: no pickle, so loading a file never runs code.
+Only safetensors is written. :func:`read_weights` is the one reader of every weights file
+brainfm makes: an encoder, a decoder, or a Lightning ``.ckpt`` of a pretraining or decoding
+task (read with ``torch.load(weights_only=True)``). No pickle runs, so loading a file never
+runs code. Its shape follows timm's ``_helpers.load_state_dict``: one function that knows
+every container and returns a plain state dict.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from brainfm.models.config import ModelConfig
+from brainfm.models.config import ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder
 
@@ -109,9 +115,83 @@ def save_decoder(decoder: BrainDecoder, path: str | os.PathLike, extra: dict[str
     save_file(state, os.fspath(path), metadata=metadata)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """Weights read by :func:`read_weights`.
+
+    Parameters
+    ----------
+    kind : {'encoder', 'decoder'}
+        What the file holds: a pretrained encoder, or a whole fine-tuned decoder.
+    state : dict of str to Tensor
+        State dict with keys relative to :class:`BrainDecoder` (``encoder.*``, ``head.*``,
+        ``subjects.*``); an encoder's keys are prefixed with ``encoder.``.
+    config : ModelConfig
+        The architecture.
+    decoder : dict, optional
+        For a decoder: ``n_classes``, ``pooling``, ``subject_channels`` and ``classes``
+        (the :class:`BrainDecoder` arguments besides the config).
+    """
+
+    kind: Literal["encoder", "decoder"]
+    state: dict[str, torch.Tensor]
+    config: ModelConfig
+    decoder: dict[str, Any] | None = None
+
+
+def read_weights(path: str | os.PathLike) -> Weights:
+    """Weights and architecture from any brainfm weights file, without unpickling code.
+
+    Accepts ``encoder.safetensors`` (pretraining), ``decoder.safetensors`` (fine-tuning)
+    and Lightning checkpoints of :class:`~brainfm.tasks.PretrainModule` or
+    :class:`~brainfm.tasks.DecodeModule` (any other suffix; read with
+    ``torch.load(weights_only=True)``). Tensors are on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a brainfm file, or a checkpoint with neither an encoder nor a decoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    if path.suffix == ".safetensors":
+        meta = read_metadata(path, (FORMAT, DECODER_FORMAT))
+        state = load_file(os.fspath(path))
+        config = ModelConfig.from_dict(meta["config"])
+        if meta["format"] == FORMAT:
+            return Weights("encoder", {f"encoder.{k}": v for k, v in state.items()}, config)
+        return Weights("decoder", state, config, meta["decoder"])
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt.get("hyper_parameters", {})
+    config = resolve_config(hp.get("model", "tiny"), hp.get("model_overrides"))
+    state = ckpt["state_dict"]
+    if any(k.startswith("decoder.") for k in state):
+        state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        dec = {"n_classes": hp["n_classes"], "pooling": hp.get("pooling", "mean"),
+               "subject_channels": hp.get("subject_channels") or {}, "classes": hp.get("classes")}
+        return Weights("decoder", state, config, dec)
+    state = {k: v for k, v in state.items() if k.startswith("encoder.")}
+    if not state:
+        raise ValueError(f"{path} holds neither a brainfm encoder nor a decoder")
+    return Weights("encoder", state, config)
+
+
 def load_decoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainDecoder:
-    """Rebuild a :class:`BrainDecoder` written by :func:`save_decoder` (in eval mode)."""
-    meta = read_metadata(path, (DECODER_FORMAT,))
-    decoder = BrainDecoder(ModelConfig.from_dict(meta["config"]), **meta["decoder"])
-    decoder.load_state_dict(load_file(os.fspath(path), device=str(map_location)), strict=True)
+    """Rebuild a :class:`BrainDecoder` (in eval mode) from ``decoder.safetensors``
+    (:func:`save_decoder`) or a decoding task's ``.ckpt`` (:func:`read_weights`).
+
+    Raises
+    ------
+    ValueError
+        The file holds only an encoder (pretraining output), or is not a brainfm file.
+    """
+    weights = read_weights(path)
+    if weights.kind != "decoder":
+        raise ValueError(f"{path} holds a pretrained encoder without a head; fine-tune it first "
+                         "(brainfm fit with a DecodeModule writes decoder.safetensors)")
+    decoder = BrainDecoder(weights.config, **weights.decoder)
+    decoder.load_state_dict(weights.state, strict=True)
     return decoder.to(map_location).eval()

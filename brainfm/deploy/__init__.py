@@ -1,7 +1,7 @@
 """Deployment: post-training quantization, bundles and ONNX export of fine-tuned decoders.
 
 =====================================  ===================================================
-``calibration_batches(store, ...)``    real windows from a shard store
+``calibration_batches(store, ...)``    real windows from a shard store (:mod:`brainfm.data`)
 ``calibrate(model, batches)``          per-linear activation statistics (forward hooks)
 ``quantize(decoder, scheme, batches)``  copy with W8A8 / W4A16 linears (SmoothQuant, AWQ)
 ``save_bundle(model, dir)``            safetensors + validated JSON, no pickle
@@ -14,8 +14,9 @@
 Command line: ``brainfm quantize`` and ``brainfm export`` (:mod:`brainfm.deploy.commands`).
 """
 
+from brainfm.data.sampling import calibration_batches
 from brainfm.deploy.bundle import load, read_config, save_bundle
-from brainfm.deploy.calibrate import LinearStats, calibrate, calibration_batches
+from brainfm.deploy.calibrate import LinearStats, calibrate
 from brainfm.deploy.checkpoint import load_checkpoint
 from brainfm.deploy.export import DecoderGraph, export_onnx, onnx_session, quantize_onnx, run_onnx
 from brainfm.deploy.qlinear import QuantLinear, W4A16Linear, W8A8Linear

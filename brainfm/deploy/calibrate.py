@@ -10,7 +10,8 @@ few hundred windows with forward pre-hooks on every ``nn.Linear``:
 * ``rows`` ``(<= max_rows, K)``: a seeded random sample of input rows, for the AWQ search
   and for per-layer error reports.
 
-Tokens of padded channels are zero and change neither statistic.
+Tokens of padded channels are zero and change neither statistic. The windows come from
+:func:`brainfm.data.calibration_batches`.
 
 References
 ----------
@@ -21,10 +22,11 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -100,8 +102,6 @@ def calibrate(model: nn.Module, batches: Iterable[dict[str, Any]], n_windows: in
     model.eval()
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         dataset = getattr(batches, "dataset", None)  # a DataLoader knows how many windows it has
         total = min(n_windows, len(dataset)) if dataset is not None else n_windows
         bar = tqdm(total=total, desc="calibrating", unit="window")
@@ -128,36 +128,3 @@ def calibrate(model: nn.Module, batches: Iterable[dict[str, Any]], n_windows: in
         st.n_windows = seen
     return stats
 
-
-def calibration_batches(store: str, n_windows: int = 256, window_s: float = 5.0,
-                        subjects: Sequence[str] | None = None, channel_types: Sequence[str] | None = None,
-                        batch_size: int = 32, seed: int = 0, **entities: Any):
-    """Batches of up to ``n_windows`` unlabelled windows from a shard store.
-
-    Windows are fixed-length (stride = length) from the recordings of ``subjects`` (default:
-    every subject) whose BIDS entities match ``entities`` (e.g. ``task="rest"``); when there
-    are more than ``n_windows``, a seeded random subset spread over all recordings is used.
-    Calibrate on training subjects: the statistics then describe data the model was fitted to.
-
-    Returns
-    -------
-    torch.utils.data.DataLoader
-        Batches of :func:`brainfm.data.collate_windows`.
-    """
-    import numpy as np  # noqa: PLC0415
-    from torch.utils.data import DataLoader, Subset  # noqa: PLC0415
-
-    from brainfm.data import FixedWindows, ShardStore, collate_windows  # noqa: PLC0415
-
-    shard_store = ShardStore(store)
-    recordings = shard_store.select(subjects, **entities)
-    if not recordings:
-        raise ValueError(f"no recordings for subjects={list(subjects) if subjects else 'all'} {entities or ''} "
-                         f"in {store}; subjects there: {', '.join(shard_store.subjects())}")
-    ds = FixedWindows(shard_store, window_s, recordings=recordings, channel_types=channel_types)
-    if len(ds) == 0:
-        raise ValueError(f"no {window_s:g}-s windows in the selected recordings of {store}")
-    idx = np.arange(len(ds))
-    if len(ds) > n_windows:
-        idx = np.sort(np.random.default_rng(seed).choice(len(ds), n_windows, replace=False))
-    return DataLoader(Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collate_windows)

@@ -21,22 +21,26 @@ from pathlib import Path
 
 import torch
 
+from brainfm.data.sampling import calibration_windows, window_loader
+from brainfm.deploy.bundle import load, save_bundle
+from brainfm.deploy.calibrate import decoder_inputs
+from brainfm.deploy.checkpoint import load_checkpoint
+from brainfm.deploy.export import example_inputs, export_onnx, onnx_session, quantize_onnx, run_onnx
+from brainfm.deploy.quantize import quantize
+from brainfm.kernels.reference import sqnr_db
+from brainfm.models.config import ModelConfig
+
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _calib(args: argparse.Namespace, config, windows: int):
-    """Calibration batches from ``--calib`` (checked against the model's sampling rate)."""
-    from brainfm.deploy.calibrate import calibration_batches  # noqa: PLC0415
-
-    loader = calibration_batches(args.calib, windows, args.window_s, args.calib_subjects, args.channel_types,
-                                 batch_size=args.batch_size)
-    sfreq = loader.dataset.dataset.sfreq
-    if abs(sfreq - config.sfreq) > 1e-6:
-        raise ValueError(f"{args.calib} is at {sfreq:g} Hz, the model expects {config.sfreq:g} Hz")
-    config.check_window(int(round(args.window_s * config.sfreq)))
-    return loader
+def _calib(args: argparse.Namespace, config: ModelConfig, windows: int):
+    """Calibration batches from ``--calib``, checked against the model (:meth:`ModelConfig.for_signal`)."""
+    dataset, picks = calibration_windows(args.calib, windows, args.window_s, args.calib_subjects, args.channel_types)
+    for spec in dict.fromkeys(dataset.specs):  # each distinct montage once
+        config.for_signal(spec, args.window_s)
+    return window_loader(dataset, picks, args.batch_size)
 
 
 def _file_mib(path: Path) -> float:
@@ -46,10 +50,6 @@ def _file_mib(path: Path) -> float:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """``brainfm quantize``: checkpoint -> calibrated, quantized bundle directory."""
-    from brainfm.deploy import load, load_checkpoint, quantize, save_bundle  # noqa: PLC0415
-    from brainfm.deploy.calibrate import decoder_inputs  # noqa: PLC0415
-    from brainfm.kernels.reference import sqnr_db  # noqa: PLC0415
-
     decoder = load_checkpoint(args.ckpt)
     loader = _calib(args, decoder.config, args.windows) if args.calib else None
     model = quantize(decoder, args.scheme, loader, smoothquant=args.smoothquant, alpha=args.alpha,
@@ -75,11 +75,6 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``brainfm export``: checkpoint -> ONNX (fp32, or int8 for onnxruntime with ``--int8``)."""
-    from brainfm.deploy import export_onnx, load_checkpoint, onnx_session, quantize_onnx, run_onnx  # noqa: PLC0415
-    from brainfm.deploy.calibrate import decoder_inputs  # noqa: PLC0415
-    from brainfm.deploy.export import example_inputs  # noqa: PLC0415
-    from brainfm.kernels.reference import sqnr_db  # noqa: PLC0415
-
     decoder = load_checkpoint(args.ckpt)
     out = Path(args.onnx)
     loader = _calib(args, decoder.config, args.windows) if args.calib else None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainfm.data import FixedWindows, ShardStore, ShuffledWindows, collate_windows
+from brainfm.data import FixedWindows, ShardStore, ShuffledWindows, collate_windows, evenly_spaced, window_loader
 from brainfm.cli import main
 from brainfm.targets import TargetSpec, compute_targets, target_names
 from brainfm.tasks import PretrainModule
@@ -57,10 +57,8 @@ def test_nsp_loss_and_statistics(small_sample):
     module = PretrainModule("tiny", nsp_weight=0.5, target_stats_windows=48)
     ds = ShuffledWindows(url, 2.0, seed=0)
 
-    class DM:  # the two attributes fit_target_stats reads
-        train_set = ds
-
-    module.fit_target_stats(DM())
+    windows = FixedWindows(url, 2.0)  # ds's windows as PretrainDataModule.statistics_batches draws them
+    module.fit_target_stats(window_loader(windows, evenly_spaced(len(windows), 48)))
     assert module.target_norm.count.min() > 0 and torch.isfinite(module.target_norm.std).all()
     batch = collate_windows([s for _, s in zip(range(8), iter(ds))])
     out = module.masked_loss(batch)

@@ -11,7 +11,8 @@ import torch
 
 from brainfm.models import ModelConfig, load_pretrained
 from brainfm.tasks import PretrainModule
-from brainfm.tasks.pretrain import masked_mse, mean_baseline, random_patch_mask, warmup_cosine
+from brainfm.tasks.base import warmup_cosine
+from brainfm.tasks.pretrain import masked_mse, mean_baseline, random_patch_mask
 from brainfm.signal import SensorSpec, collate_sensors
 
 SFREQ = 200.0

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainfm.data.summary import DataSummary
+from brainfm.signal import check_sfreq
 from brainfm.tasks.classify import ClassifierModule
 
 BRAINDECODE_MODELS = ("EEGNet", "ShallowFBCSPNet", "CBraMod")
@@ -75,9 +77,13 @@ class BaselineModule(ClassifierModule):
         class_weights: str | list[float] | None = "balanced",
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(n_classes, lr, weight_decay, warmup_steps, min_lr_factor, class_weights, label_smoothing)
+        super().__init__(n_classes, class_weights)
         self.save_hyperparameters()
         self.net = braindecode_model(name, n_chans, n_times, sfreq, n_classes, **(model_kwargs or {}))
+
+    def check_data(self, summary: DataSummary) -> None:
+        """The handshake for a braindecode network: the sampling rate it was built for."""
+        check_sfreq(summary.sfreq, self.hparams.sfreq)
 
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         x = batch["x"]

@@ -1,4 +1,6 @@
-"""What every supervised classifier in brainfm shares: loss, metrics, optimiser.
+"""What every supervised classifier in brainfm shares: loss, metrics, class weights.
+
+The optimiser, schedule, handshake and export come from :class:`~brainfm.tasks.base.BrainTask`.
 
 :class:`ClassifierModule` is the base of :class:`brainfm.tasks.DecodeModule` (brainfm
 models) and :class:`brainfm.tasks.BaselineModule` (braindecode models), so both report
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -26,7 +27,7 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassCohenKappa, MulticlassF1Score
 
-from brainfm.tasks.pretrain import warmup_cosine
+from brainfm.tasks.base import BrainTask
 
 
 def classification_metrics(n_classes: int, prefix: str) -> MetricCollection:
@@ -49,34 +50,26 @@ def balanced_class_weights(counts: Sequence[int]) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(BrainTask):
     """Base LightningModule for window classification.
 
-    Subclasses build their network in ``__init__`` and implement :meth:`logits`.
+    Subclasses build their network in ``__init__`` and implement :meth:`logits`; the
+    optimiser, schedule and handshake are :class:`~brainfm.tasks.base.BrainTask`'s.
 
     Parameters
     ----------
     n_classes : int
-    lr, weight_decay : float
-        AdamW; biases, norms and embeddings get no weight decay.
-    warmup_steps : int
-        Linear warm-up, then cosine decay to ``min_lr_factor · lr`` at the last step of fit
-        (``trainer.estimated_stepping_batches``).
     class_weights : 'balanced', list of float or None
         Cross-entropy class weights (see the module docstring).
-    label_smoothing : float
+
+    Subclasses also take ``lr``, ``weight_decay`` (AdamW; biases, norms and embeddings get
+    no weight decay), ``warmup_steps`` and ``min_lr_factor`` (linear warm-up, then cosine
+    decay to ``min_lr_factor · lr`` at the last step of fit,
+    ``trainer.estimated_stepping_batches``) and ``label_smoothing``, saved as
+    hyperparameters and read by :class:`~brainfm.tasks.base.BrainTask` and :meth:`loss`.
     """
 
-    def __init__(
-        self,
-        n_classes: int = 2,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 0,
-        min_lr_factor: float = 0.01,
-        class_weights: str | list[float] | None = "balanced",
-        label_smoothing: float = 0.0,
-    ) -> None:
+    def __init__(self, n_classes: int = 2, class_weights: str | list[float] | None = "balanced") -> None:
         super().__init__()
         if class_weights not in (None, "balanced") and not isinstance(class_weights, (list, tuple)):
             raise ValueError(f"class_weights must be 'balanced', a list or None, got {class_weights!r}")
@@ -89,32 +82,18 @@ class ClassifierModule(pl.LightningModule):
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
-    def param_groups(self) -> list[dict[str, Any]]:
-        """Trainable parameters as AdamW groups; override for per-part learning rates."""
-        return self._decay_groups(self.parameters(), self.hparams.lr)
-
-    # -- shared -------------------------------------------------------------------------
-    def _decay_groups(self, params, lr: float) -> list[dict[str, Any]]:
-        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)}
-        decay, no_decay = [], []
-        for p in params:
-            if p.requires_grad:
-                (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay, "lr": lr},
-                  {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
-        return [g for g in groups if g["params"]]
-
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # the handshake: self.data_summary
         if stage != "fit":
             return
         cw = self.hparams.class_weights
         if cw == "balanced":
-            dm = getattr(self.trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "class_counts"):
-                raise ValueError("class_weights='balanced' needs a datamodule with class_counts() (DecodingDataModule)")
-            counts = dm.class_counts("train")
+            summary = self.data_summary
+            if summary is None or summary.class_counts is None:
+                raise ValueError("class_weights='balanced' needs a datamodule with class counts (DecodingDataModule)")
+            counts = summary.class_counts
             self.class_weight = balanced_class_weights(counts)
-            rank_zero_info(f"training windows per class {counts.tolist()}; balanced class weights "
+            rank_zero_info(f"training windows per class {list(counts)}; balanced class weights "
                            f"{[round(w, 3) for w in self.class_weight.tolist()]}")
         elif cw is not None:
             if len(cw) != self.n_classes:
@@ -157,12 +136,3 @@ class ClassifierModule(pl.LightningModule):
         if "label" in batch:
             out["label"] = batch["label"]
         return out
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        opt = torch.optim.AdamW(self.param_groups())
-        hp = self.hparams
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_factor)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -6,7 +6,8 @@ of real channels only, in the normalised units the encoder sees (physical units 
 ``ModelConfig.input_scale``), as in CBraMod's pretraining (Wang et al., ICLR 2025).
 
 Batch keys read: ``x`` (B, C, T) float, ``channel_mask`` (B, C) bool, ``sensor_geometry``
-(B, C, 6) float, ``sensor_type`` (B, C) int64 and ``sfreq`` (checked against the model);
+(B, C, 6) float, ``sensor_type`` (B, C) int64 and ``sfreq`` (checked against the model, as
+the DataModule's summary is in :class:`~brainfm.tasks.base.BrainTask`'s handshake);
 with the neurodynamics objective also ``targets`` (B, K) when the store holds precomputed
 targets. Other keys (``recording``, ``subject``, ``label``) are ignored.
 
@@ -21,18 +22,19 @@ compare; with it, ``train/recon``, ``train/nsp`` and ``val/nsp`` are logged too.
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Iterable
 
-import lightning.pytorch as pl
 import torch
 
-from brainfm.models.config import ModelConfig
+from brainfm.data.datamodule import BrainDataModule
+from brainfm.models.config import ModelConfig, resolve_config
 from brainfm.models.encoder import BrainEncoder
 from brainfm.models.heads import NeurodynamicsHead, ReconstructionHead, masked_mean
 from brainfm.models.serialization import save_encoder
+from brainfm.targets import TargetNormalizer, TargetSpec, compute_targets, target_names
+from brainfm.tasks.base import BrainTask
 
 
 def random_patch_mask(
@@ -59,15 +61,7 @@ def mean_baseline(target: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tenso
     return (total / count.clamp_min(1.0)).expand_as(target)  # (B, C, S, P)
 
 
-def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_factor: float = 0.0) -> float:
-    """LR factor: linear warm-up to 1 over ``warmup_steps``, then cosine to ``min_factor``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class PretrainModule(pl.LightningModule):
+class PretrainModule(BrainTask):
     """Masked patch reconstruction on a :class:`~brainfm.models.BrainEncoder`.
 
     Parameters
@@ -118,15 +112,9 @@ class PretrainModule(pl.LightningModule):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        config = resolve_config(model, model_overrides)
         if isinstance(model, ModelConfig):
-            config = model
-            model = config.to_dict()
-        elif isinstance(model, dict):
-            config = ModelConfig.from_dict(model)
-        else:
-            config = ModelConfig.from_name(model)
-        if model_overrides:
-            config = config.replace(**model_overrides)
+            model = model.to_dict()  # hyperparameters stay plain YAML
         self.save_hyperparameters()
         self.config = config
         self.encoder = BrainEncoder(config)
@@ -136,8 +124,6 @@ class PretrainModule(pl.LightningModule):
         if nsp_weight < 0:
             raise ValueError(f"nsp_weight must be >= 0, got {nsp_weight}")
         if nsp_weight > 0:
-            from brainfm.targets import TargetNormalizer, TargetSpec, target_names  # noqa: PLC0415
-
             self.target_spec = TargetSpec(**(targets or {}))
             self.target_names = target_names(self.target_spec)
             self.nsp_head = NeurodynamicsHead(config.d_model, len(self.target_names))
@@ -149,17 +135,6 @@ class PretrainModule(pl.LightningModule):
                 block.compile()
 
     # -- loss -------------------------------------------------------------------------
-    def _check_sfreq(self, batch: dict[str, Any]) -> None:
-        sfreq = batch.get("sfreq")
-        if sfreq is None:
-            return
-        sfreq = torch.as_tensor(sfreq).flatten()
-        if (sfreq - self.config.sfreq).abs().max() > 1e-6:
-            raise ValueError(
-                f"sampling rate {float(sfreq[0]):g} Hz does not match the model's "
-                f"{self.config.sfreq:g} Hz; resample the data first"
-            )
-
     def masked_loss(
         self, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
@@ -171,7 +146,7 @@ class PretrainModule(pl.LightningModule):
             ``loss`` (scalar), ``baseline`` (copy-the-mean loss, no grad), ``patch_mask``
             ``(B, C, S)`` and ``n_tokens`` (real-channel tokens, a Python int).
         """
-        self._check_sfreq(batch)
+        self.check_batch_sfreq(batch)
         x, mask = batch["x"], batch["channel_mask"]
         target = self.encoder.patchify(x, batch["sensor_type"], mask)  # (B, C, S, P)
         patch_mask = random_patch_mask(mask, target.shape[2], self.hparams.mask_ratio, generator)
@@ -201,30 +176,23 @@ class PretrainModule(pl.LightningModule):
         when the batch carries them, else computed here, on the batch's device."""
         if "targets" in batch:
             return batch["targets"].float()
-        from brainfm.targets import compute_targets  # noqa: PLC0415
-
         return compute_targets(
             batch["x"].float(), self.config.sfreq, batch["channel_mask"], batch["sensor_geometry"], self.target_spec
         )
 
     def on_fit_start(self) -> None:
         if self.target_spec is not None and not bool(self.target_norm.count.gt(0).any()):
-            self.fit_target_stats(self.trainer.datamodule)
+            datamodule = self.trainer.datamodule
+            if not isinstance(datamodule, BrainDataModule):
+                raise ValueError("the neurodynamics objective (nsp_weight > 0) draws its target statistics "
+                                 "from a brainfm DataModule (PretrainDataModule); fit with one")
+            self.fit_target_stats(datamodule.statistics_batches(self.hparams.target_stats_windows))
 
     @torch.no_grad()
-    def fit_target_stats(self, datamodule: Any) -> None:
-        """Mean and std of the target vector over evenly spaced training windows."""
-        from brainfm.data.dataset import FixedWindows, collate_windows  # noqa: PLC0415
-
-        train = datamodule.train_set
-        windows = FixedWindows(
-            train.store, train.window / train.sfreq, train.stride / train.sfreq, recordings=train.recordings,
-            channel_types=train.channel_types, positioned_only=train.positioned_only, targets=train.targets,
-        )
-        n = min(len(windows), self.hparams.target_stats_windows)
-        picks = torch.linspace(0, len(windows) - 1, n).round().long().unique().tolist()
-        for lo in range(0, len(picks), 64):
-            batch = collate_windows([windows[k] for k in picks[lo : lo + 64]])
+    def fit_target_stats(self, batches: Iterable[dict[str, Any]]) -> None:
+        """Mean and std of the target vector over ``batches`` (by default evenly spaced
+        training windows, :meth:`brainfm.data.datamodule.BrainDataModule.statistics_batches`)."""
+        for batch in batches:
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             self.target_norm.update(self.batch_targets(batch))
 
@@ -270,31 +238,13 @@ class PretrainModule(pl.LightningModule):
         pooled = masked_mean(tokens, batch["channel_mask"])  # (B, D)
         return {"embedding": pooled, "recording": batch["recording"], "start": batch["start"]}
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, torch.nn.Embedding)}
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-        )
-        hp = self.hparams
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, hp.warmup_steps, hp.max_steps, hp.min_lr_factor)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_fit_end(self) -> None:
-        """Export the trained encoder next to the logs as ``encoder.safetensors``."""
-        # Only next to real logs: without a logger, Trainer.log_dir is the working directory.
-        log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        if log_dir is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-            self.export_safetensors(os.path.join(log_dir, "encoder.safetensors"))
+    def schedule_steps(self) -> int:
+        """The cosine schedule ends at ``max_steps`` (a constructor argument, as in the configs)."""
+        return self.hparams.max_steps
 
     # -- export -----------------------------------------------------------------------
+    export_file = "encoder.safetensors"
+
     def export_safetensors(self, path: str | os.PathLike) -> None:
         """Write encoder weights and config as safetensors (read back with
         :func:`brainfm.models.load_pretrained`); the reconstruction head is not exported."""

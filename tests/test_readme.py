@@ -1,4 +1,4 @@
-"""The README's three commands are the ones CI and users run, and the main job works as written."""
+"""The README's two commands are the ones CI and users run, and the main job works as written."""
 
 from __future__ import annotations
 
@@ -17,20 +17,26 @@ def _commands() -> list[str]:
     return [block.strip() for block in re.findall(r"```bash\n(.*?)```", quickstart, re.S)]
 
 
-def test_readme_has_install_main_job_and_test_commands():
-    install, main_job, tests = _commands()
-    assert install == 'pip install -e ".[test]"'
-    assert main_job == "brainfm fit --config configs/pretrain/quickstart.yaml"
-    assert tests == "python -m pytest"
+#: What the README's commands run inside the locked environment.
+IN_ENV = "python -m uv run --locked "
+
+
+def test_readme_has_install_and_main_job_then_test_commands():
+    install_and_main_job, tests = _commands()
+    install, main_job = install_and_main_job.split(" && ")
+    assert install == 'python -m pip install "uv==0.13.9"'
+    assert main_job == IN_ENV + "brainfm fit --config configs/pretrain/quickstart.yaml"
+    assert tests == IN_ENV + "pytest"
     ci = (ROOT / ".ci/run").read_text().splitlines()
-    assert tests in ci and any("pip install" in line and ".[test]" in line for line in ci)
+    assert install.replace("pip install", "pip install -q") in ci
+    assert ci.index("rm -rf .venv") < ci.index(tests) == len(ci) - 1, "CI runs the README's tests in a fresh env"
 
 
 def test_readme_main_job(tmp_path):
     """Runs the main job exactly as written, from a folder holding the repo's configs:
     it builds the full sample store on first use, pretrains ``tiny`` and beats the
     copy-the-mean baseline on held-out subjects."""
-    _, main_job, _ = _commands()
+    main_job = _commands()[0].split(" && ")[1].removeprefix(IN_ENV)  # already inside the environment
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     env = {**os.environ, "BRAINFM_HOME": os.environ["BRAINFM_HOME"]}
     out = subprocess.run(main_job, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -8,7 +8,16 @@ windows, where the fp32 model is well above chance, so that flipped decisions wo
 
 Thresholds sit below what was measured here (``tiny``, 128 calibration windows):
 logits SQNR W8A8 + SmoothQuant ~56 dB, W4A16 g64 + AWQ ~33 dB; onnxruntime fp32 max
-|diff| ~6e-7, int8 dynamic ~52 dB, int8 static QDQ ~40 dB.
+|diff| ~6e-7.
+
+onnxruntime int8 (7-bit weights, the default): dynamic 46.2 dB, static QDQ 38.8 dB, bit-identical
+on an AVX-512 VNNI host and under ``qemu-x86_64 -cpu Haswell`` (AVX2, no VNNI), because 7-bit
+weights cannot saturate the int16 pair sums of ``vpmaddubsw``. With 8-bit weights the same
+files gave 52.2 / 39.9 dB with VNNI but 27.3 / 29.1 dB without: the failures of issue #10 were
+the CPU's int8 kernels, not the onnxruntime version or the fixture (it trains bit-identically
+from seed 0 on the locked stack). The bounds keep ~6 dB below the portable figures;
+:func:`test_int8_weights_cannot_saturate_without_vnni` checks the property that makes them
+portable.
 """
 
 from __future__ import annotations
@@ -297,7 +306,7 @@ def test_onnx_fp32_parity(tuned, onnx_fp32):
     torch.testing.assert_close(run_onnx(session, x, geometry, types, mask), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode,min_sqnr", [("dynamic", 40.0), ("static", 30.0)])
+@pytest.mark.parametrize("mode,min_sqnr", [("dynamic", 40.0), ("static", 32.0)])
 def test_onnx_int8(mode, min_sqnr, tuned, onnx_fp32, tmp_path):
     path = quantize_onnx(onnx_fp32, tmp_path / f"{mode}.onnx", mode, tuned.calib, 128)
     assert path.stat().st_size < onnx_fp32.stat().st_size
@@ -305,9 +314,28 @@ def test_onnx_int8(mode, min_sqnr, tuned, onnx_fp32, tmp_path):
     for part, batches in tuned.sets.items():
         ref = _logits(tuned.decoder, batches)
         got = torch.cat([run_onnx(session, *decoder_inputs(b)) for b in batches])
-        assert sqnr_db(ref, got) >= min_sqnr, part
+        sqnr = sqnr_db(ref, got)
+        assert sqnr >= min_sqnr, f"{part}: logits SQNR {sqnr:.2f} dB < {min_sqnr} dB"
         assert float((got.argmax(1) == ref.argmax(1)).float().mean()) >= 0.97, part
         assert abs(_balanced_accuracy(got, batches) - _balanced_accuracy(ref, batches)) <= 2.0, part
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_weights_cannot_saturate_without_vnni(mode, tuned, onnx_fp32, tmp_path):
+    """Every int8 weight lies in [-64, 64], so a uint8 x int8 pair sum stays below 2**15 on
+    AVX2 (``2·255·64 = 32640``): the quantized file computes the same logits on any x86 CPU."""
+    import onnx
+    from onnx import numpy_helper
+
+    def largest_int8_weight(path: Path) -> int:
+        weights = [numpy_helper.to_array(t) for t in onnx.load(os.fspath(path)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+        assert weights, f"no int8 weight matrices in {path.name}"
+        return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+
+    assert largest_int8_weight(quantize_onnx(onnx_fp32, tmp_path / f"{mode}.onnx", mode, tuned.calib, 128)) <= 64
+    full = quantize_onnx(onnx_fp32, tmp_path / f"{mode}-8bit.onnx", mode, tuned.calib, 128, reduce_range=False)
+    assert largest_int8_weight(full) == 127
 
 
 def test_cli_export_int8(tuned, tmp_path, capsys):

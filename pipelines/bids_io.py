@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import h5py
 import mne
 import numpy as np
+import scipy.io
 from mne_bids import BIDSPath, find_matching_paths, read_raw_bids
 
 from brainfm.data.store import Events
@@ -25,6 +28,8 @@ DATATYPES = ("eeg", "meg", "ieeg")
 _COMPANIONS = {".vhdr": (".eeg", ".vmrk"), ".set": (".fdt",)}
 #: BIDS sidecars that change what conversion produces.
 _SIDECARS = ("channels.tsv", "events.tsv", "electrodes.tsv", "coordsystem.json")
+#: The keys of a BrainVision header's ``[Common Infos]`` that name other files.
+_VHDR_REFERENCE = re.compile(r"^\s*(DataFile|MarkerFile)\s*=\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 class ConversionError(RuntimeError):
@@ -57,22 +62,90 @@ def safe_relative(path: Path, root: Path) -> str:
     return resolved.relative_to(base).as_posix()
 
 
+def referenced_files(main: Path) -> list[Path]:
+    """Files that a recording's header names, resolved the way MNE's readers resolve them.
+
+    A BrainVision ``.vhdr`` names its samples and markers (``DataFile=``, ``MarkerFile=`` in
+    ``[Common Infos]``); an EEGLAB ``.set`` names its ``.fdt`` in ``EEG.data``. MNE joins these
+    names to the header's folder, so an absolute name or ``../`` leaves the dataset.
+    """
+    if main.suffix == ".vhdr":
+        text = main.read_bytes().decode("latin-1")
+        common = re.split(r"^\s*\[", text.split("[Common Infos]", 1)[-1], flags=re.MULTILINE)[0]
+        return [main.parent / name for _, name in _VHDR_REFERENCE.findall(common) if name]
+    if main.suffix == ".set":
+        name = _eeglab_data_name(main)
+        return [main.parent / name] if name else []
+    return []
+
+
+def _eeglab_data_name(path: Path) -> str | None:
+    """``EEG.data`` of an EEGLAB ``.set`` when it is a file name (data stored beside it)."""
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["EEG", "data"])
+        data = getattr(mat["EEG"], "data", None) if "EEG" in mat else mat.get("data")
+        return data if isinstance(data, str) else None
+    except NotImplementedError:  # MATLAB v7.3 files are HDF5; strings are uint16 arrays
+        with h5py.File(path, "r") as f:
+            node = f.get("EEG/data", f.get("data"))
+            if isinstance(node, h5py.Dataset) and node.dtype == np.uint16:
+                return "".join(map(chr, np.asarray(node).ravel()))
+        return None
+    except Exception as err:  # noqa: BLE001 - an unreadable header is a conversion error
+        raise ConversionError(f"cannot read the EEGLAB header {path}: {err}") from err
+
+
+def _inside_root(path: Path, root: Path, named_by: Path | None = None) -> Path:
+    """``path`` if it (after following symlinks) lies inside ``root``; else ConversionError."""
+    if path.resolve().is_relative_to(root.resolve()):
+        return path
+    target = path.resolve()
+    if named_by is not None:
+        raise ConversionError(f"{named_by} names {path} ({target}), which lies outside the BIDS root {root}; refused")
+    raise ConversionError(f"{path} resolves to {target}, outside the BIDS root {root}; refused")
+
+
 def source_files(bids_path: BIDSPath) -> list[Path]:
-    """The data file, its companions and the sidecars that exist, in a fixed order."""
-    main = Path(bids_path.fpath)
-    files = [main] + [main.with_suffix(ext) for ext in _COMPANIONS.get(main.suffix, ())]
+    """Every file conversion reads for one recording, in a fixed order, each checked to
+    resolve inside the BIDS root before anything opens it.
+
+    The data file, the files its header names (:func:`referenced_files`), same-stem
+    companions, the recording's sidecars and its ``scans.tsv``. Sidecars that BIDS
+    inheritance may pull in from the subject, session or dataset level are checked too, but
+    not returned (they would tie every recording's checksum to dataset-level files). Raises
+    :class:`ConversionError` naming the file and what it resolves to, or which header named it.
+    """
+    root = Path(bids_path.root)
+    main = _inside_root(Path(bids_path.fpath), root)
+    files = [main]
+    if main.is_file():
+        files += [_inside_root(f, root, named_by=main) for f in referenced_files(main)]
+    files += [main.with_suffix(ext) for ext in _COMPANIONS.get(main.suffix, ())]
     stem = main.name[: -len(f"_{bids_path.suffix}{main.suffix}")]
     for sidecar in _SIDECARS + (f"{bids_path.suffix}.json",):
         files.extend(sorted(main.parent.glob(f"{stem}_{sidecar}")))
-    return [f for f in files if f.exists()]
+    files.extend(sorted(main.parent.parent.glob("*_scans.tsv")))  # sub-X[/ses-Y]/sub-X[_ses-Y]_scans.tsv
+    unique = list(dict.fromkeys(f for f in files if f.exists() or f.is_symlink()))
+    for f in unique:
+        _inside_root(f, root)
+    for folder in (main.parent, *main.parent.parents):
+        for inherited in (*folder.glob("*.json"), *folder.glob("*.tsv")):
+            _inside_root(inherited, root)
+        if folder.resolve() == root.resolve():
+            break
+    return unique
 
 
 def source_checksum(bids_path: BIDSPath) -> str:
-    """SHA-256 over the bytes of :func:`source_files` (directories hashed file by file)."""
+    """SHA-256 over the bytes of :func:`source_files` (directories hashed file by file).
+
+    Raises :class:`ConversionError` when one of them lies outside the BIDS root.
+    """
     h = hashlib.sha256()
     for f in source_files(bids_path):
         members = sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
         for member in members:
+            _inside_root(member, Path(bids_path.root))
             h.update(member.name.encode())
             with open(member, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):

@@ -65,6 +65,7 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
     source = str(fpath)
     try:
         source = bids_io.safe_relative(Path(fpath), Path(bids_root))
+        bids_io.source_files(bids_path)  # again here: the files may have changed since the driver's check
         raw, messages = bids_io.read_raw(bids_path)
         raw, filters = preprocess(raw, preset)
         loc = bids_io.head_loc(raw.info)
@@ -201,7 +202,12 @@ def convert(
     todo: list[tuple[str, str]] = []
     for path in (p for p in bids_io.discover(bids_root) if limit is None or limit(p)):
         rid = bids_io.recording_id(path)
-        checksum = bids_io.source_checksum(path)
+        try:
+            checksum = bids_io.source_checksum(path)
+        except bids_io.ConversionError as err:  # a file outside the dataset: refused, never read
+            report.failed.append({"id": rid, "source": str(path.fpath), "error": str(err)})
+            log.error("refused %s: %s", path.fpath, err)
+            continue
         done = manifest["recordings"].get(rid)
         if done and done["source_sha256"] == checksum and done["preset_hash"] == preset.hash:
             report.skipped.append(rid)

@@ -23,23 +23,31 @@ quantized ones after checking that each name is an ``nn.Linear`` of the stated s
 checks the weight file's hash, then loads it with ``strict=True`` and checks every tensor's
 dtype (``load_state_dict`` would otherwise cast silently). Only JSON and safetensors are
 parsed, so loading a bundle runs no code from it.
+
+Sizes in the config are checked against the weight file's header before anything is
+allocated (:func:`check_sizes`): no size may exceed the largest tensor dimension or the
+tensor count the file holds, and the model the config describes, built on the ``meta``
+device (no memory), must have exactly as many weights as the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, build_quant_linear
 from brainfm.deploy.quantize import set_module
 from brainfm.kernels.reference import ACTIVATIONS
+from brainfm.models import BrainDecoder, ModelConfig
 
 FORMAT = "brainfm-quantized"
 FORMAT_VERSION = 1
@@ -152,25 +160,17 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return validate_config(doc)
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a quantized decoder from a bundle directory (eval mode).
+def _weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header (reads no tensor data)."""
+    try:
+        with safe_open(os.fspath(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - any header error means a corrupt file
+        raise ValueError(f"{weights} is not a readable safetensors file ({err})") from None
 
-    Raises
-    ------
-    FileNotFoundError
-        No ``bundle.json`` or weight file.
-    ValueError
-        Invalid config, hash mismatch, or weights that do not fit the config.
-    """
-    from brainfm.models import BrainDecoder, ModelConfig  # noqa: PLC0415
 
-    path = Path(path)
-    doc = read_config(path)
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"bundle {path} has no {WEIGHTS_NAME}")
-    if _sha256(weights) != doc["weights"]["sha256"]:
-        raise ValueError(f"{weights} does not match the SHA-256 in {CONFIG_NAME} (corrupt or edited)")
+def _build(doc: dict[str, Any]) -> nn.Module:
+    """The quantized decoder a validated config describes, on the current default device."""
     dec = doc["decoder"]
     model = BrainDecoder(ModelConfig.from_dict(dec["config"]), **{k: v for k, v in dec.items() if k != "config"})
     for name, spec in doc["layers"].items():
@@ -190,6 +190,55 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
             raise ValueError(f"invalid bundle config: no module {name!r} to fuse") from None
         _require(type(act) in (nn.GELU, nn.SiLU), f"fused activation {name!r} is a {type(act).__name__}")
         set_module(model, name, nn.Identity())
+    return model
+
+
+def check_sizes(doc: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a config whose sizes the weights cannot back, before allocating (issue #17).
+
+    A hand-edited ``bundle.json`` could otherwise ask for a billion subjects or layers.
+    Every integer size must fit the largest dimension or the tensor count of the file; then
+    the described model, built on the ``meta`` device, must hold exactly the file's weights.
+    """
+    limit = max([len(shapes)] + [d for shape in shapes.values() for d in shape])
+    dec = doc["decoder"]
+    sizes = {f"config.{k}": v for k, v in dec["config"].items() if isinstance(v, int) and not isinstance(v, bool)}
+    sizes["n_classes"] = dec["n_classes"]
+    subjects = dec.get("subject_channels") or {}
+    _require(isinstance(subjects, dict), "decoder.subject_channels must be an object")
+    sizes["number of subjects"] = len(subjects)
+    sizes.update({f"subject_channels[{k!r}]": v for k, v in subjects.items()})
+    sizes["number of quantized layers"] = len(doc["layers"])
+    for name, spec in doc["layers"].items():
+        sizes.update({f"layers[{name!r}].{k}": spec[k] for k in ("in_features", "out_features")})
+    for what, value in sizes.items():
+        _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit,
+                 f"{what} = {value!r} exceeds what the weights hold (largest dimension or tensor count {limit})")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in _build(doc).state_dict().items()}
+    n_expected, n_file = sum(math.prod(s) for s in expected.values()), sum(math.prod(s) for s in shapes.values())
+    _require(n_expected == n_file, f"the config describes {n_expected} weights but the file holds {n_file}")
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a quantized decoder from a bundle directory (eval mode).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``bundle.json`` or weight file.
+    ValueError
+        Invalid config, hash mismatch, or weights that do not fit the config.
+    """
+    path = Path(path)
+    doc = read_config(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"bundle {path} has no {WEIGHTS_NAME}")
+    if _sha256(weights) != doc["weights"]["sha256"]:
+        raise ValueError(f"{weights} does not match the SHA-256 in {CONFIG_NAME} (corrupt or edited)")
+    check_sizes(doc, _weight_shapes(weights))
+    model = _build(doc)
     state = load_file(os.fspath(weights))
     expected = model.state_dict()
     bad = [k for k in state if k in expected and state[k].dtype != expected[k].dtype]

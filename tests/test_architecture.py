@@ -34,11 +34,7 @@ FORBIDDEN = {("deploy", "tasks")}
 KERNELS_MAY_IMPORT = {"torch", "triton"} | set(sys.stdlib_module_names)
 #: Function-level imports of brainfm's own modules: only where they keep `brainfm --help` fast
 #: (cli) or avoid importing MNE (the sample store is built by pipelines).
-NESTED_OWN_IMPORTS_ALLOWED = {
-    "brainfm.cli", "brainfm.pretrained",
-    # brainfm/deploy/bundle.py is being changed in parallel (issue #11 leaves it to that change)
-    "brainfm.deploy.bundle",
-}
+NESTED_OWN_IMPORTS_ALLOWED = {"brainfm.cli", "brainfm.pretrained"}
 
 
 def _modules() -> dict[str, Path]:

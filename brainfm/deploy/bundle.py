@@ -44,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from brainfm import __version__
 from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, build_quant_linear
 from brainfm.deploy.quantize import set_module
 from brainfm.kernels.reference import ACTIVATIONS
@@ -90,7 +91,6 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any]
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.fspath(path / WEIGHTS_NAME), metadata={"format": FORMAT})
-    from brainfm import __version__  # noqa: PLC0415
 
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "decoder": model.metadata(),
            "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(path / WEIGHTS_NAME)},

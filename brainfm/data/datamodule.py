@@ -11,6 +11,7 @@ pipelines. Batches are the dicts of :func:`brainfm.data.dataset.collate_windows`
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -18,10 +19,13 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
+from brainfm.data.normalize import SubjectNormalizer, check_method, fit_normalizer
 from brainfm.data.sampling import evenly_spaced, window_loader
 from brainfm.data.splits import SubjectSplit, calibration_spans, eegmat_cbramod, random_split
 from brainfm.data.store import ShardStore
 from brainfm.data.summary import DataSummary
+
+log = logging.getLogger(__name__)
 
 #: Named subject splits usable from configs.
 NAMED_SPLITS = {"eegmat-cbramod": eegmat_cbramod}
@@ -31,7 +35,33 @@ def _open_store(store: str | None) -> ShardStore:
     if store is None:
         raise ValueError("no store given: pass a store URL (`brainfm fit` resolves store: null to the sample "
                          "store; in Python, brainfm.pipelines.sample.sample_store() builds it)")
-    return ShardStore(store)
+    shard_store = ShardStore(store)
+    if not len(shard_store):
+        raise ValueError(f"store {shard_store.url} holds no recordings: nothing to train on; "
+                         "convert a dataset into it first (brainfm convert BIDS_ROOT STORE)")
+    return shard_store
+
+
+def check_subjects(store: ShardStore, subjects: Sequence[str], role: str) -> None:
+    """Fail when none of ``subjects`` (``role``: e.g. ``val_subjects``) is in ``store``; log a
+    warning when some are missing (a named split on a partial store, e.g. the small sample)."""
+    present = set(store.subjects())
+    missing = [s for s in subjects if s not in present]
+    if subjects and len(missing) == len(subjects):
+        raise ValueError(f"{role} {list(subjects)}: none is in store {store.url}; "
+                         f"its subjects are {', '.join(sorted(present))}")
+    if missing:
+        log.warning("%s: %d of %d not in store %s (%s); using the other %d", role, len(missing), len(subjects),
+                    store.url, ", ".join(missing), len(subjects) - len(missing))
+
+
+def check_windows(windows, role: str, window_s: float) -> None:
+    """Fail when a dataset that should feed training or validation has no window."""
+    if len(windows) == 0:
+        longest = max((windows.store.entry(r)["n_samples"] / windows.sfreq for r in windows.recordings), default=0.0)
+        raise ValueError(
+            f"no {role} windows: {len(windows.recordings)} recording(s) selected in {windows.store.url}, the longest "
+            f"{longest:.1f} s, for {window_s:g}-s windows; use shorter windows or other subjects")
 
 
 def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
@@ -185,6 +215,7 @@ class PretrainDataModule(BrainDataModule):
         store = _open_store(self.store_url)
         subjects = [s for s in store.subjects() if s not in set(hp.exclude_subjects or ())]
         if hp.val_subjects is not None:
+            check_subjects(store, hp.val_subjects, "val_subjects")
             split = SubjectSplit([s for s in subjects if s not in hp.val_subjects], hp.val_subjects)
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
@@ -196,6 +227,9 @@ class PretrainDataModule(BrainDataModule):
             block_s=hp.block_s, buffer_size=hp.buffer_size, seed=hp.seed, **common,
         )
         self.val_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(split.val), **common)
+        check_windows(self.train_set, "training", hp.window_s)
+        if split.val:
+            check_windows(self.val_set, "validation", hp.window_s)
         test = hp.test_subjects if hp.test_subjects is not None else split.val
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
         self._summary = DataSummary.of(self.train_set, target_set=self.target_set)
@@ -250,6 +284,16 @@ class DecodingDataModule(BrainDataModule):
     adapt_test_after_s : float, optional
         Test only on data after this many calibration seconds (default
         ``adapt_seconds``), to score several calibration amounts on the same windows.
+    normalize : {None, 'zscore', 'align'}
+        Subject-adaptive normalisation (:mod:`brainfm.data.normalize`): per-subject channel
+        z-scoring, or z-scoring plus Euclidean alignment (He & Wu 2019). Every subject of
+        every part gets its own statistics from its own unlabelled signal, and the same
+        normaliser is applied to train, validation and test windows (``normalizer``).
+    stats_source : {'session', 'calibration'}
+        ``session``: all of the subject's signal (transductive); ``calibration``: its first
+        ``stats_seconds`` (the spans of :func:`~brainfm.data.splits.calibration_spans`).
+    stats_seconds : float
+        Calibration length of ``stats_source='calibration'``.
     """
 
     def __init__(
@@ -270,10 +314,16 @@ class DecodingDataModule(BrainDataModule):
         adapt_seconds: float = 60.0,
         adapt_stride_s: float = 1.0,
         adapt_test_after_s: float | None = None,
+        normalize: str | None = None,
+        stats_source: str = "session",
+        stats_seconds: float = 60.0,
     ):
         super().__init__()
+        check_method(normalize, stats_source)
         self.save_hyperparameters()
         self.sets: dict[str, Any] = {}
+        #: The subject normaliser shared by every part (after ``setup``; None without ``normalize``).
+        self.normalizer: SubjectNormalizer | None = None
 
     def _split(self) -> SubjectSplit:
         split = self.hparams.split
@@ -292,6 +342,9 @@ class DecodingDataModule(BrainDataModule):
             self._setup_calibration(store)
             return
         self.split = self._split()
+        check_subjects(store, self.split.train, "train subjects")
+        if self.split.val:
+            check_subjects(store, self.split.val, "val subjects")
         for part in ("train", "val", "test"):
             recordings = store.select(self.split.part(part))
             if hp.event_id is not None:
@@ -304,6 +357,9 @@ class DecodingDataModule(BrainDataModule):
                 labels = EntityLabels(hp.label_entity, hp.label_map)
                 ds = FixedWindows(store, hp.window_s, hp.stride_s, recordings, labels, hp.channel_types)
             self.sets[part] = ds
+        check_windows(self.sets["train"], "training", hp.window_s)
+        if self.split.val:
+            check_windows(self.sets["val"], "validation", hp.window_s)
         self._summarize()
 
     def _setup_calibration(self, store: ShardStore) -> None:
@@ -327,10 +383,20 @@ class DecodingDataModule(BrainDataModule):
         self.sets["val"] = None
         self.sets["test"] = FixedWindows(store, hp.window_s, hp.stride_s, recordings, labels,
                                          hp.channel_types, spans=test)
+        check_windows(self.sets["train"], "calibration", hp.window_s)
         self._summarize()
 
     def _summarize(self) -> None:
-        self._summary = DataSummary.of(self.sets["train"], class_counts=self.class_counts("train"))
+        hp = self.hparams
+        description = None
+        if check_method(hp.normalize, hp.stats_source) is not None:
+            self.normalizer = fit_normalizer(self.sets.values(), hp.normalize, hp.stats_source, hp.stats_seconds)
+            for ds in self.sets.values():
+                if ds is not None:
+                    ds.normalizer = self.normalizer
+            description = self.normalizer.describe()
+        self._summary = DataSummary.of(self.sets["train"], class_counts=self.class_counts("train"),
+                                       normalization=description)
 
     def statistics_windows(self) -> FixedWindows | EventWindows:
         return self.sets["train"]

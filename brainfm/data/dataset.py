@@ -14,6 +14,11 @@ Three ways to cut a store into samples, all yielding the same sample dict::
 
 Channels without a known position are dropped by default (``positioned_only``): the
 sensor tokenizer cannot embed them. Recordings left with no channel are skipped.
+
+Every dataset has a ``normalizer`` slot (default ``None``): a
+:class:`~brainfm.data.normalize.SubjectNormalizer` set there normalises each window with its
+subject's statistics as the window is read (:class:`brainfm.data.datamodule.DecodingDataModule`
+sets the same one on its train, validation and test sets).
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class _StoreWindows:
     ):
         self.store = store if isinstance(store, ShardStore) else ShardStore(store)
         self.targets = targets
+        #: Optional per-subject normalisation, ``normalizer(subject, x)`` (see the module docstring).
+        self.normalizer = None
         self._target_tables: dict[int, torch.Tensor] = {}
         ids = list(recordings) if recordings is not None else self.store.recording_ids
         self.channel_types = tuple(channel_types) if channel_types else None
@@ -99,6 +106,12 @@ class _StoreWindows:
     def _recording(self, i: int) -> Recording:
         return self.store.recording(self.recordings[i])
 
+    def signal(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Recording ``i``'s picked channels from sample ``start`` to ``stop`` (C, n), unnormalised."""
+        block = self._recording(i).read(start, stop)
+        picks = self._picks[i]
+        return block if len(picks) == block.shape[0] else block[picks]
+
     def _check_targets(self, window: int, stride: int) -> None:
         """Precomputed targets (``targets=key``) must match these windows exactly."""
         if self.targets is None:
@@ -124,6 +137,8 @@ class _StoreWindows:
         picks = self._picks[i]
         x = block if len(picks) == block.shape[0] else block[picks]
         entry = self.store.entry(self.recordings[i])
+        if self.normalizer is not None:
+            x = self.normalizer(entry["subject"], x)
         sample = {
             "x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
             "spec": self.specs[i],

@@ -35,6 +35,12 @@ class DataSummary:
         Training windows per class (labelled data only).
     target_set : str, optional
         Key of the precomputed target set the batches carry, if any.
+    n_windows : int, optional
+        Training windows (None for an iterable dataset of unknown length).
+    normalization : dict, optional
+        Subject-adaptive normalisation of the windows, if any
+        (:meth:`brainfm.data.normalize.SubjectNormalizer.describe`: method, source, seconds,
+        subjects).
     """
 
     sfreq: float
@@ -43,6 +49,8 @@ class DataSummary:
     subjects: tuple[str, ...]
     class_counts: tuple[int, ...] | None = None
     target_set: str | None = None
+    n_windows: int | None = None
+    normalization: dict | None = None
 
     def __post_init__(self) -> None:
         if len(self.specs) != len(self.subjects):
@@ -52,11 +60,12 @@ class DataSummary:
             raise ValueError(f"recordings at {bad} Hz in data summarised at {self.sfreq:g} Hz")
 
     @classmethod
-    def of(cls, windows: FixedWindows | EventWindows | ShuffledWindows, class_counts=None, target_set: str | None = None) -> "DataSummary":
+    def of(cls, windows: FixedWindows | EventWindows | ShuffledWindows, class_counts=None,
+           target_set: str | None = None, normalization: dict | None = None) -> "DataSummary":
         """The summary of a window dataset (:class:`~brainfm.data.FixedWindows`, ...)."""
         counts = None if class_counts is None else tuple(int(n) for n in np.asarray(class_counts))
         return cls(windows.sfreq, windows.window / windows.sfreq, tuple(windows.specs), tuple(windows.subjects),
-                   counts, target_set)
+                   counts, target_set, len(windows), normalization)
 
     @property
     def montages(self) -> tuple[SensorSpec, ...]:

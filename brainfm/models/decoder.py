@@ -16,6 +16,9 @@ from brainfm.models.subject import SubjectLayers
 class BrainDecoder(nn.Module):
     """Windows ``(B, C, T)`` -> class logits ``(B, n_classes)``.
 
+    Inputs are in the units the decoder was trained on: when ``normalization`` is set, each
+    subject's windows must first go through that subject-adaptive normalisation.
+
     ``x -> subject mixing -> BrainEncoder -> subject FiLM -> pooled head``. The subject
     layers (:mod:`brainfm.models.subject`) act only on samples whose subject has layers;
     everyone else goes through the shared model.
@@ -57,6 +60,10 @@ class BrainDecoder(nn.Module):
         self.encoder = BrainEncoder(config)
         self.subjects = SubjectLayers(config.d_model, subject_channels)
         self.head = ClassificationHead(config.d_model, n_classes, head_dropout, pooling)
+        #: Per-subject input normalisation statistics ``(tensors, json)`` the decoder was trained
+        #: with, or None (:mod:`brainfm.models.serialization`; rebuild the normaliser with
+        #: ``brainfm.data.normalize.SubjectNormalizer.from_tensors(*decoder.normalization)``).
+        self.normalization: tuple[dict[str, torch.Tensor], str] | None = None
 
     def tokens(
         self,

@@ -9,7 +9,13 @@ the :class:`~brainfm.models.BrainEncoder` state dict and whose string metadata h
 
 ``brainfm-decoder`` (version 1) is the same for a whole :class:`~brainfm.models.BrainDecoder`
 (encoder, subject layers, head), with ``decoder`` metadata: ``n_classes``, ``pooling``,
-``subject_channels`` and ``classes`` as JSON.
+``subject_channels`` and ``classes`` as JSON. A decoder trained on subject-normalised windows
+(:mod:`brainfm.data.normalize`) also carries its per-subject statistics: tensors named
+``normalization.{subject}.{mean,std,whitening,scale}`` and ``normalization`` metadata (JSON:
+method and, per subject, source, seconds, sample count, channel names). They are not part of
+the state dict; :func:`read_weights` returns them as ``Weights.normalization`` and
+:func:`load_decoder` attaches them to the decoder, from which
+``brainfm.data.normalize.SubjectNormalizer.from_tensors`` rebuilds the normaliser.
 
 Only safetensors is written. :func:`read_weights` is the one reader of every weights file
 brainfm makes: an encoder, a decoder, or a Lightning ``.ckpt`` of a pretraining or decoding
@@ -101,8 +107,17 @@ def load_pretrained(
     return encoder.to(map_location).eval()
 
 
-def save_decoder(decoder: BrainDecoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
-    """Write a :class:`BrainDecoder` (``brainfm-decoder`` format) to ``path``."""
+NORMALIZATION = "normalization"
+
+
+def save_decoder(decoder: BrainDecoder, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                 normalization: tuple[dict[str, torch.Tensor], str] | None = None) -> None:
+    """Write a :class:`BrainDecoder` (``brainfm-decoder`` format) to ``path``.
+
+    ``normalization`` is ``(tensors, json_metadata)`` of per-subject statistics
+    (``SubjectNormalizer.to_tensors()``); default: the decoder's own ``normalization``
+    attribute, if it has one (a decoder loaded by :func:`load_decoder`).
+    """
     meta = decoder.metadata()
     state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
     metadata = {
@@ -112,6 +127,11 @@ def save_decoder(decoder: BrainDecoder, path: str | os.PathLike, extra: dict[str
         "decoder": json.dumps(meta),
         "extra": json.dumps(extra or {}),
     }
+    normalization = normalization if normalization is not None else getattr(decoder, NORMALIZATION, None)
+    if normalization is not None:
+        tensors, norm_meta = normalization
+        state.update({f"{NORMALIZATION}.{k}": v.detach().cpu().contiguous() for k, v in tensors.items()})
+        metadata[NORMALIZATION] = norm_meta
     save_file(state, os.fspath(path), metadata=metadata)
 
 
@@ -131,12 +151,16 @@ class Weights:
     decoder : dict, optional
         For a decoder: ``n_classes``, ``pooling``, ``subject_channels`` and ``classes``
         (the :class:`BrainDecoder` arguments besides the config).
+    normalization : (dict of str to Tensor, str), optional
+        A decoder's per-subject normalisation statistics and their JSON metadata (see the
+        module docstring), if it was trained on normalised windows.
     """
 
     kind: Literal["encoder", "decoder"]
     state: dict[str, torch.Tensor]
     config: ModelConfig
     decoder: dict[str, Any] | None = None
+    normalization: tuple[dict[str, torch.Tensor], str] | None = None
 
 
 def read_weights(path: str | os.PathLike) -> Weights:
@@ -163,7 +187,10 @@ def read_weights(path: str | os.PathLike) -> Weights:
         config = ModelConfig.from_dict(meta["config"])
         if meta["format"] == FORMAT:
             return Weights("encoder", {f"encoder.{k}": v for k, v in state.items()}, config)
-        return Weights("decoder", state, config, meta["decoder"])
+        prefix = f"{NORMALIZATION}."
+        norm = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+        normalization = (norm, meta[NORMALIZATION]) if NORMALIZATION in meta else None
+        return Weights("decoder", state, config, meta["decoder"], normalization)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hp = ckpt.get("hyper_parameters", {})
     config = resolve_config(hp.get("model", "tiny"), hp.get("model_overrides"))
@@ -172,7 +199,8 @@ def read_weights(path: str | os.PathLike) -> Weights:
         state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
         dec = {"n_classes": hp["n_classes"], "pooling": hp.get("pooling", "mean"),
                "subject_channels": hp.get("subject_channels") or {}, "classes": hp.get("classes")}
-        return Weights("decoder", state, config, dec)
+        norm = ckpt.get(NORMALIZATION)
+        return Weights("decoder", state, config, dec, None if norm is None else (norm["tensors"], norm["metadata"]))
     state = {k: v for k, v in state.items() if k.startswith("encoder.")}
     if not state:
         raise ValueError(f"{path} holds neither a brainfm encoder nor a decoder")
@@ -194,4 +222,5 @@ def load_decoder(path: str | os.PathLike, map_location: str | torch.device = "cp
                          "(brainfm fit with a DecodeModule writes decoder.safetensors)")
     decoder = BrainDecoder(weights.config, **weights.decoder)
     decoder.load_state_dict(weights.state, strict=True)
+    decoder.normalization = weights.normalization
     return decoder.to(map_location).eval()

@@ -11,12 +11,17 @@ comparison differs only in the model.
 * :func:`log_bandpower_features` + :func:`classical_pipeline`: log band power per channel
   (δ θ α β γ, Welch) into a standardised logistic regression (scikit-learn), the classical
   baseline EEG foundation-model benchmarks find hard to beat.
+
+Subject-adaptive normalisation (:mod:`brainfm.data.normalize`) lives in the DataModule
+(``normalize='zscore'`` or ``'align'``), so both baselines see the same normalised windows,
+from the same per-subject statistics, as brainfm; :func:`subject_feature_zscore` is the
+feature-space variant for the classical pipeline.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -102,6 +107,24 @@ def log_bandpower_features(x: np.ndarray, sfreq: float, bands: dict[str, tuple[f
                                  fmax=max(b[1] for b in bands.values()), n_fft=n_fft, verbose=False)
     feats = [psd[..., (freqs >= lo) & (freqs < hi)].mean(-1) for lo, hi in bands.values()]  # each (N, C)
     return np.log(np.stack(feats, axis=-1) + 1e-12).reshape(len(x), -1)  # (N, C*n_bands)
+
+
+def subject_feature_zscore(features: np.ndarray, subjects: Sequence[str]) -> np.ndarray:
+    """``(N, F)`` features, each subject's rows z-scored with that subject's own rows (unlabelled).
+
+    The feature-space form of per-subject normalisation; the signal-space forms (channel
+    z-score, Euclidean alignment) are ``DecodingDataModule(normalize=...)``, which every
+    baseline reading its windows shares.
+    """
+    subjects = np.asarray(subjects)
+    if len(subjects) != len(features):
+        raise ValueError(f"{len(subjects)} subjects for {len(features)} feature rows")
+    out = np.empty_like(features, dtype=np.float64)
+    for s in np.unique(subjects):
+        rows = subjects == s
+        f = features[rows]
+        out[rows] = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1.0)
+    return out
 
 
 def classical_pipeline(c: float = 1.0, seed: int = 0):

@@ -24,16 +24,24 @@ towards what subjects share.
 
 At the end of fit the decoder is written next to the logs as ``decoder.safetensors``
 (:func:`brainfm.models.load_decoder`), the input of ``brainfm quantize``.
+
+Subject-adaptive normalisation (``DecodingDataModule(normalize=...)``,
+:mod:`brainfm.data.normalize`): the per-subject statistics of the data the decoder saw are
+kept on ``decoder.normalization``, in checkpoints and in ``decoder.safetensors`` (with the
+method and source in its ``extra`` metadata). A decoder trained with one method must be
+evaluated or reset-tuned on data normalised the same way; a mismatch fails in ``setup``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from brainfm.data.normalize import SubjectNormalizer
 from brainfm.models.config import ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.serialization import read_weights, save_decoder
@@ -126,6 +134,9 @@ class DecodeModule(ClassifierModule):
             if bad or unexpected:
                 raise ValueError(f"{init_from} does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
         self._pretrained_encoder = weights is not None
+        self._from_decoder = weights is not None and weights.kind == "decoder"
+        if self._from_decoder:
+            self.decoder.normalization = weights.normalization
         self._apply_freezing()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -136,8 +147,28 @@ class DecodeModule(ClassifierModule):
             self.decoder.head.requires_grad_(True)
             self.decoder.subjects.requires_grad_(True)
 
+    def _connect_normalization(self) -> None:
+        """Take the datamodule's per-subject statistics; the method must match the decoder's."""
+        summary = self.data_summary
+        if summary is None:
+            return
+        data_method = (summary.normalization or {}).get("method")
+        prior = self.decoder.normalization
+        prior_method = json.loads(prior[1])["method"] if prior is not None else None
+        if (self._from_decoder or prior is not None) and prior_method != data_method:
+            raise ValueError(f"the decoder was trained on windows with normalize={prior_method!r} but the data has "
+                             f"normalize={data_method!r}; set the DecodingDataModule's normalize to {prior_method!r}")
+        normalizer = getattr(self.trainer.datamodule, "normalizer", None)
+        if normalizer is None:
+            return
+        merged = SubjectNormalizer.from_tensors(*prior) if prior is not None else SubjectNormalizer(normalizer.method)
+        for stats in normalizer.stats.values():
+            merged.add(stats)
+        self.decoder.normalization = merged.to_tensors()
+
     def setup(self, stage: str) -> None:
         super().setup(stage)  # the handshake and class weights
+        self._connect_normalization()
         if stage != "fit":
             return
         hp = self.hparams
@@ -160,6 +191,15 @@ class DecodeModule(ClassifierModule):
         for subject, n in (checkpoint.get("hyper_parameters", {}).get("subject_channels") or {}).items():
             if subject not in self.decoder.subjects:
                 self.decoder.subjects.add(subject, n)
+        norm = checkpoint.get("normalization")
+        if norm is not None:
+            self.decoder.normalization = (norm["tensors"], norm["metadata"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints carry the per-subject normalisation statistics (tensors and a JSON string)."""
+        if self.decoder.normalization is not None:
+            tensors, meta = self.decoder.normalization
+            checkpoint["normalization"] = {"tensors": dict(tensors), "metadata": meta}
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.mode != "full":
@@ -196,4 +236,9 @@ class DecodeModule(ClassifierModule):
         super().on_fit_end()
 
     def export_safetensors(self, path: str | os.PathLike) -> None:
-        save_decoder(self.decoder, path, extra={"task": "decode", "mode": self.hparams.mode})
+        extra = {"task": "decode", "mode": self.hparams.mode}
+        if self.decoder.normalization is not None:
+            meta = json.loads(self.decoder.normalization[1])
+            sources = sorted({m["source"] for m in meta["subjects"].values()})
+            extra["normalization"] = {"method": meta["method"], "source": sources[0] if len(sources) == 1 else sources}
+        save_decoder(self.decoder, path, extra=extra)

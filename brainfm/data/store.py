@@ -1,16 +1,20 @@
 """The brainfm shard store: format specification, reader and atomic writer.
 
-Format version 1
+Format version 2
 ================
 
 A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ...)::
 
     STORE/
       manifest.json              the only source of truth about what the store holds
+      .lock                      the writers' lock (local stores; see "Locking")
+      .lock.json                 who holds it: {"pid", "host", "started", "heartbeat"}
+      .manifest.json.<hex>       a manifest being written (removed by the next writer)
       recordings/
         <recording id>/          one Zarr v3 group per completely written recording
           zarr.json              group attributes (below)
-          data/                  Zarr v3 array, float16, shape (C, N), chunks (C, chunk)
+          data/                  Zarr v3 array, float16, shape (C, N), chunks (C, chunk),
+                                 fill value NaN, every chunk of the extent written
           targets-<key>/         optional Zarr v3 array, float32, shape (n_windows, K): one
                                  precomputed target set (below)
           .tmp-targets-<key>-<uuid>/  a target array being written (ignored by readers)
@@ -19,7 +23,7 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
 
 ``manifest.json``::
 
-    {"format": "brainfm-shards", "format_version": 1,
+    {"format": "brainfm-shards", "format_version": 2,
      "preset": {...preset fields...}, "preset_hash": "<sha256[:16]>",
      "recordings": {"<id>": {"path": "recordings/<id>", "subject": ..., "session": ...,
                              "task": ..., "run": ..., "datatype": "eeg"|"meg"|"ieeg",
@@ -27,7 +31,10 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
                              "ch_type_counts": {"eeg": 19}, "n_events": E,
                              "positions": "recorded"|"montage:<name>"|"none",
                              "source": "<path relative to the BIDS root>",
-                             "source_sha256": "...", "preset_hash": "..."}},
+                             "source_sha256": "...", "preset_hash": "...",
+                             "format_version": 2, "group_sha256": "<sha256 of zarr.json>",
+                             "n_chunks": K, "flagged_channels": {"<name>": ["flat"]},
+                             "n_warnings": W}},
      "targets": {"<key>": {...target set entry, below...}}}          (only when a set exists)
 
 A recording is listed in the manifest only after its group was written under a
@@ -42,6 +49,61 @@ Recording group attributes (``zarr.json``)::
     channels: {names, types, units, loc (C x 12, null where unknown), scale (C),
                bads (names), coil_types}
     events:   {onset (s from the first stored sample), duration (s), label}
+    quality:  {flags: {"<channel>": [reasons]}, warnings: [messages]}      (format 2)
+    files:    {"data/zarr.json": [bytes, sha256], "data/c/0/<k>": [bytes, sha256], ...}
+              every file of the ``data`` array as written                (format 2)
+    dropped_channels: {"<name>": "<type>"}  channels of types the preset does not keep
+
+The manifest's ``group_sha256`` is the SHA-256 of the group's ``zarr.json``, so the manifest
+pins the attributes, and the attributes pin every byte of the signal (``files``).
+
+Integrity
+---------
+* **On read**, a missing chunk inside a recording's extent is an error
+  (:class:`StoreError` naming the chunk file): format-2 arrays have fill value NaN and every
+  chunk written (``write_empty_chunks``), and the signal can never be NaN (:func:`encode_signal`
+  refuses it), so a NaN read back is a missing chunk. A chunk that does not decode is an
+  error naming its file, and so is a manifest that is not JSON.
+* :func:`verify_store` (``brainfm verify STORE``) checks every listed recording: the group
+  exists, its ``zarr.json`` hashes to ``group_sha256``, and every file of ``files`` exists with
+  its size and SHA-256; every listed target set has its array in every recording.
+  ``quick=True`` (what ``brainfm convert`` runs before skipping a recording) checks existence
+  and sizes only. ``convert`` re-makes every recording that fails, and unlists an entry whose
+  group is gone.
+* Format-1 stores (no ``files``, fill value 0, all-zero chunks not written) still read. For
+  them a reader lists the chunk files at the first read and a missing one is an error (an
+  all-zero chunk that format 1 never wrote is reported as missing too: on preprocessed
+  recordings it does not occur); :func:`verify_store` checks that every chunk exists and
+  decodes and reports ``format 1: no recorded hashes`` for each. ``brainfm convert`` keeps
+  format-1 recordings that pass that check (re-making a whole store under readers that use it
+  would be worse), writes new ones in format 2 and a format-2 manifest; an entry without
+  ``format_version`` is format 1. Convert into a new store to have hashes for all.
+
+Signal quality
+--------------
+Conversion (:mod:`brainfm.pipelines.convert`) decides, per recording, by these rules, and
+records what it decided in ``quality``; ``docs/reliability.md`` has the table:
+
+* every sample of every kept channel zero or constant: refused, nothing is stored;
+* a channel constant in the source (``flat``), or whose peak exceeds
+  :data:`SPIKE_RATIO` times its median absolute value after preprocessing (``spikes``: one
+  such sample pushes the channel's float16 scale up by that ratio), is stored with that flag;
+  :attr:`Recording.usable` is False for flagged channels and loaders should leave them out;
+* a median absolute amplitude outside :data:`PLAUSIBLE_UNITS` for its channel type (a header
+  whose units or physical range make no physical sense): refused.
+
+Locking
+-------
+Every writer of a store (``brainfm convert``, ``--targets``) holds :func:`store_lock` for the
+whole run. On local disk it is an OS lock (``flock`` through :mod:`filelock`) on
+``STORE/.lock``: the kernel releases it when the process dies, so a killed run never leaves a
+stale lock, and start-up cleanup of ``.tmp-*`` names, which runs only under the lock, can
+never delete a live run's temporaries. On object stores, which have no locks, the
+equivalent is a lease: ``STORE/.lock.json`` created with a conditional put (``If-None-Match:
+*`` on S3, :meth:`fsspec.AbstractFileSystem.pipe_file` ``mode="create"``), its ``heartbeat``
+rewritten every :data:`LEASE_HEARTBEAT_S`; a lease whose heartbeat is older than
+:data:`LEASE_STALE_S` belongs to a dead writer and is taken over. A second writer waits up to
+its timeout, then fails naming the holder.
 
 Target sets
 -----------
@@ -59,7 +121,8 @@ temporary name and renamed (:func:`write_target_table`); the manifest lists the 
 partial set. Windows use the loader's channel picking (``positioned_only``, ``channel_types``),
 so a window dataset with the same window and picks, a stride that is a multiple of the stored
 one and ``targets=key`` reads exactly the targets it would compute itself
-(:meth:`Recording.read_targets`).
+(:meth:`Recording.read_targets`). A conversion that adds or re-makes a recording unlists
+every set (:func:`drop_stale_target_sets`), since the new group has no array for it.
 
 Writing
 -------
@@ -81,20 +144,32 @@ of at most 2**-11 ≈ 4.9e-4 per sample, plus an absolute error of at most 2**-2
 scale ≈ 3e-8 units for values in float16's subnormal range. Scaling to µV/fT before
 the cast is what makes this hold; in SI units most MEG samples would flush to zero.
 The measured maximum on real data is recorded in ``docs/benchmarks.md``.
+
+Format version 1
+----------------
+As version 2 without ``files``, ``quality``, ``dropped_channels`` and the manifest's
+``format_version``/``group_sha256``/``n_chunks``/``flagged_channels``/``n_warnings`` per entry;
+``data`` has fill value 0 and chunks equal to it are not written. Read as described under
+"Integrity".
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
+import os
+import socket
 import threading
+import time
 import uuid
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import filelock
 import fsspec
 import numpy as np
 import torch
@@ -104,7 +179,23 @@ from fsspec.implementations.local import LocalFileSystem
 from brainfm.signal import SensorSpec
 
 FORMAT = "brainfm-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this brainfm reads (see "Format version 1" above).
+READABLE_VERSIONS = (1, 2)
+LOCK = ".lock"
+LOCK_OWNER = ".lock.json"
+#: Object-store lease: the holder rewrites its heartbeat this often (s) ...
+LEASE_HEARTBEAT_S = 30.0
+#: ... and a lease whose heartbeat is older than this (s) belongs to a dead writer.
+LEASE_STALE_S = 300.0
+#: A channel whose peak exceeds this many times its median absolute value is flagged ``spikes``.
+#: On the small sample the largest ratio is 55 (EEGMAT, eye blinks); an electrode pop is 100-500.
+SPIKE_RATIO = 1e3
+#: Physically plausible median absolute amplitude per channel type, in stored units
+#: (µV, fT, fT/cm): outside it, the header's units or physical range are wrong. On the small
+#: sample the medians are 2-32 µV (EEG), 39-1130 fT (mag), 15-34 fT/cm (grad).
+PLAUSIBLE_UNITS = {"eeg": (1e-2, 1e4), "seeg": (1e-2, 1e5), "ecog": (1e-2, 1e5), "dbs": (1e-2, 1e5),
+                   "mag": (1.0, 1e7), "grad": (0.1, 1e6)}
 MANIFEST = "manifest.json"
 RECORDINGS = "recordings"
 #: Name prefix of a recording's precomputed target arrays (``targets-<key>``).
@@ -115,6 +206,14 @@ FP16_SAFE_MAX = 32768.0
 FP16_MAX_REL_ERROR = 2.0**-11
 #: Readers decode chunks in aligned groups of at most this many bytes, one Zarr call each.
 READ_AHEAD_BYTES = 8 * 2**20
+
+
+class StoreError(RuntimeError):
+    """A damaged store: the message names the file, what is wrong and what to do."""
+
+
+class StoreLocked(RuntimeError):
+    """Another writer holds the store's lock (the message names it)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -159,7 +258,7 @@ def decode_signal(encoded: np.ndarray, scale: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Events:
     """Events of one recording: onsets and durations in seconds, string labels."""
 
@@ -217,16 +316,25 @@ class Recording:
     however small, so a short recording is read whole at its first window.
     """
 
-    def __init__(self, group: zarr.Group, recording_id: str):
+    def __init__(self, group: zarr.Group, recording_id: str, location: str | None = None,
+                 fs: fsspec.AbstractFileSystem | None = None):
         self.id = recording_id
+        #: Where the group lies (for messages; with ``fs``, format-1 reads check chunk files there).
+        self.location = location or f"recording {recording_id!r}"
+        self._fs = fs
         self._group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
-        if self.attrs.get("format_version") != FORMAT_VERSION:
+        self.format_version = self.attrs.get("format_version")
+        if self.format_version not in READABLE_VERSIONS:
             raise ValueError(
                 f"recording {recording_id!r} has format version "
-                f"{self.attrs.get('format_version')}, this brainfm reads {FORMAT_VERSION}"
+                f"{self.attrs.get('format_version')}, this brainfm reads {list(READABLE_VERSIONS)}"
             )
-        self._data = group["data"]
+        try:
+            self._data = group["data"]
+        except KeyError:
+            raise StoreError(f"{self.location}/data is missing: the recording is damaged; run "
+                             "`brainfm verify STORE`, then `brainfm convert` to re-make it") from None
         ch = self.attrs["channels"]
         self.scale = np.asarray(ch["scale"], dtype=np.float32)
         self.spec = SensorSpec.from_dict(
@@ -234,10 +342,28 @@ class Recording:
              "sfreq": self.attrs["sfreq"], "units": ch["units"]}
         )
         self.chunk = int(self._data.chunks[1])
+        self._missing: set[int] | None = None  # format 1: chunk files absent, listed at the first read
         # Cache keys are unique per Recording object (never id(), which Python reuses after
         # garbage collection); its chunks leave the cache when the object goes.
         self._cache_id = uuid.uuid4().hex
         weakref.finalize(self, CHUNK_CACHE.drop, self._cache_id)
+
+    # quality ----------------------------------------------------------------------
+    @property
+    def flags(self) -> dict[str, list[str]]:
+        """Channels flagged at conversion (``flat``, ``spikes``) and why; empty for format 1."""
+        return dict((self.attrs.get("quality") or {}).get("flags", {}))
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Per channel, True unless conversion flagged it (see "Signal quality" above)."""
+        flagged = self.flags
+        return np.array([name not in flagged for name in self.spec.ch_names], dtype=bool)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings conversion recorded for this recording (MNE, mne-bids, quality checks)."""
+        return list((self.attrs.get("quality") or {}).get("warnings", []))
 
     # metadata ---------------------------------------------------------------------
     @property
@@ -293,8 +419,7 @@ class Recording:
             self._read_ahead(k)
             cached = CHUNK_CACHE.get(key)
             if cached is None:  # evicted at once: the cache is smaller than one read
-                lo, hi = k * self.chunk, min((k + 1) * self.chunk, self.n_samples)
-                cached = decode_signal(self._data[:, lo:hi], self.scale)
+                cached = self._decode(k, k + 1)
         return cached
 
     def _read_ahead(self, k: int) -> None:
@@ -307,11 +432,55 @@ class Recording:
         per_group = max(1, READ_AHEAD_BYTES // (4 * self.spec.n_channels * self.chunk))
         first = (k // per_group) * per_group
         last = min(n_chunks, first + per_group)
-        lo, hi = first * self.chunk, min(last * self.chunk, self.n_samples)
-        block = decode_signal(self._data[:, lo:hi], self.scale)
+        block = self._decode(first, last)
         for j in range(first, last):
             a = (j - first) * self.chunk
             CHUNK_CACHE.put((self._cache_id, j), block[:, a : a + self.chunk])
+
+    def chunk_file(self, k: int) -> str:
+        """Location of time chunk ``k`` of the signal (for messages)."""
+        return f"{self.location}/data/{self._data.metadata.encode_chunk_key((0, k))}"
+
+    def _damaged(self, k: int, what: str) -> StoreError:
+        return StoreError(f"{self.chunk_file(k)}: {what}; the store is damaged: run `brainfm verify STORE`, "
+                          "then `brainfm convert BIDS_ROOT STORE` to re-make the recording")
+
+    def _decode(self, first: int, last: int) -> np.ndarray:
+        """Chunks ``[first, last)`` decoded; StoreError naming the chunk file when one is missing
+        or does not decode (see "Integrity" in the module docstring)."""
+        if self.format_version == 1 and self._fs is not None:
+            self._check_chunk_files(first, last)
+        lo, hi = first * self.chunk, min(last * self.chunk, self.n_samples)
+        try:
+            encoded = self._data[:, lo:hi]
+        except Exception as err:  # noqa: BLE001 - find the chunk and name it
+            for j in range(first, last):
+                try:
+                    self._data[:, j * self.chunk : min((j + 1) * self.chunk, self.n_samples)]
+                except Exception as chunk_err:  # noqa: BLE001
+                    raise self._damaged(j, f"cannot be decoded ({chunk_err})") from chunk_err
+            raise StoreError(f"{self.location}/data: cannot read samples [{lo}, {hi}) ({err})") from err
+        block = decode_signal(encoded, self.scale)
+        if not np.isfinite(block.sum()):  # NaN: the fill value of a missing chunk (format 2)
+            for j in range(first, last):
+                a = (j - first) * self.chunk
+                if np.isnan(block[:, a : a + self.chunk]).any():
+                    raise self._damaged(j, "missing (its samples read back as the fill value)")
+        return block
+
+    def _check_chunk_files(self, first: int, last: int) -> None:
+        """Format 1 (fill value 0): list the chunk files once and refuse a missing one."""
+        if self._missing is None:
+            base = f"{self.location}/data/c/0"
+            try:
+                names = {p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(base, detail=False)}
+            except FileNotFoundError:
+                names = set()
+            n_chunks = -(-self.n_samples // self.chunk)
+            self._missing = {j for j in range(n_chunks) if str(j) not in names}
+        missing = sorted(self._missing & set(range(first, last)))
+        if missing:
+            raise self._damaged(missing[0], "missing")
 
     def __repr__(self) -> str:
         return f"Recording({self.id!r}, {self.spec!r}, {self.n_samples / self.sfreq:.1f} s)"
@@ -329,19 +498,11 @@ class ShardStore:
     def __init__(self, url: str | Any):
         self.url = str(url)
         self._fs, self._root = store_fs(self.url)
-        try:
-            manifest = json.loads(self._fs.cat_file(f"{self._root}/{MANIFEST}"))
-        except FileNotFoundError:
+        manifest = _load_manifest(self._fs, self._root)
+        if manifest is None:
             raise FileNotFoundError(
                 f"{self.url} is not a brainfm store (no {MANIFEST}); "
                 "create one with `brainfm convert BIDS_ROOT STORE`"
-            ) from None
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{self.url}: not a brainfm store manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{self.url}: format version {manifest.get('format_version')}, "
-                f"this brainfm reads {FORMAT_VERSION}"
             )
         self.manifest: dict[str, Any] = manifest
         self._open: dict[str, Recording] = {}
@@ -378,9 +539,16 @@ class ShardStore:
     def recording(self, recording_id: str) -> Recording:
         rec = self._open.get(recording_id)
         if rec is None:
-            path = self.entry(recording_id)["path"]
-            group = zarr.open_group(zarr_store(self._fs, f"{self._root}/{path}"), mode="r")
-            rec = self._open[recording_id] = Recording(group, recording_id)
+            location = f"{self._root}/{self.entry(recording_id)['path']}"
+            try:
+                group = zarr.open_group(zarr_store(self._fs, location), mode="r")
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+                raise StoreError(
+                    f"{location}: the manifest lists recording {recording_id!r} but its group is missing or "
+                    f"damaged ({type(err).__name__}); run `brainfm verify {self.url}`, then `brainfm convert` "
+                    "to re-make it"
+                ) from None
+            rec = self._open[recording_id] = Recording(group, recording_id, location, self._fs)
         return rec
 
     def select(self, subjects: Iterable[str] | None = None, **entities: Any) -> list[str]:
@@ -445,12 +613,14 @@ def write_recording(
     events: Events | None = None,
     chunk_seconds: float = 30.0,
     extra_channel_attrs: Mapping[str, Any] | None = None,
+    quality: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write one recording atomically and return its manifest entry.
 
-    The group is written under ``recordings/.tmp-<id>-<uuid>`` and renamed to
-    ``recordings/<id>`` only when complete. The caller adds the returned entry to the
-    manifest (:func:`commit`); until then readers do not see the recording.
+    The group is written under ``recordings/.tmp-<id>-<uuid>``, its files hashed into the
+    ``files`` attribute, and renamed to ``recordings/<id>`` only when complete. The caller adds
+    the returned entry to the manifest (:func:`commit`); until then readers do not see the
+    recording. ``quality`` is ``{"flags": {channel: [reasons]}, "warnings": [...]}``.
     """
     if "/" in recording_id or recording_id.startswith("."):
         raise ValueError(f"invalid recording id {recording_id!r}")
@@ -462,6 +632,8 @@ def write_recording(
     final = f"{root}/{RECORDINGS}/{recording_id}"
     chunk = max(1, int(round(chunk_seconds * spec.sfreq)))
     events = events or Events(np.zeros(0), np.zeros(0), np.zeros(0, dtype=object))
+    quality = {"flags": {k: list(v) for k, v in (quality or {}).get("flags", {}).items()},
+               "warnings": list((quality or {}).get("warnings", []))}
     channels = {
         "names": list(spec.ch_names),
         "types": list(spec.ch_types),
@@ -482,7 +654,9 @@ def write_recording(
             "duration": [float(x) for x in events.duration],
             "label": [str(x) for x in events.label],
         },
+        "quality": quality,
     }
+    written: dict[str, Any] = {}
 
     def write() -> None:
         fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
@@ -492,9 +666,15 @@ def write_recording(
             shape=encoded.shape,
             chunks=(encoded.shape[0], min(chunk, max(1, encoded.shape[1]))),
             dtype="float16",
+            fill_value=np.nan,  # a missing chunk reads as NaN, which the signal never is
+            config={"write_empty_chunks": True},  # every chunk of the extent exists
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         )
         arr[...] = encoded
+        fs.invalidate_cache()
+        group.attrs.update({"files": _file_hashes(fs, tmp, "data")})
+        written["group_sha256"] = hashlib.sha256(fs.cat_file(f"{tmp}/zarr.json")).hexdigest()
+        written["n_chunks"] = -(-encoded.shape[1] // arr.chunks[1]) if encoded.shape[1] else 0
 
     _write_atomically(fs, tmp, final, write)
     counts: dict[str, int] = {}
@@ -509,7 +689,20 @@ def write_recording(
         "sfreq": spec.sfreq,
         "ch_type_counts": counts,
         "n_events": len(events),
+        "format_version": FORMAT_VERSION,
+        **written,
+        "flagged_channels": quality["flags"],
+        "n_warnings": len(quality["warnings"]),
     }
+
+
+def _file_hashes(fs: fsspec.AbstractFileSystem, group: str, array: str) -> dict[str, list]:
+    """``{path relative to the group: [bytes, sha256]}`` for every file of ``group/array``."""
+    out = {}
+    for path in sorted(fs.find(f"{group}/{array}")):
+        body = fs.cat_file(path)
+        out[path[len(group) + 1:]] = [len(body), hashlib.sha256(body).hexdigest()]
+    return out
 
 
 def _write_atomically(fs: fsspec.AbstractFileSystem, tmp: str, final: str, write: Callable[[], None]) -> None:
@@ -545,10 +738,30 @@ def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
 def read_manifest(store_url: str) -> dict[str, Any] | None:
     """The store's manifest, or None when the store does not exist yet."""
     fs, root = store_fs(store_url)
+    return _load_manifest(fs, root)
+
+
+def _load_manifest(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:
+    """The parsed, checked manifest; None when absent; StoreError naming it when damaged."""
+    path = f"{root}/{MANIFEST}"
     try:
-        return json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+        manifest = json.loads(fs.cat_file(path))
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise StoreError(
+            f"{path} is corrupt ({err}); restore it from a backup, or move the store away and convert again"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreError(f"{path} is not a brainfm store manifest")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
+        raise StoreError(
+            f"{path}: format version {manifest.get('format_version')}, this brainfm reads "
+            f"{list(READABLE_VERSIONS)}; use the brainfm that wrote it"
+        )
+    if not isinstance(manifest.get("recordings"), dict):
+        raise StoreError(f"{path} is corrupt (no recordings table); restore it or convert again")
+    return manifest
 
 
 def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
@@ -562,24 +775,247 @@ def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
 
 
 def commit(store_url: str, manifest: Mapping[str, Any]) -> None:
-    """Atomically replace the store's manifest (write a temporary file, then rename)."""
+    """Atomically replace the store's manifest (write a temporary file, then rename).
+
+    The temporary file is removed if the write fails (a stray one, from a killed writer, is
+    removed by :func:`remove_stale_temporaries`).
+    """
     fs, root = store_fs(store_url)
     fs.makedirs(root, exist_ok=True)
     tmp = f"{root}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
-    fs.pipe_file(tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    fs.mv(tmp, f"{root}/{MANIFEST}")
+    try:
+        fs.pipe_file(tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        fs.mv(tmp, f"{root}/{MANIFEST}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        raise
 
 
 def remove_stale_temporaries(store_url: str) -> list[str]:
-    """Delete ``.tmp-*`` groups left by interrupted writers; return their names."""
+    """Delete what interrupted writers left: ``.tmp-*`` groups, ``.tmp-targets-*`` arrays inside
+    groups and ``.manifest.json.*`` files; return their paths.
+
+    Call it only while holding :func:`store_lock`, so no live writer's temporaries are touched.
+    """
     fs, root = store_fs(store_url)
+    fs.invalidate_cache()
+
+    def names(folder: str) -> list[str]:
+        try:
+            return fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+
     base = f"{root}/{RECORDINGS}"
-    if not fs.exists(base):
-        return []
-    stale = [p for p in fs.ls(base, detail=False) if p.rstrip("/").rsplit("/", 1)[-1].startswith(".tmp-")]
+    stale = [p for p in names(root) if _name(p).startswith(f".{MANIFEST}.")]
+    for group in names(base):
+        if _name(group).startswith(".tmp-"):
+            stale.append(group)
+        elif fs.isdir(group):
+            stale += [p for p in names(group) if _name(p).startswith(".tmp-")]
     for p in stale:
         fs.rm(p, recursive=True)
     return stale
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+# --------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Verification:
+    """What :func:`verify_store` found: per recording id (or ``targets-<key>``), its problems."""
+
+    store: str
+    checked: int = 0
+    problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_recording(store_url: str, recording_id: str, entry: Mapping[str, Any], quick: bool = False
+                     ) -> tuple[list[str], list[str]]:
+    """(problems, notes) of one listed recording; see "Integrity" in the module docstring."""
+    fs, root = store_fs(store_url)
+    group = f"{root}/{entry['path']}"
+    try:
+        meta = fs.cat_file(f"{group}/zarr.json")
+    except FileNotFoundError:
+        return [f"{group}: group missing"], []
+    try:
+        attrs = json.loads(meta)["attributes"]
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{group}/zarr.json is corrupt ({err})"], []
+    try:
+        present = {k: v["size"] for k, v in fs.find(f"{group}/data", detail=True).items()}
+    except FileNotFoundError:
+        present = {}
+    problems: list[str] = []
+    if entry.get("format_version", 1) >= 2:
+        if hashlib.sha256(meta).hexdigest() != entry.get("group_sha256"):
+            problems.append(f"{group}/zarr.json differs from what was written (SHA-256)")
+        for rel, (size, digest) in (attrs.get("files") or {}).items():
+            path = f"{group}/{rel}"
+            if path not in present:
+                problems.append(f"{path}: missing")
+            elif present[path] != size:
+                problems.append(f"{path}: {present[path]} bytes, {size} written")
+            elif not quick and hashlib.sha256(fs.cat_file(path)).hexdigest() != digest:
+                problems.append(f"{path}: corrupt (SHA-256 differs from what was written)")
+        if not attrs.get("files"):
+            problems.append(f"{group}/zarr.json lists no files")
+        return problems, []
+    # format 1: no hashes; every chunk must exist (and decode)
+    notes = ["format 1: no recorded hashes; checked that every chunk exists" + ("" if quick else " and decodes")]
+    try:
+        rec = Recording(zarr.open_group(zarr_store(fs, group), mode="r"), recording_id, group, fs)
+    except (StoreError, ValueError, KeyError) as err:
+        return [str(err)], notes
+    n_chunks = -(-rec.n_samples // rec.chunk)
+    for k in range(n_chunks):
+        try:
+            if quick:
+                rec._check_chunk_files(k, k + 1)
+            else:
+                rec._decode(k, k + 1)
+        except StoreError as err:
+            problems.append(str(err).split("; the store is damaged")[0])
+    return problems, notes
+
+
+def verify_store(store_url: str, quick: bool = False, progress: Callable[[str], None] | None = None) -> Verification:
+    """Check every recording the manifest lists, and every listed target set (see "Integrity")."""
+    fs, root = store_fs(store_url)
+    manifest = _load_manifest(fs, root)
+    if manifest is None:
+        raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
+    out = Verification(str(store_url))
+    for rid, entry in sorted(manifest["recordings"].items()):
+        problems, notes = verify_recording(store_url, rid, entry, quick=quick)
+        out.checked += 1
+        if problems:
+            out.problems[rid] = problems
+        if notes:
+            out.notes[rid] = notes
+        if progress is not None:
+            progress(rid)
+    for key in manifest.get("targets", {}):
+        missing = [rid for rid, e in sorted(manifest["recordings"].items())
+                   if not fs.exists(f"{root}/{e['path']}/{TARGETS_PREFIX}{key}/zarr.json")]
+        if missing:
+            out.problems[f"{TARGETS_PREFIX}{key}"] = [f"no array in {len(missing)} recording(s): {', '.join(missing[:5])}"]
+    return out
+
+
+def drop_stale_target_sets(manifest: dict[str, Any], changed: Iterable[str]) -> list[str]:
+    """Unlist every target set once a recording was added or re-made (its group has no array
+    for the set); return the keys dropped."""
+    if not list(changed) or not manifest.get("targets"):
+        return []
+    dropped = sorted(manifest.pop("targets"))
+    return dropped
+
+
+# --------------------------------------------------------------------------------------
+# locking
+# --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def store_lock(store_url: str, timeout: float | None = 0.0, command: str = "convert") -> Iterator[None]:
+    """Hold the store's writer lock (see "Locking" in the module docstring).
+
+    ``timeout``: seconds to wait for another writer (0: fail at once; None: wait for ever).
+    Raises :class:`StoreLocked` naming the holder when the wait ends.
+    """
+    fs, root = store_fs(store_url)
+    fs.makedirs(root, exist_ok=True)
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
+    owner_path = f"{root}/{LOCK_OWNER}"
+    if isinstance(fs, LocalFileSystem):
+        lock = filelock.FileLock(f"{root}/{LOCK}", timeout=-1 if timeout is None else timeout,
+                                 preserve_lock_file=True)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise StoreLocked(_locked_message(fs, owner_path, store_url, timeout)) from None
+        try:
+            fs.pipe_file(owner_path, json.dumps(owner).encode())
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fs.rm(owner_path)
+            lock.release()
+        return
+    with _lease(fs, owner_path, owner, store_url, timeout):
+        yield
+
+
+@contextlib.contextmanager
+def _lease(fs: fsspec.AbstractFileSystem, path: str, owner: dict[str, Any], store_url: str,
+           timeout: float | None) -> Iterator[None]:
+    """The object-store lock: a lease object created only if absent, kept alive by a heartbeat."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fs.pipe_file(path, json.dumps({**owner, "heartbeat": time.time()}).encode(), mode="create")
+            break
+        except Exception:  # noqa: BLE001 - FileExistsError, or the store's "precondition failed"
+            fs.invalidate_cache()
+            holder = _read_json(fs, path)
+            if holder is None:
+                if fs.exists(path):
+                    raise
+                continue  # released meanwhile
+            if time.time() - float(holder.get("heartbeat", 0)) > LEASE_STALE_S:
+                fs.rm(path)  # a dead writer's lease
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StoreLocked(_locked_message(fs, path, store_url, timeout)) from None
+            time.sleep(1.0)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(LEASE_HEARTBEAT_S):
+            current = _read_json(fs, path)
+            if current is None or current.get("token") != owner["token"]:
+                return  # taken over: this writer's lease is gone
+            fs.pipe_file(path, json.dumps({**owner, "heartbeat": time.time()}).encode())
+
+    thread = threading.Thread(target=beat, daemon=True, name="brainfm-store-lease")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        current = _read_json(fs, path)
+        if current is not None and current.get("token") == owner["token"]:
+            fs.rm(path)
+
+
+def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _locked_message(fs: fsspec.AbstractFileSystem, owner_path: str, store_url: str, timeout: float | None) -> str:
+    holder = _read_json(fs, owner_path) or {}
+    who = (f"brainfm {holder.get('command', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+           f"since {holder.get('started', '?')})") if holder else "another brainfm run"
+    waited = f" after waiting {timeout:g} s" if timeout else ""
+    return (f"{store_url} is being written by {who}{waited}; wait for it to finish, or pass --wait SECONDS "
+            "to wait for the lock")
 
 
 # --------------------------------------------------------------------------------------

@@ -4,10 +4,15 @@
   subclass mode: the YAML names the LightningModule and DataModule classes.
 * ``brainfm convert BIDS_ROOT STORE`` — BIDS to shard store (:mod:`brainfm.pipelines.convert`).
 * ``brainfm info STORE [--json]`` — what a store holds.
+* ``brainfm verify STORE [--quick]`` — check every recording against its recorded hashes.
 * ``brainfm sample-data [DEST]`` — build the bundled sample dataset and store.
 * ``brainfm quantize --ckpt CKPT --scheme w8a8|w4a16 --calib STORE --out BUNDLE`` — post-training
   quantization into a safetensors bundle (:mod:`brainfm.deploy`).
 * ``brainfm export --ckpt CKPT --onnx OUT.onnx [--int8]`` — ONNX for onnxruntime.
+
+Errors: a failing command prints one line, ``brainfm <command>: <what is wrong and what to do>``,
+and exits 1 (2 for bad arguments, 130 for Ctrl-C); ``--debug`` anywhere on the command line
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import json
 import logging
 import os
 import sys
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -29,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         + ", ".join(LIGHTNING_COMMANDS)
         + " (LightningCLI; see `brainfm fit --help`).",
     )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert a BIDS dataset into a shard store")
@@ -44,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="also precompute neurodynamics targets for windows of this length (s)")
     c.add_argument("--targets-stride", type=float, default=None, metavar="STRIDE_S",
                    help="stride of those windows (default: the window length)")
+    c.add_argument("--prune", action="store_true",
+                   help="remove stored recordings whose source is no longer in the dataset")
+    c.add_argument("--verify", action="store_true",
+                   help="check the SHA-256 of every stored recording before skipping it (default: sizes only)")
+    c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run's lock on the store (default: fail at once)")
+
+    v = sub.add_parser("verify", help="check every recording of a store against its recorded hashes")
+    v.add_argument("store")
+    v.add_argument("--quick", action="store_true", help="check that files exist with their sizes only")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
 
     i = sub.add_parser("info", help="summarise a shard store")
     i.add_argument("store")
@@ -107,10 +126,37 @@ def _deploy(args: argparse.Namespace) -> int:
     return commands.run_quantize(args) if args.command == "quantize" else commands.run_export(args)
 
 
+class UsageError(ValueError):
+    """A bad command-line argument, found before any work starts (exit code 2)."""
+
+
+def _check_convert_args(args: argparse.Namespace) -> None:
+    """Refuse arguments that would fail only after converting (:class:`UsageError`, exit 2)."""
+    if args.targets is not None and not args.targets > 0:
+        raise UsageError(f"--targets must be a window length > 0 s, got {args.targets:g}")
+    if args.targets_stride is not None and (args.targets is None or not args.targets_stride > 0):
+        raise UsageError("--targets-stride needs --targets and must be > 0 s")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.wait < 0:
+        raise UsageError("--wait must be >= 0 seconds")
+    if args.report:
+        report = Path(args.report)
+        if report.is_dir():
+            raise UsageError(f"--report {args.report} is a folder; give a file name, e.g. {report / 'convert.json'}")
+        if not report.parent.resolve().is_dir():
+            raise UsageError(f"--report {args.report}: folder {report.parent} does not exist")
+        if not os.access(report.parent.resolve(), os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
+            raise UsageError(f"--report {args.report} is not writable")
+
+
 def _convert(args: argparse.Namespace) -> int:
     from brainfm.pipelines.convert import convert  # noqa: PLC0415
 
-    report = convert(args.bids_root, args.store, args.preset, args.workers, args.scheduler, not args.no_progress)
+    _check_convert_args(args)
+    logging.getLogger("brainfm.pipelines").setLevel(logging.CRITICAL)  # the summary below says it all
+    report = convert(args.bids_root, args.store, args.preset, args.workers, args.scheduler, not args.no_progress,
+                     prune=args.prune, wait=args.wait, verify=args.verify)
     if args.report:
         with open(args.report, "w") as fh:
             json.dump(report.to_dict(), fh, indent=1)
@@ -118,14 +164,50 @@ def _convert(args: argparse.Namespace) -> int:
         f"converted {len(report.converted)}, skipped {len(report.skipped)} (up to date), "
         f"failed {len(report.failed)} in {report.seconds:.1f} s"
     )
+    for rid, why in report.remade.items():
+        print(f"  re-made {rid}: {why[0]}")
+    if report.removed:
+        print(f"  removed {len(report.removed)} recording(s) whose group or source is gone: {', '.join(report.removed[:5])}")
+    if report.orphaned:
+        print(f"  {len(report.orphaned)} stored recording(s) have no source in the dataset any more "
+              f"(--prune removes them): {', '.join(report.orphaned[:5])}")
+    for key in report.dropped_target_sets:
+        print(f"  target set {key!r} unlisted (recordings changed); recompute it with --targets")
+    if report.warnings:
+        print(f"  warnings on {len(report.warnings)} recording(s); they are in {args.store}/reports/:")
+        for rid, messages in sorted(report.warnings.items()):
+            print(f"    {rid}: {messages[0]}" + (f" (+{len(messages) - 1} more)" if len(messages) > 1 else ""))
     for f in report.failed:
         print(f"  FAILED {f['source']}: {f['error']}", file=sys.stderr)
     if args.targets is not None:
         from brainfm.pipelines.targets import precompute_targets  # noqa: PLC0415
 
-        key = precompute_targets(args.store, args.targets, args.targets_stride, progress=not args.no_progress)
+        key = precompute_targets(args.store, args.targets, args.targets_stride, progress=not args.no_progress,
+                                 wait=args.wait)
         print(f"targets: set {key!r} (use --data.init_args.target_set {key})")
     return 0 if report.ok or args.skip_errors else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from brainfm.data.store import verify_store  # noqa: PLC0415
+
+    result = verify_store(args.store, quick=args.quick)
+    if args.json:
+        print(json.dumps({"store": result.store, "checked": result.checked, "ok": result.ok,
+                          "problems": result.problems, "notes": result.notes}, indent=1))
+        return 0 if result.ok else 1
+    print(f"{args.store}: {result.checked} recording(s) checked ({'sizes' if args.quick else 'SHA-256'}), "
+          f"{len(result.problems)} damaged")
+    for rid, problems in result.problems.items():
+        for problem in problems:
+            print(f"  DAMAGED {rid}: {problem}", file=sys.stderr)
+    if result.notes:
+        print(f"  {len(result.notes)} recording(s) are format 1 (no recorded hashes): checked that every chunk "
+              f"exists{'' if args.quick else ' and decodes'}")
+    if not result.ok:
+        print("re-make them with `brainfm convert BIDS_ROOT STORE`, which re-makes what fails this check",
+              file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -205,16 +287,46 @@ def lightning_main(args: Sequence[str] | None) -> None:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of the ``brainfm`` console script."""
+    """Entry point of the ``brainfm`` console script: one line per error, exit codes as above."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
-        lightning_main(None if args is None else argv)
-        return 0
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    ns = _parser().parse_args(argv)
-    handler = {"convert": _convert, "info": _info, "sample-data": _sample,
-               "quantize": _deploy, "export": _deploy}[ns.command]
-    return handler(ns)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv else "brainfm"
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            lightning_main(None if args is None and not debug else argv)
+            return 0
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        ns = _parser().parse_args(argv)
+        handler = {"convert": _convert, "info": _info, "verify": _verify, "sample-data": _sample,
+                   "quantize": _deploy, "export": _deploy}[ns.command]
+        return handler(ns)
+    except UsageError as err:
+        if debug:
+            raise
+        print(f"brainfm {command}: {err} (see `brainfm {command} --help`)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"brainfm {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place errors become a line a person reads
+        if debug:
+            raise
+        print(f"brainfm {command}: {error_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error: its message (first line), with the type only when it says more."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    lines = str(message).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 400:
+        text = text[:399] + "…"
+    plain = (OSError, ValueError, KeyError, RuntimeError)
+    return text if isinstance(err, plain) and text else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
 if __name__ == "__main__":

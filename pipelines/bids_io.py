@@ -6,12 +6,16 @@ that :mod:`brainfm.pipelines.convert` can run it in Dask worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
+import logging
+import math
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import mne
@@ -32,8 +36,94 @@ _SIDECARS = ("channels.tsv", "events.tsv", "electrodes.tsv", "coordsystem.json")
 _VHDR_REFERENCE = re.compile(r"^\s*(DataFile|MarkerFile)\s*=\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
+#: Longest error or warning message kept in a report (MNE can raise 21 KB ones).
+MESSAGE_CHARS = 300
+#: Line frequencies (Hz) a sidecar's ``PowerLineFrequency`` may give (mains are 50 or 60 Hz;
+#: 16.7 Hz railway traction is the lowest in use).
+LINE_FREQ_RANGE = (10.0, 1000.0)
+
+
 class ConversionError(RuntimeError):
     """A recording that cannot be converted; the message says which and why."""
+
+
+def short(message: object) -> str:
+    """The first line of a message, at most :data:`MESSAGE_CHARS` characters."""
+    lines = str(message).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
+
+
+class _Records(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """Collect every warning raised inside: Python warnings (MNE's and mne-bids' ``warn``) and
+    WARNING records of the ``mne`` logger. The list holds their first lines, sorted and
+    without repeats, once the block ends. Call MNE with ``verbose="warning"`` (or higher)
+    inside, or MNE does not raise them at all."""
+    messages: list[str] = []
+    handler = _Records(messages)
+    logger = logging.getLogger("mne")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield messages
+            finally:
+                messages.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        messages[:] = sorted({short(m) for m in messages if str(m).strip()})
+
+
+def check_sidecars(files: list[Path]) -> None:
+    """Refuse a JSON or TSV sidecar that is malformed or says something absurd, naming it.
+
+    JSON sidecars must parse to an object; ``PowerLineFrequency`` must be ``"n/a"`` or within
+    :data:`LINE_FREQ_RANGE`; ``SamplingFrequency`` must be positive. Every TSV row must have
+    as many columns as the header.
+    """
+    for f in files:
+        if f.is_dir() or f.suffix not in (".json", ".tsv"):
+            continue
+        text = f.read_text(encoding="utf-8-sig", errors="replace")
+        if f.suffix == ".json":
+            try:
+                doc = json.loads(text)
+            except ValueError as err:
+                raise ConversionError(f"{f} is not valid JSON ({err}); fix the sidecar") from None
+            if not isinstance(doc, dict):
+                raise ConversionError(f"{f} must hold a JSON object; fix the sidecar")
+            line = doc.get("PowerLineFrequency")
+            if line is not None and line != "n/a":
+                lo, hi = LINE_FREQ_RANGE
+                if not isinstance(line, (int, float)) or not math.isfinite(line) or not lo <= line <= hi:
+                    raise ConversionError(
+                        f"{f}: PowerLineFrequency {line!r} Hz makes no sense (expected \"n/a\" or "
+                        f"{lo:g}-{hi:g} Hz, usually 50 or 60); fix the sidecar"
+                    )
+            sfreq = doc.get("SamplingFrequency")
+            if sfreq is not None and sfreq != "n/a" and (not isinstance(sfreq, (int, float)) or not sfreq > 0):
+                raise ConversionError(f"{f}: SamplingFrequency {sfreq!r} makes no sense (must be > 0 Hz); fix the sidecar")
+            continue
+        rows = [r for r in text.splitlines() if r.strip()]
+        if not rows:
+            raise ConversionError(f"{f} is empty (no header row); fix the sidecar")
+        width = len(rows[0].split("\t"))
+        for n, row in enumerate(rows[1:], start=2):
+            if len(row.split("\t")) != width:
+                raise ConversionError(
+                    f"{f} line {n}: {len(row.split(chr(9)))} tab-separated columns, the header has {width}; fix the sidecar"
+                )
 
 
 def discover(bids_root: str | Path) -> list[BIDSPath]:
@@ -154,14 +244,16 @@ def source_checksum(bids_path: BIDSPath) -> str:
 
 
 def read_raw(bids_path: BIDSPath) -> tuple[mne.io.BaseRaw, list[str]]:
-    """Read a recording through mne-bids; return it with the warnings it raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """Read a recording through mne-bids; return it with every warning MNE and mne-bids raised.
+
+    Its sidecars are checked first (:func:`check_sidecars`), so a bad one is named.
+    """
+    check_sidecars(source_files(bids_path))
+    with captured_warnings() as messages:
         try:
-            raw = read_raw_bids(bids_path, verbose="error")
+            raw = read_raw_bids(bids_path, verbose="warning")
         except Exception as err:  # noqa: BLE001 - any reader failure is a conversion error
-            raise ConversionError(f"cannot read {bids_path.fpath.name}: {err}") from err
-    messages = sorted({str(w.message).splitlines()[0] for w in caught})
+            raise ConversionError(f"cannot read {bids_path.fpath.name}: {short(err)}") from err
     return raw, messages
 
 

@@ -8,8 +8,16 @@ atomically (:func:`brainfm.data.store.write_recording`). As they finish, the dri
 adds them to the manifest and rewrites it atomically (at most once a second, and at the
 end), so a run killed at any point leaves a valid store that the next run completes.
 
-Failures (unreadable or truncated files, NaNs, no usable channels) are collected in a
-JSON report under ``STORE/reports/``; the other recordings still convert.
+The run holds the store's writer lock (:func:`brainfm.data.store.store_lock`) throughout, so
+a second run into the same store waits or fails naming the first, and the start-up cleanup of
+temporaries never touches a live run's. Before skipping a recording it checks that the stored
+files exist with their sizes (``verify=True``: their SHA-256), and re-makes it otherwise.
+
+Failures (unreadable files, bad sidecars, NaNs, no usable channels, non-physical amplitudes,
+two sources for one recording id) are collected in a JSON report under ``STORE/reports/``; the
+other recordings still convert. Every MNE and mne-bids warning (a truncated file, channels.tsv
+rows that do not match the data, unknown channel types) is kept in the report and in the
+recording's ``quality.warnings``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any, Callable
 from brainfm.data import store as shard
 from brainfm.pipelines import bids_io
 from brainfm.pipelines.presets import Preset, get_preset
-from brainfm.pipelines.preprocess import preprocess, to_physical_units
+from brainfm.pipelines.preprocess import preprocess, quality_flags, to_physical_units
 from brainfm.signal import SensorSpec
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,14 @@ class ConversionReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     warnings: dict[str, list[str]] = field(default_factory=dict)
+    #: Up-to-date recordings re-made, and why (files missing or changed).
+    remade: dict[str, list[str]] = field(default_factory=dict)
+    #: Recordings unlisted and deleted: source gone with ``prune``, or group gone.
+    removed: list[str] = field(default_factory=list)
+    #: Recordings whose source is no longer in the dataset, kept (``prune`` removes them).
+    orphaned: list[str] = field(default_factory=list)
+    #: Target sets unlisted because recordings were added, re-made or removed.
+    dropped_target_sets: list[str] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 0
 
@@ -57,21 +73,34 @@ class ConversionReport:
 
 
 def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset, checksum: str) -> dict[str, Any]:
-    """Convert one recording (runs in a worker). Returns a result dict, never raises."""
+    """Convert one recording (runs in a worker). Returns a result dict, never raises.
+
+    Every warning MNE and mne-bids raise while reading and preprocessing is kept
+    (:func:`bids_io.captured_warnings`) in the result, the report and the recording's
+    ``quality.warnings``, with those of the quality checks (:func:`quality_flags`).
+    """
     import mne  # noqa: PLC0415 - imported in the worker process
 
-    mne.set_log_level("ERROR")
+    mne.set_log_level("WARNING")
     bids_path = mne_bids_path(fpath, bids_root)
     source = str(fpath)
     try:
         source = bids_io.safe_relative(Path(fpath), Path(bids_root))
         bids_io.source_files(bids_path)  # again here: the files may have changed since the driver's check
         raw, messages = bids_io.read_raw(bids_path)
-        raw, filters = preprocess(raw, preset)
-        loc = bids_io.head_loc(raw.info)
-        loc, fallback = bids_io.fill_from_montage(raw, loc)
+        with bids_io.captured_warnings() as more:
+            raw, filters, found = preprocess(raw, preset)
+            loc = bids_io.head_loc(raw.info)
+            loc, fallback = bids_io.fill_from_montage(raw, loc)
         data, units = to_physical_units(raw)
-        spec = SensorSpec(raw.ch_names, raw.get_channel_types(), loc, raw.info["sfreq"], units)
+        types = raw.get_channel_types()
+        flags = quality_flags(data, list(raw.ch_names), types, found["flat"])
+        messages = sorted(set(messages) | set(more))
+        for reason in ("flat", "spikes"):
+            names = sorted(n for n, r in flags.items() if reason in r)
+            if names:
+                messages.append(f"{len(names)} channel(s) flagged {reason}: {', '.join(names[:10])}")
+        spec = SensorSpec(raw.ch_names, types, loc, raw.info["sfreq"], units)
         attrs = {
             **bids_io.entities(bids_path),
             "source": source,
@@ -84,6 +113,7 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
             "first_time": float(raw.first_time),
             # MEG positions are in head coordinates only when the file has a device-to-head transform
             "meg_frame": "head" if raw.info["dev_head_t"] is not None else "device",
+            "dropped_channels": found["dropped"],
         }
         extra = {
             "bads": list(raw.info["bads"]),
@@ -98,10 +128,11 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
             events=bids_io.read_events(raw),
             chunk_seconds=preset.chunk_seconds,
             extra_channel_attrs=extra,
+            quality={"flags": flags, "warnings": messages},
         )
         return {"ok": True, "id": bids_io.recording_id(bids_path), "entry": entry, "warnings": messages}
     except Exception as err:  # noqa: BLE001 - reported, the run goes on
-        msg = str(err) if isinstance(err, bids_io.ConversionError) else f"{type(err).__name__}: {err}"
+        msg = str(err) if isinstance(err, bids_io.ConversionError) else f"{type(err).__name__}: {bids_io.short(err)}"
         return {"ok": False, "id": bids_io.recording_id(bids_path), "source": source, "error": msg}
 
 
@@ -161,6 +192,9 @@ def convert(
     scheduler: str | None = None,
     progress: bool = True,
     limit: Callable[[Any], bool] | None = None,
+    prune: bool = False,
+    wait: float | None = 0.0,
+    verify: bool = False,
 ) -> ConversionReport:
     """Convert every readable recording of ``bids_root`` into the store at ``store_url``.
 
@@ -182,26 +216,105 @@ def convert(
         Show a progress bar.
     limit : callable, optional
         Keep only the BIDS paths for which it returns True.
+    prune : bool
+        Remove stored recordings whose source is no longer in the dataset (with ``limit``:
+        no longer selected); without it they are kept and reported (``orphaned``).
+    wait : float or None
+        Seconds to wait for another writer's lock on the store (0: fail at once, None: for ever).
+    verify : bool
+        Check every up-to-date recording's SHA-256 sums (:func:`brainfm.data.store.verify_store`)
+        before skipping it; by default only that its files exist with their sizes.
+
+    Recordings are re-made when their source or the preset changed, when their stored files
+    fail the check, or when their group is gone (format-1 recordings that pass are kept). A
+    recording whose changed source no longer converts keeps its stored version, listed. Two
+    sources that map to one recording id are both refused, and the stored recording is left
+    as it is.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     t0 = time.perf_counter()
     preset = get_preset(preset)
     bids_root, store_url = str(Path(bids_root).resolve()), str(store_url)
-    manifest = shard.read_manifest(store_url)
-    if manifest is None:
-        manifest = shard.new_manifest(preset.to_dict(), preset.hash)
-    elif manifest["preset_hash"] != preset.hash:
-        raise ValueError(
-            f"store {store_url} was built with preset {manifest['preset'].get('name')!r} "
-            f"(hash {manifest['preset_hash']}); convert with that preset or into a new store"
-        )
-    shard.remove_stale_temporaries(store_url)
+    paths = [p for p in bids_io.discover(bids_root) if limit is None or limit(p)]
+    with shard.store_lock(store_url, timeout=wait, command="convert"):
+        manifest = shard.read_manifest(store_url)
+        if manifest is None:
+            manifest = shard.new_manifest(preset.to_dict(), preset.hash)
+        elif manifest["preset_hash"] != preset.hash:
+            raise ValueError(
+                f"store {store_url} was built with preset {manifest['preset'].get('name')!r} "
+                f"(hash {manifest['preset_hash']}); convert with that preset or into a new store"
+            )
+        manifest["format_version"] = shard.FORMAT_VERSION
+        shard.remove_stale_temporaries(store_url)
+        report = ConversionReport(bids_root, store_url, preset.name, preset.hash)
+        previous: dict[str, Any] = {}
+        todo, doomed = _plan(paths, manifest, store_url, preset, report, prune=prune, verify=verify, previous=previous)
+        shard.commit(store_url, manifest)
+        fs, _ = shard.store_fs(store_url)
+        for group in doomed:  # unlisted first, so no reader ever follows the manifest into a hole
+            if fs.exists(group):
+                fs.rm(group, recursive=True)
 
-    report = ConversionReport(bids_root, store_url, preset.name, preset.hash)
+        n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        report.workers = 0 if not todo else n_workers
+        bar = tqdm(total=len(todo), desc="convert", unit="rec", disable=not progress or not todo)
+        # The manifest is rewritten whole, so commit at most once per COMMIT_EVERY_S (and at
+        # the end) instead of once per recording, which would be quadratic in dataset size.
+        # A kill loses at most that much listing; those recordings are simply converted again.
+        last_commit = float("-inf")
+        for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
+            if result["ok"]:
+                manifest["recordings"][result["id"]] = result["entry"]
+                if time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                    shard.commit(store_url, manifest)
+                    last_commit = time.monotonic()
+                report.converted.append(result["id"])
+                if result["warnings"]:
+                    report.warnings[result["id"]] = result["warnings"]
+            else:
+                failure = {k: result[k] for k in ("id", "source", "error")}
+                old = previous.get(result["id"])
+                if old is not None and not shard.verify_recording(store_url, result["id"], old, quick=True)[0]:
+                    # its source changed and no longer converts: keep what was stored, listed
+                    manifest["recordings"][result["id"]] = old
+                    failure["error"] += "; the recording stored from the previous source is kept"
+                report.failed.append(failure)
+                log.error("failed %s: %s", result["source"], result["error"])
+            bar.update()
+        bar.close()
+        shard.commit(store_url, manifest)
+    report.converted.sort()
+    report.seconds = time.perf_counter() - t0
+    _write_report(store_url, report)
+    return report
+
+
+def _plan(paths, manifest: dict[str, Any], store_url: str, preset: Preset, report: ConversionReport,
+          prune: bool, verify: bool, previous: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Decide, under the lock, what to convert; unlist what will be re-made or is gone.
+
+    Fills the report's ``failed`` (refused sources, id collisions), ``remade`` (why an up-to-date
+    recording is re-made), ``removed``/``orphaned`` and ``dropped_target_sets``; returns the
+    (source, checksum) pairs to convert and the groups to delete once the manifest no longer
+    lists them. Entries unlisted because their source changed go into ``previous``.
+    """
+    by_id: dict[str, list] = {}
+    for path in paths:
+        by_id.setdefault(bids_io.recording_id(path), []).append(path)
     todo: list[tuple[str, str]] = []
-    for path in (p for p in bids_io.discover(bids_root) if limit is None or limit(p)):
-        rid = bids_io.recording_id(path)
+    changed: list[str] = []
+    for rid, same in sorted(by_id.items()):
+        if len(same) > 1:  # two sources, one recording id: neither may replace the other
+            names = ", ".join(str(p.fpath) for p in same)
+            for path in same:
+                report.failed.append({"id": rid, "source": str(path.fpath), "error": (
+                    f"{len(same)} source files map to recording id {rid!r} ({names}); keep one of them "
+                    "(the stored recording, if any, is left as it is)")})
+            log.error("refused %s: %d sources map to it", rid, len(same))
+            continue
+        path = same[0]
         try:
             checksum = bids_io.source_checksum(path)
         except bids_io.ConversionError as err:  # a file outside the dataset: refused, never read
@@ -210,39 +323,36 @@ def convert(
             continue
         done = manifest["recordings"].get(rid)
         if done and done["source_sha256"] == checksum and done["preset_hash"] == preset.hash:
-            report.skipped.append(rid)
-            continue
+            problems = _stored_problems(store_url, rid, done, verify)
+            if not problems:
+                report.skipped.append(rid)
+                continue
+            report.remade[rid] = problems
+            log.warning("re-making %s: %s", rid, problems[0])
         if done:  # stale: unlist before rewriting, so readers never see a half-replaced group
             del manifest["recordings"][rid]
+            if rid not in report.remade:
+                previous[rid] = done
+        changed.append(rid)
         todo.append((str(path.fpath), checksum))
-    shard.commit(store_url, manifest)
-
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    report.workers = 0 if not todo else n_workers
-    bar = tqdm(total=len(todo), desc="convert", unit="rec", disable=not progress or not todo)
-    # The manifest is rewritten whole, so commit at most once per COMMIT_EVERY_S (and at
-    # the end) instead of once per recording, which would be quadratic in dataset size.
-    # A kill loses at most that much listing; those recordings are simply converted again.
-    last_commit = float("-inf")
-    for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
-        if result["ok"]:
-            manifest["recordings"][result["id"]] = result["entry"]
-            if time.monotonic() - last_commit >= COMMIT_EVERY_S:
-                shard.commit(store_url, manifest)
-                last_commit = time.monotonic()
-            report.converted.append(result["id"])
-            if result["warnings"]:
-                report.warnings[result["id"]] = result["warnings"]
+    fs, root = shard.store_fs(store_url)
+    doomed: list[str] = []
+    for rid in sorted(set(manifest["recordings"]) - set(by_id)):
+        group = f"{root}/{manifest['recordings'][rid]['path']}"
+        if prune or not fs.exists(f"{group}/zarr.json"):
+            del manifest["recordings"][rid]
+            doomed.append(group)
+            report.removed.append(rid)
         else:
-            report.failed.append({k: result[k] for k in ("id", "source", "error")})
-            log.error("failed %s: %s", result["source"], result["error"])
-        bar.update()
-    bar.close()
-    shard.commit(store_url, manifest)
-    report.converted.sort()
-    report.seconds = time.perf_counter() - t0
-    _write_report(store_url, report)
-    return report
+            report.orphaned.append(rid)
+    report.dropped_target_sets = shard.drop_stale_target_sets(manifest, changed + report.removed)
+    return todo, doomed
+
+
+def _stored_problems(store_url: str, rid: str, entry: dict[str, Any], deep: bool) -> list[str]:
+    """Why an up-to-date entry must be re-made: what the store's check finds (format 1: that a
+    chunk is missing, or with ``deep`` does not decode)."""
+    return shard.verify_recording(store_url, rid, entry, quick=not deep)[0]
 
 
 def _write_report(store_url: str, report: ConversionReport) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import mne
 import numpy as np
 
+from brainfm.data.store import PLAUSIBLE_UNITS, SPIKE_RATIO
 from brainfm.pipelines.bids_io import ConversionError
 from brainfm.pipelines.presets import Preset
 from brainfm.signal import UNITS
@@ -26,10 +27,10 @@ def resample_method(src: float, dst: float) -> str:
 
 def _resample(raw: mne.io.BaseRaw, sfreq: float) -> None:
     if raw.info["sfreq"] != sfreq:
-        raw.resample(sfreq, method=resample_method(raw.info["sfreq"], sfreq), verbose="error")
+        raw.resample(sfreq, method=resample_method(raw.info["sfreq"], sfreq), verbose="warning")
 
 
-def preprocess(raw: mne.io.BaseRaw, preset: Preset) -> tuple[mne.io.BaseRaw, dict[str, Any]]:
+def preprocess(raw: mne.io.BaseRaw, preset: Preset) -> tuple[mne.io.BaseRaw, dict[str, Any], dict[str, Any]]:
     """Pick, check, resample, notch, band-pass and re-reference ``raw`` in place.
 
     Steps:
@@ -43,10 +44,13 @@ def preprocess(raw: mne.io.BaseRaw, preset: Preset) -> tuple[mne.io.BaseRaw, dic
        0.45 × the source rate when the source cannot carry it;
     6. resample (when not done first); 7. average reference for EEG if asked.
 
-    Returns the processed raw and the effective ``filters`` record.
+    Returns the processed raw, the effective ``filters`` record and what step 2 found:
+    ``{"flat": [channels constant in the source], "dropped": {name: type}}``. A recording whose
+    kept channels are all constant (e.g. all zero) is refused.
     """
     types = raw.get_channel_types()
     keep = [i for i, t in enumerate(types) if t in preset.ch_types]
+    dropped = {raw.ch_names[i]: t for i, t in enumerate(types) if t not in preset.ch_types}
     if not keep:
         found = ", ".join(sorted(set(types)))
         raise ConversionError(
@@ -58,6 +62,10 @@ def preprocess(raw: mne.io.BaseRaw, preset: Preset) -> tuple[mne.io.BaseRaw, dic
     if not np.isfinite(data).all():
         bad = [raw.ch_names[i] for i in np.where(~np.isfinite(data).all(axis=1))[0]]
         raise ConversionError(f"non-finite samples (NaN/inf) in channels {bad[:10]}")
+    flat = [raw.ch_names[i] for i in np.flatnonzero(np.ptp(data, axis=1) == 0)] if data.shape[1] else list(raw.ch_names)
+    if len(flat) == len(raw.ch_names):
+        what = "zero" if not np.any(data) else "constant"
+        raise ConversionError(f"every sample of every kept channel is {what}: no signal to store")
     src_sfreq = float(raw.info["sfreq"])
     h_freq = preset.h_freq
     if h_freq is not None and h_freq >= 0.45 * src_sfreq:
@@ -71,13 +79,13 @@ def preprocess(raw: mne.io.BaseRaw, preset: Preset) -> tuple[mne.io.BaseRaw, dic
     top = min(h_freq if h_freq is not None else nyq, nyq - 1.0)
     notch = [float(f) for f in np.arange(line, top + 1e-9, line)] if line else []
     if notch:
-        raw.notch_filter(notch, picks=picks, verbose="error")
+        raw.notch_filter(notch, picks=picks, verbose="warning")
     if preset.l_freq is not None or h_freq is not None:
-        raw.filter(preset.l_freq, h_freq, picks=picks, verbose="error")
+        raw.filter(preset.l_freq, h_freq, picks=picks, verbose="warning")
     if not preset.resample_first:
         _resample(raw, preset.sfreq)
     if preset.reference == "average" and "eeg" in raw.get_channel_types():
-        raw.set_eeg_reference("average", projection=False, verbose="error")
+        raw.set_eeg_reference("average", projection=False, verbose="warning")
     filters = {
         "source_sfreq": src_sfreq,
         "sfreq": float(raw.info["sfreq"]),
@@ -88,7 +96,35 @@ def preprocess(raw: mne.io.BaseRaw, preset: Preset) -> tuple[mne.io.BaseRaw, dic
         "reference": preset.reference or "as recorded",
         "resample": resample_method(src_sfreq, preset.sfreq),
     }
-    return raw, filters
+    return raw, filters, {"flat": flat, "dropped": dropped}
+
+
+def quality_flags(data: np.ndarray, names: list[str], types: list[str], flat: list[str]) -> dict[str, list[str]]:
+    """Per-channel flags of preprocessed ``data`` (physical units), by the rules of
+    "Signal quality" in :mod:`brainfm.data.store`: ``flat`` (constant in the source) and
+    ``spikes`` (peak above ``SPIKE_RATIO`` x the median absolute value). Raises
+    :class:`ConversionError` when a channel type's typical amplitude is not physical."""
+    flags: dict[str, list[str]] = {n: ["flat"] for n in flat}
+    amp = np.abs(data)
+    median = np.median(amp, axis=1) if data.shape[1] else np.zeros(len(names))
+    peak = amp.max(axis=1) if data.shape[1] else np.zeros(len(names))
+    live = np.array([n not in flags for n in names], dtype=bool)
+    for i in np.flatnonzero(live & (peak > SPIKE_RATIO * median)):
+        flags.setdefault(names[i], []).append("spikes")
+    types_arr = np.asarray(types)
+    for t in sorted(set(types)):
+        sel = live & (types_arr == t)
+        if not sel.any() or t not in PLAUSIBLE_UNITS:
+            continue
+        typical = float(np.median(median[sel]))
+        lo, hi = PLAUSIBLE_UNITS[t]
+        if not lo <= typical <= hi:
+            unit = UNITS[t][0]
+            raise ConversionError(
+                f"{t} amplitudes are not physical: median |x| = {typical:.3g} {unit}, expected {lo:g}-{hi:g} {unit}; "
+                "the header's units or physical range are wrong"
+            )
+    return flags
 
 
 def to_physical_units(raw: mne.io.BaseRaw) -> tuple[np.ndarray, list[str]]:

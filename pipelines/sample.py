@@ -21,16 +21,24 @@ EEGMAT channels are renamed from ``EEG Fp1`` to ``Fp1`` and its reference deriva
 and ECG retyped (``misc``, ``ecg``), so channels.tsv is right; it is re-exported as EDF
 (16-bit, error < 2 nV). Positions are *not* written for files that carry none: the
 conversion fills them from the standard montage by name and records that it did.
+
+A build is complete only when ``DEST/.brainfm-sample-store.json`` says so: it is removed when a
+build starts and written when its conversion succeeded, so a build killed half-way (a first
+``brainfm fit`` interrupted) is resumed by the next :func:`sample_store`, never trained on.
+Builds hold ``DEST/.build.lock``, so two first uses wait for each other; the conversion prunes
+recordings whose source left the sample (``sample-data`` with fewer subjects).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import filelock
 import mne
 from mne_bids import BIDSPath, write_raw_bids
 
@@ -41,6 +49,8 @@ from brainfm.pipelines.convert import ConversionReport, convert
 EEGBCI_TASKS = {2: "restEC", 3: "execLR", 4: "imagLR", 5: "execFF", 6: "imagFF"}
 EEGBCI_RUNS = tuple(range(2, 15))
 _MARKER = ".brainfm-sample.json"
+#: Written into DEST when the sample store is complete (see the module docstring).
+_STORE_MARKER = ".brainfm-sample-store.json"
 
 
 def _eegbci_task(run: int) -> str:
@@ -105,6 +115,11 @@ def _formats(root: Path) -> None:
     _write(raw, BIDSPath(subject="brainvision", task="test", datatype="eeg", root=root))
 
 
+def _config(eegmat_subjects: Sequence[int], eegbci_runs: Sequence[int], formats: bool) -> dict[str, Any]:
+    return {"eegmat_subjects": [int(s) for s in eegmat_subjects],
+            "eegbci_runs": [int(r) for r in eegbci_runs], "formats": bool(formats), "version": 1}
+
+
 def build_sample_bids(
     dest: str | Path,
     eegmat_subjects: Sequence[int] = fetch.EEGMAT_SUBJECTS,
@@ -113,8 +128,7 @@ def build_sample_bids(
 ) -> Path:
     """Write the sample BIDS dataset to ``dest`` (atomically; reused when up to date)."""
     dest = Path(dest)
-    config = {"eegmat_subjects": [int(s) for s in eegmat_subjects],
-              "eegbci_runs": [int(r) for r in eegbci_runs], "formats": bool(formats), "version": 1}
+    config = _config(eegmat_subjects, eegbci_runs, formats)
     marker = dest / _MARKER
     if marker.exists() and json.loads(marker.read_text()) == config:
         return dest
@@ -140,23 +154,49 @@ def build_sample(
     workers: int | None = None,
     progress: bool = True,
 ) -> tuple[Path, ConversionReport]:
-    """Build ``DEST/bids`` and convert it into ``DEST/store``; returns the store and report."""
+    """Build ``DEST/bids`` and convert it into ``DEST/store``; returns the store and report.
+
+    Resumes an interrupted build; the store is marked complete only when every recording
+    converted (see the module docstring).
+    """
     dest = Path(dest) if dest is not None else default_sample_dir()
-    bids = build_sample_bids(dest / "bids", eegmat_subjects, eegbci_runs, formats)
-    store = dest / "store"
-    report = convert(bids, store, "eeg-fm", workers=workers, progress=progress)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = _config(eegmat_subjects, eegbci_runs, formats)
+    with filelock.FileLock(dest / ".build.lock"):
+        (dest / _STORE_MARKER).unlink(missing_ok=True)
+        bids = build_sample_bids(dest / "bids", eegmat_subjects, eegbci_runs, formats)
+        store = dest / "store"
+        report = convert(bids, store, "eeg-fm", workers=workers, progress=progress, prune=True, wait=None)
+        if report.ok:
+            tmp = dest / f"{_STORE_MARKER}.{os.getpid()}"
+            tmp.write_text(json.dumps({**config, "recordings": len(report.converted) + len(report.skipped)}))
+            tmp.replace(dest / _STORE_MARKER)
     return store, report
 
 
+def sample_complete(dest: str | Path, config: dict[str, Any]) -> bool:
+    """Whether ``DEST/store`` is a complete sample store built with ``config``."""
+    try:
+        done = json.loads((Path(dest) / _STORE_MARKER).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return {k: v for k, v in done.items() if k != "recordings"} == config
+
+
 def sample_store(dest: str | Path | None = None, **kwargs) -> Path:
-    """The default sample store, built on first use."""
+    """The default sample store, built on first use and completed if a build was interrupted."""
     dest = Path(dest) if dest is not None else default_sample_dir()
+    config = _config(kwargs.get("eegmat_subjects", fetch.EEGMAT_SUBJECTS), kwargs.get("eegbci_runs", EEGBCI_RUNS),
+                     kwargs.get("formats", True))
     store = dest / "store"
-    if not (store / "manifest.json").exists() or not (dest / "bids" / _MARKER).exists():
+    if not sample_complete(dest, config):
         store, report = build_sample(dest, **kwargs)
         if not report.ok:
-            raise RuntimeError(f"sample conversion failed: {report.failed}")
+            raise RuntimeError(
+                f"the sample store {store} is incomplete: {len(report.failed)} recording(s) failed to convert "
+                f"(first: {report.failed[0]['source']}: {report.failed[0]['error']}); see {store}/reports"
+            )
     return store
 
 
-__all__ = ["build_sample", "build_sample_bids", "sample_store"]
+__all__ = ["build_sample", "build_sample_bids", "sample_complete", "sample_store"]

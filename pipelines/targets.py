@@ -24,8 +24,19 @@ from brainfm.targets import TargetSpec, compute_targets, target_names
 
 
 def precompute_targets(store_url: str, window_s: float, stride_s: float | None = None,
-                       spec: Any = None, batch_size: int = 64, progress: bool = True) -> str:
-    """Write the targets of every fixed window of every recording; return the target-set key."""
+                       spec: Any = None, batch_size: int = 64, progress: bool = True, wait: float | None = 0.0) -> str:
+    """Write the targets of every fixed window of every recording; return the target-set key.
+
+    Holds the store's writer lock (``wait``: as for :func:`brainfm.pipelines.convert.convert`).
+    """
+    if not window_s > 0 or (stride_s is not None and not stride_s > 0):
+        raise ValueError(f"target windows need a positive length and stride (got {window_s}, {stride_s})")
+    with shard.store_lock(store_url, timeout=wait, command="convert --targets"):
+        return _precompute(store_url, window_s, stride_s, spec, batch_size, progress)
+
+
+def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: Any, batch_size: int,
+                progress: bool) -> str:
     spec = spec or TargetSpec()
     stride_s = stride_s or window_s
     spec_dict = json.loads(json.dumps(dataclasses.asdict(spec)))

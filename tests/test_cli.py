@@ -15,7 +15,7 @@ def test_info_json(small_sample, capsys):
     _, store = small_sample
     assert main(["info", str(store), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format_version"] == 1 and info["preset"] == "eeg-fm" and info["sfreq"] == 200.0
+    assert info["format_version"] == 2 and info["preset"] == "eeg-fm" and info["sfreq"] == 200.0
     assert info["subjects"] == 11 and info["recordings"] == 16
     assert info["channel_type_counts"]["mag"] > 0 and info["total_hours"] > 0.1
 
@@ -27,9 +27,21 @@ def test_info_text(small_sample, capsys):
     assert "recordings" in out and "eeg: " in out
 
 
-def test_info_on_a_non_store_is_a_clear_error(tmp_path):
+def test_info_on_a_non_store_is_a_clear_error(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a brainfm store" in err and "--debug" in err
     with pytest.raises(FileNotFoundError, match="not a brainfm store"):
-        main(["info", str(tmp_path)])
+        main(["info", str(tmp_path), "--debug"])
+
+
+def test_verify(small_sample, capsys):
+    _, store = small_sample
+    assert main(["verify", str(store)]) == 0
+    assert "16 recording(s) checked (SHA-256), 0 damaged" in capsys.readouterr().out
+    assert main(["verify", str(store), "--quick", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["checked"] == 16 and result["problems"] == {}
 
 
 def test_console_script_help():

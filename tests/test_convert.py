@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
 import signal
 import subprocess
@@ -44,7 +46,7 @@ def test_every_format_converts(small_sample):
     assert EXPECTED_FORMATS <= sources
     assert set(store.recording_ids) == {recording_id(p) for p in discover(bids)}
     summary = store.summary()
-    assert summary["sfreq"] == 200.0 and summary["format_version"] == 1
+    assert summary["sfreq"] == 200.0 and summary["format_version"] == 2
     assert {"eeg", "mag", "grad"} <= set(summary["channel_type_counts"])
 
 
@@ -173,32 +175,48 @@ def test_corrupted_and_nan_recordings_are_reported(small_sample, tmp_path):
     assert subprocess.run(cmd + ["--skip-errors"], capture_output=True).returncode == 0
 
 
+#: test_resume_after_kill kills each run a seeded random 0-KILL_WITHIN_S seconds after it listed
+#: its first new recording: inside a recording's conversion, its rename or a manifest commit.
+KILL_SEED, N_KILLS, KILL_WITHIN_S = 17, 4, 0.8
+
+
+def _listed(store: Path) -> int:
+    try:
+        return len(json.loads((store / "manifest.json").read_text())["recordings"])
+    except (FileNotFoundError, ValueError):  # not yet written, or being replaced
+        return 0
+
+
 def test_resume_after_kill(small_sample, tmp_path):
-    """SIGKILL a running conversion; the store stays valid and a re-run completes it."""
+    """SIGKILL running conversions at several seeded random moments; after each the store is
+    valid (everything listed reads in full), and a final run completes it bit-identically."""
     bids, full_store = small_sample
     root = _copy_bids(bids, tmp_path / "bids", ["eegmat00", "eegmat01", "eegmat28", "eegmat32", "eegbci001"])
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "brainfm.cli", "convert", str(root), str(store), "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = store / "manifest.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.exists() and json.loads(manifest.read_text())["recordings"]:
-            break
-        time.sleep(0.05)
-    import os
-
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = ShardStore(store)
     n_total = len(discover(root))
-    assert 1 <= len(partial) < n_total, "kill came too late to test resuming"
-    for rid in partial.recording_ids:  # everything listed is complete and readable
-        assert partial.recording(rid).read_all().shape[1] == partial.entry(rid)["n_samples"]
+    rng = random.Random(KILL_SEED)
+    listed = []
+    for _ in range(N_KILLS):
+        start = _listed(store)
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and _listed(store) <= start:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, KILL_WITHIN_S))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = ShardStore(store)
+        listed.append(len(partial))
+        for rid in partial.recording_ids:  # everything listed is complete and readable
+            assert partial.recording(rid).read_all().shape[1] == partial.entry(rid)["n_samples"]
+    assert any(0 < n < n_total for n in listed), f"no kill left a partial store ({listed} of {n_total} listed)"
     (store / "recordings" / ".tmp-leftover-deadbeef").mkdir(parents=True, exist_ok=True)
+    before = ShardStore(store).recording_ids
     report = convert(root, store, workers=1, progress=False)
     assert report.ok
-    assert set(report.skipped) == set(partial.recording_ids)
+    assert set(report.skipped) == set(before)
     assert len(ShardStore(store)) == n_total
     assert not list((store / "recordings").glob(".tmp-*"))
     reference = ShardStore(full_store)

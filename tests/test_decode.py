@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -214,6 +215,25 @@ def test_log_bandpower_features_match_mne_welch(data):
     psd, freqs = psd_array_welch(x, 200.0, fmin=8.0, fmax=13.0, n_fft=400, verbose=False)
     alpha = np.log(psd[..., (freqs >= 8) & (freqs < 13)].mean(-1) + 1e-12)
     assert np.allclose(feats.reshape(4, 19, 5)[..., 2], alpha)
+
+
+def test_aligned_config_saves_the_subject_statistics_with_the_decoder(small_sample, encoder_file, tmp_path, monkeypatch):
+    """configs/finetune/eegmat-aligned.yaml: Euclidean-aligned windows, statistics in decoder.safetensors."""
+    _, store = small_sample
+    monkeypatch.setattr(sys, "argv", ["brainfm"])
+    monkeypatch.chdir(tmp_path)
+    assert not main(["fit", "--config", str(ROOT / "configs/finetune/eegmat-aligned.yaml"), "--trainer.enable_progress_bar=false",
+          "--trainer.log_every_n_steps=1",
+          f"--data.init_args.store={store}", "--data.init_args.batch_size=8",
+          '--data.init_args.split={"train": ["eegmat00", "eegmat01"], "val": ["eegmat28"], "test": ["eegmat32"]}',
+          f"--model.init_from={encoder_file}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+          "--trainer.limit_val_batches=2"])
+    decoder = load_decoder(tmp_path / "runs/finetune-eegmat-aligned/csv/version_0/decoder.safetensors")
+    tensors, meta = decoder.normalization
+    meta = json.loads(meta)
+    assert meta["method"] == "align" and sorted(meta["subjects"]) == ["eegmat00", "eegmat01", "eegmat28", "eegmat32"]
+    assert {m["source"] for m in meta["subjects"].values()} == {"session"}
+    assert tensors["eegmat32.whitening"].shape == (19, 19)
 
 
 def test_finetune_configs_through_the_cli(small_sample, encoder_file, tmp_path, monkeypatch):

@@ -12,7 +12,10 @@ differ only in their network and loss:
 * **the schedule**: linear warm-up, then cosine decay to ``min_lr_factor · lr``
   (:func:`warmup_cosine`), stepped every optimiser step;
 * **export at the end of fit**: ``export_file`` (e.g. ``encoder.safetensors``) next to the
-  logs, only when a logger gives a log folder and not in ``fast_dev_run``.
+  logs, only when a logger gives a log folder, not in ``fast_dev_run``, and only after at
+  least one optimiser step: a fit that trained nothing fails instead of writing untrained
+  weights (issue #17, item 9; the DataModules already refuse empty stores, windows longer
+  than every recording and validation subjects absent from the store).
 
 Subclasses list ``lr``, ``weight_decay``, ``warmup_steps`` and ``min_lr_factor`` among their
 own constructor arguments (LightningCLI shows them there) and call ``save_hyperparameters``;
@@ -71,6 +74,9 @@ class BrainTask(pl.LightningModule):
 
     def connect(self, summary: DataSummary) -> None:
         """Check ``summary`` against the model (:meth:`check_data`), then keep it."""
+        if summary.n_windows == 0:
+            raise ValueError(f"no training windows ({summary.window_s:g}-s windows from {len(summary.specs)} "
+                             "recording(s)): nothing to train on")
         self.check_data(summary)
         self.data_summary = summary
 
@@ -123,8 +129,12 @@ class BrainTask(pl.LightningModule):
             return
         # Only next to real logs: without a logger, Trainer.log_dir is the working directory.
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        if log_dir is not None and self.trainer.is_global_zero and not self.trainer.fast_dev_run:
-            self.export_safetensors(os.path.join(log_dir, self.export_file))
+        if log_dir is None or not self.trainer.is_global_zero or self.trainer.fast_dev_run:
+            return
+        if self.trainer.global_step == 0 and not self.trainer.interrupted:
+            raise RuntimeError(f"fit ended without a single training step, so no {self.export_file} was written: "
+                               "the training data gave no batch")
+        self.export_safetensors(os.path.join(log_dir, self.export_file))
 
     def export_safetensors(self, path: str | os.PathLike) -> None:
         """Write the task's weights to ``path`` (subclasses with an ``export_file``)."""

@@ -1,4 +1,5 @@
-"""Reading shard stores: windows, subject splits, the data summary and sampling helpers.
+"""Reading shard stores: windows, subject splits, subject-adaptive normalisation, the data
+summary and sampling helpers.
 
 The store format (:mod:`brainfm.data.store`) is written here too, by the conversion
 pipelines. Nothing here imports MNE or :mod:`brainfm.pipelines`; the LightningDataModules
@@ -6,6 +7,7 @@ live in :mod:`brainfm.data.datamodule`.
 """
 
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
+from brainfm.data.normalize import RunningMoments, SubjectNormalizer, SubjectStats, fit_normalizer, subject_stats
 from brainfm.data.root import cache_home, data_root
 from brainfm.data.sampling import calibration_batches, calibration_windows, evenly_spaced, window_loader
 from brainfm.data.splits import SubjectSplit, calibration_spans, eegmat_cbramod, kfold_subjects, leave_one_subject_out, random_split
@@ -13,8 +15,8 @@ from brainfm.data.store import FORMAT_VERSION, Recording, ShardStore
 from brainfm.data.summary import DataSummary
 
 __all__ = [
-    "FORMAT_VERSION", "DataSummary", "EntityLabels", "EventWindows", "FixedWindows", "Recording", "ShardStore",
-    "ShuffledWindows", "SubjectSplit", "cache_home", "calibration_batches", "calibration_spans", "calibration_windows",
+    "FORMAT_VERSION", "DataSummary", "EntityLabels", "EventWindows", "FixedWindows", "Recording", "RunningMoments",
+    "ShardStore", "ShuffledWindows", "SubjectNormalizer", "SubjectSplit", "SubjectStats", "fit_normalizer", "subject_stats", "cache_home", "calibration_batches", "calibration_spans", "calibration_windows",
     "collate_windows", "data_root", "eegmat_cbramod", "evenly_spaced", "kfold_subjects", "leave_one_subject_out",
     "random_split", "window_loader",
 ]

@@ -41,11 +41,7 @@ RECORDING = "sub-brainvision_task-test_eeg"
 @pytest.fixture
 def bids(small_sample, tmp_path) -> Path:
     """A BIDS dataset of two real recordings (BrainVision, EEGLAB), and a secret beside it."""
-    src, _ = small_sample
-    root = tmp_path / "bids"
-    shutil.copytree(src, root, ignore=shutil.ignore_patterns("sub-*"))
-    for sub in ("sub-brainvision", "sub-eeglab"):
-        shutil.copytree(src / sub, root / sub)
+    root = _copy_subjects(small_sample[0], tmp_path / "bids", ("sub-brainvision", "sub-eeglab"))
     # outside the dataset: bytes that must never reach a store (int16 noise, readable as EEG)
     (tmp_path / "secret.bin").write_bytes(np.random.default_rng(0).integers(-999, 999, 32 * 4000, np.int16).tobytes())
     return root
@@ -159,10 +155,13 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.fixture
 def eeg(small_sample, tmp_path) -> Path:
     """A BIDS dataset of real recordings: EEGMAT subject 0 (EDF, 2 runs) and BrainVision."""
-    src, _ = small_sample
-    root = tmp_path / "eeg"
+    return _copy_subjects(small_sample[0], tmp_path / "eeg", ("sub-eegmat00", "sub-brainvision"))
+
+
+def _copy_subjects(src: Path, root: Path, subjects: tuple[str, ...]) -> Path:
+    """A copy of the BIDS dataset ``src`` with only ``subjects``."""
     shutil.copytree(src, root, ignore=shutil.ignore_patterns("sub-*"))
-    for sub in ("sub-eegmat00", "sub-brainvision"):
+    for sub in subjects:
         shutil.copytree(src / sub, root / sub)
     return root
 

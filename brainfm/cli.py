@@ -311,6 +311,12 @@ def main(args: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"brainfm {command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exit_:
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        # Lightning shuts a run down gracefully on Ctrl-C, then exits 1 while handling it
+        print(f"brainfm {command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - the one place errors become a line a person reads
         if debug:
             raise

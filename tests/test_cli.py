@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from brainfm import cli
 from brainfm.cli import main
 
 
@@ -47,3 +48,19 @@ def test_verify(small_sample, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "brainfm.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "convert" in out.stdout and "sample-data" in out.stdout
+
+
+def test_ctrl_c_during_training_exits_130(monkeypatch, capsys):
+    """Lightning handles Ctrl-C itself (graceful shutdown, then exit(1)); the CLI reports it as 130."""
+    def interrupted_fit(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.setattr(cli, "lightning_main", interrupted_fit)
+    assert main(["fit", "--config", "x.yaml"]) == 130
+    assert capsys.readouterr().err == "brainfm fit: interrupted\n"
+    monkeypatch.setattr(cli, "lightning_main", lambda args: sys.exit(2))  # e.g. a bad config: argparse's exit
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "x.yaml"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +39,9 @@ def test_readme_main_job(tmp_path):
     copy-the-mean baseline on held-out subjects."""
     main_job = _commands()[0].split(" && ")[1].removeprefix(IN_ENV)  # already inside the environment
     (tmp_path / "configs").symlink_to(ROOT / "configs")
-    env = {**os.environ, "BRAINFM_HOME": os.environ["BRAINFM_HOME"]}
+    # the environment's scripts first, as `uv run` or an activated .venv would have them
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "BRAINFM_HOME": os.environ["BRAINFM_HOME"], "PATH": path}
     out = subprocess.run(main_job, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs/quickstart/csv/version_0"

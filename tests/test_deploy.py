@@ -279,9 +279,8 @@ def test_cli_quantize(tuned, quantized, tmp_path, capsys):
     # w4a16 defaults to round-to-nearest (the AWQ search cost accuracy on a real decoder), so no --calib needed
     assert main(["quantize", "--ckpt", str(tuned.ckpt), "--scheme", "w4a16", "--out", str(tmp_path / "dflt")]) == 0
     assert read_config(tmp_path / "dflt")["smoothquant"] is False
-    with pytest.raises(ValueError, match="no recordings"):
-        main(["quantize", "--ckpt", str(tuned.ckpt), "--scheme", "w8a8", "--calib", tuned.store, "--out", str(out),
-              "--calib-subjects", "nobody"])
+    assert main(["quantize", "--ckpt", str(tuned.ckpt), "--scheme", "w8a8", "--calib", tuned.store, "--out", str(out),
+                 "--calib-subjects", "nobody"]) == 1  # one line on stderr, no traceback (tests/test_reliability.py)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from mne_bids import BIDSPath, read_raw_bids, write_raw_bids
 
+from brainfm.data import FixedWindows
 from brainfm.data.store import ShardStore, StoreError, StoreLocked, commit, store_fs, store_lock, verify_store
 from brainfm.deploy import load, quantize, save_bundle
 from brainfm.models import BrainDecoder, ModelConfig
@@ -476,6 +477,8 @@ def test_garbage_is_refused_or_flagged(eeg, tmp_path, edit, stored, message):
     reason = message.split("flagged ")[1].split(":")[0]
     assert rec.flags == {name: [reason]} and ShardStore(store).entry(rid)["flagged_channels"] == {name: [reason]}
     assert list(rec.usable) == [n != name for n in rec.spec.ch_names]
+    windows = FixedWindows(ShardStore(store), 2.0, recordings=[rid])  # the loaders leave the flagged channel out
+    assert name not in windows.specs[0].ch_names and windows[0]["x"].shape[0] == len(rec.spec.ch_names) - 1
     _same(store, {**before, rid: rec.read_all()})
 
 

@@ -80,8 +80,10 @@ class _StoreWindows:
         #: Per recording, its sensors after channel picking (what the model sees).
         self.specs: list[SensorSpec] = []
         for rid in ids:
-            spec = self.store.recording(rid).spec
-            keep = np.ones(spec.n_channels, dtype=bool)
+            recording = self.store.recording(rid)
+            spec = recording.spec
+            # channels conversion flagged (flat in the source, extreme spikes): never read
+            keep = recording.usable.copy()
             if self.channel_types:
                 keep &= np.isin(spec.ch_types, self.channel_types)
             if positioned_only:

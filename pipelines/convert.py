@@ -22,9 +22,12 @@ recording's ``quality.warnings``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,31 +267,70 @@ def convert(
         # the end) instead of once per recording, which would be quadratic in dataset size.
         # A kill loses at most that much listing; those recordings are simply converted again.
         last_commit = float("-inf")
-        for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
-            if result["ok"]:
-                manifest["recordings"][result["id"]] = result["entry"]
-                if time.monotonic() - last_commit >= COMMIT_EVERY_S:
+        with _interrupt_between_recordings() as interrupted:
+            for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
+                _record(result, manifest, report, previous, store_url)
+                if result["ok"] and time.monotonic() - last_commit >= COMMIT_EVERY_S:
                     shard.commit(store_url, manifest)
                     last_commit = time.monotonic()
-                report.converted.append(result["id"])
-                if result["warnings"]:
-                    report.warnings[result["id"]] = result["warnings"]
-            else:
-                failure = {k: result[k] for k in ("id", "source", "error")}
-                old = previous.get(result["id"])
-                if old is not None and not shard.verify_recording(store_url, result["id"], old, quick=True)[0]:
-                    # its source changed and no longer converts: keep what was stored, listed
-                    manifest["recordings"][result["id"]] = old
-                    failure["error"] += "; the recording stored from the previous source is kept"
-                report.failed.append(failure)
-                log.error("failed %s: %s", result["source"], result["error"])
-            bar.update()
+                bar.update()
+                if interrupted():
+                    break
         bar.close()
         shard.commit(store_url, manifest)
     report.converted.sort()
     report.seconds = time.perf_counter() - t0
     _write_report(store_url, report)
+    if interrupted():  # after the manifest and the report hold what was done
+        raise KeyboardInterrupt
     return report
+
+
+def _record(result: dict[str, Any], manifest: dict[str, Any], report: ConversionReport,
+            previous: dict[str, Any], store_url: str) -> None:
+    """Enter one worker result into the manifest (in memory) and the report."""
+    if result["ok"]:
+        manifest["recordings"][result["id"]] = result["entry"]
+        report.converted.append(result["id"])
+        if result["warnings"]:
+            report.warnings[result["id"]] = result["warnings"]
+        return
+    failure = {k: result[k] for k in ("id", "source", "error")}
+    old = previous.get(result["id"])
+    if old is not None and not shard.verify_recording(store_url, result["id"], old, quick=True)[0]:
+        # its source changed and no longer converts: keep what was stored, listed
+        manifest["recordings"][result["id"]] = old
+        failure["error"] += "; the recording stored from the previous source is kept"
+    report.failed.append(failure)
+    log.error("failed %s: %s", result["source"], result["error"])
+
+
+@contextlib.contextmanager
+def _interrupt_between_recordings():
+    """Ctrl-C stops a conversion between recordings; a second Ctrl-C stops it at once.
+
+    An interrupt delivered in the middle of a recording surfaces inside zarr's writer as a
+    spurious I/O error on a temporary chunk file, so that recording would be reported as
+    failed and the run would exit 1 instead of 130. Yields a function telling whether an
+    interrupt is pending. Signal handlers can only be set in the main thread; elsewhere
+    interrupts behave as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pending: list[int] = []
+
+    def handler(signum, frame):
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+        log.info("interrupted: stopping after the current recording (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pending)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _plan(paths, manifest: dict[str, Any], store_url: str, preset: Preset, report: ConversionReport,

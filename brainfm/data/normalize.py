@@ -182,14 +182,25 @@ class SubjectStats:
     n_samples: float
     channels: tuple[str, ...] = ()
 
+    def affine(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, b)`` with ``normalised = W x + b``: centring, z-scoring, alignment and the
+        population scale folded into one map, so a window costs one (C, C) product.
+
+        ``zscore``: ``W = diag(scale / std)``; ``align``: ``W = diag(scale) R^{-1/2} diag(1 / std)``;
+        ``b = -W mean`` in both.
+        """
+        if method == "zscore":
+            w = np.diag(self.scale / self.std)
+        elif method == "align":
+            w = self.scale[:, None] * self.whitening / self.std[None, :]
+        else:
+            raise ValueError(f"unknown normalisation method {method!r}")
+        return w, -w @ self.mean
+
     def apply(self, x: np.ndarray, method: str) -> np.ndarray:
         """Normalise ``x`` (C, T) or (B, C, T) with ``method`` (``zscore`` or ``align``)."""
-        z = (x - self.mean[:, None]) / self.std[:, None]  # (..., C, T)
-        if method == "align":
-            z = np.einsum("ij,...jt->...it", self.whitening, z)  # R^{-1/2} z
-        elif method != "zscore":
-            raise ValueError(f"unknown normalisation method {method!r}")
-        return z * self.scale[:, None]
+        w, b = self.affine(method)
+        return np.einsum("ij,...jt->...it", w, x) + b[:, None]  # (..., C, T)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k)))
@@ -237,9 +248,18 @@ class SubjectNormalizer:
             raise ValueError("a SubjectNormalizer needs a method (zscore or align)")
         self.method = method
         self.stats: dict[str, SubjectStats] = dict(stats or {})
+        #: Per subject, the float32 affine map of :meth:`SubjectStats.affine` (built on first use).
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def add(self, stats: SubjectStats) -> None:
         self.stats[stats.subject] = stats
+        self._maps.pop(stats.subject, None)
+
+    def _map(self, subject: str) -> tuple[np.ndarray, np.ndarray]:
+        if subject not in self._maps:
+            w, b = self.stats[subject].affine(self.method)
+            self._maps[subject] = (w.astype(np.float32), b.astype(np.float32)[:, None])
+        return self._maps[subject]
 
     def __contains__(self, subject: str) -> bool:
         return subject in self.stats
@@ -251,10 +271,11 @@ class SubjectNormalizer:
         s = self.stats[subject]
         if x.shape[-2] != len(s.mean):
             raise ValueError(f"subject {subject!r} has statistics for {len(s.mean)} channels, got {x.shape[-2]}")
+        w, b = self._map(subject)
         if isinstance(x, torch.Tensor):
-            out = s.apply(x.detach().cpu().numpy().astype(np.float64), self.method)
-            return torch.from_numpy(out.astype(np.float32)).to(x.device)
-        return s.apply(np.asarray(x, dtype=np.float64), self.method).astype(np.float32)
+            w_t, b_t = torch.from_numpy(w).to(x.device), torch.from_numpy(b).to(x.device)
+            return w_t @ x.float() + b_t  # (C, C) @ (..., C, T)
+        return w @ np.asarray(x, dtype=np.float32) + b
 
     def normalize_batch(self, batch: dict) -> dict:
         """A :func:`~brainfm.data.collate_windows` batch with each window normalised by its subject

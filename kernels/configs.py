@@ -56,6 +56,25 @@ W4A16_INTERPRET = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 1}
 W4A16_GEMV_INTERPRET = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2}
 
 
+# --- W6A8 (int6 weights unpacked to int8 in registers, int8 activations, int32 accumulation). ---
+# The tiled GEMM reuses the W8A8 shapes (same mma); the split-K GEMV (M <= 16) spreads the
+# weight read over more programs, as W4A16's does.
+W6A8_HOPPER = [_cfg(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages, SPLIT_K=1)
+               for c in W8A8_HOPPER]
+W6A8_AMPERE = [_cfg(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages, SPLIT_K=1)
+               for c in W8A8_AMPERE]
+W6A8_FALLBACK = [_cfg(64, 64, 64, 4, 2, SPLIT_K=1)]
+W6A8_GEMV_HOPPER = [
+    _cfg(16, bn, bk, 4, 4, SPLIT_K=sk) for bn in (32, 64, 128) for bk in (128, 256) for sk in (1, 2, 4, 8)
+]
+W6A8_GEMV_AMPERE = [
+    _cfg(16, bn, bk, 4, 3, SPLIT_K=sk) for bn in (32, 64) for bk in (64, 128) for sk in (1, 2, 4, 8)
+]
+W6A8_GEMV_FALLBACK = [_cfg(16, 32, 64, 4, 2, SPLIT_K=1)]
+W6A8_INTERPRET = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 1}
+W6A8_GEMV_INTERPRET = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2}
+
+
 def gpu_family() -> str:
     """``"hopper"`` (sm_90), ``"ampere"`` (sm_80/86/89), ``"blackwell"`` (sm_100+) or ``"other"``."""
     major, _ = torch.cuda.get_device_capability()

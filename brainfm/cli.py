@@ -3,10 +3,10 @@
 * ``brainfm fit|validate|test|predict --config configs/...yaml`` — LightningCLI in
   subclass mode: the YAML names the LightningModule and DataModule classes.
 * ``brainfm convert BIDS_ROOT STORE`` — BIDS to shard store (:mod:`brainfm.pipelines.convert`).
-* ``brainfm info STORE [--json]`` — what a store holds.
+* ``brainfm info STORE|BUNDLE [--json]`` — what a store holds, or how a bundle is quantized.
 * ``brainfm verify STORE [--quick]`` — check every recording against its recorded hashes.
 * ``brainfm sample-data [DEST]`` — build the bundled sample dataset and store.
-* ``brainfm quantize --ckpt CKPT --scheme w8a8|w4a16 --calib STORE --out BUNDLE`` — post-training
+* ``brainfm quantize --ckpt CKPT --scheme w8a8|w4a16|w6a8|auto --calib STORE --out BUNDLE`` — post-training
   quantization into a safetensors bundle (:mod:`brainfm.deploy`).
 * ``brainfm export --ckpt CKPT --onnx OUT.onnx [--int8]`` — ONNX for onnxruntime.
 
@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--quick", action="store_true", help="check that files exist with their sizes only")
     v.add_argument("--json", action="store_true", help="machine-readable output")
 
-    i = sub.add_parser("info", help="summarise a shard store")
-    i.add_argument("store")
+    i = sub.add_parser("info", help="summarise a shard store or a quantized bundle")
+    i.add_argument("store", help="shard store, or a bundle directory written by `brainfm quantize`")
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("sample-data", help="build the sample BIDS dataset and store from the data root")
@@ -75,9 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--no-progress", action="store_true")
 
-    q = sub.add_parser("quantize", help="quantize a fine-tuned decoder into a bundle (W8A8 or W4A16)")
+    q = sub.add_parser("quantize", help="quantize a fine-tuned decoder into a bundle (W8A8, W4A16, W6A8 or auto)")
     q.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
-    q.add_argument("--scheme", required=True, choices=("w8a8", "w4a16"))
+    q.add_argument("--scheme", required=True, choices=("w8a8", "w4a16", "w6a8", "auto"),
+                   help="auto: per-layer w4a16/w6a8/w8a8 from a sensitivity analysis under --budget (needs --calib)")
+    q.add_argument("--budget", type=float, default=None, metavar="BITS",
+                   help="auto: mean weight bits over the quantized layers, 4 to 8")
+    q.add_argument("--attn-quant", default=None, choices=("adalog", "uniform"),
+                   help="also quantize the attention probabilities (needs --calib)")
+    q.add_argument("--attn-bits", type=int, default=4, choices=range(2, 9), metavar="2..8")
+    q.add_argument("--act-quant", default=None, choices=("adalog", "uniform"),
+                   help="also quantize the feed-forward's hidden activation (needs --calib)")
+    q.add_argument("--act-bits", type=int, default=8, choices=range(2, 9), metavar="2..8")
     q.add_argument("--out", required=True, help="bundle directory to write")
     q.add_argument("--smoothquant", action=argparse.BooleanOptionalAction, default=None,
                    help="activation-aware scaling: SmoothQuant (w8a8, default on) / AWQ-style (w4a16, default off); "
@@ -116,7 +125,11 @@ def _alpha(value: str) -> str | float:
 
 def _deploy(args: argparse.Namespace) -> int:
     if args.command == "quantize" and args.smoothquant is None:
-        args.smoothquant = args.scheme == "w8a8"
+        args.smoothquant = args.scheme in ("w8a8", "w6a8")
+    if args.command == "quantize" and args.scheme == "auto" and (args.budget is None or not args.calib):
+        _parser().error("quantize --scheme auto needs --budget BITS and --calib STORE")
+    if args.command == "quantize" and (args.attn_quant or args.act_quant) and not args.calib:
+        _parser().error("quantize --attn-quant/--act-quant need --calib STORE")
     if args.command == "quantize" and args.smoothquant and not args.calib:
         _parser().error("quantize --smoothquant needs --calib STORE (or pass --no-smoothquant)")
     if args.command == "export" and args.int8 and args.int8_mode == "static" and not args.calib:
@@ -211,6 +224,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if (Path(args.store) / "bundle.json").is_file():
+        from brainfm.deploy.commands import run_info_bundle  # noqa: PLC0415
+
+        return run_info_bundle(args)
     from brainfm.data.store import ShardStore  # noqa: PLC0415
 
     summary = ShardStore(args.store).summary()

@@ -244,9 +244,9 @@ def adalog_tables(bits: int, q: int, scale: float, shift: float = 0.0,
     if not 2 <= bits <= 8 or q < 1 or r < 1 or not scale > 0:
         raise ValueError(f"need 2 <= bits <= 8, q >= 1, r >= 1, scale > 0; got {bits}, {q}, {r}, {scale}")
     n = 2**bits - 1
-    i = torch.arange(n, dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64, device="cpu")  # tables are built on CPU, even under a meta device
     tau = q / r  # log2 of the base
-    levels = torch.cat([scale * torch.exp2(-tau * i), torch.zeros(1, dtype=torch.float64)]) - shift
+    levels = torch.cat([scale * torch.exp2(-tau * i), torch.zeros(1, dtype=torch.float64, device="cpu")]) - shift
     thresholds = scale * torch.exp2(-tau * (i + 0.5)) - shift
     return _strict_tables(thresholds, levels)
 
@@ -260,7 +260,7 @@ def uniform_tables(bits: int, lo: float, hi: float) -> tuple[torch.Tensor, torch
     if not 2 <= bits <= 8 or not hi > lo:
         raise ValueError(f"need 2 <= bits <= 8 and hi > lo; got {bits}, {lo}, {hi}")
     n = 2**bits
-    levels = hi - (hi - lo) * torch.arange(n, dtype=torch.float64) / (n - 1)
+    levels = hi - (hi - lo) * torch.arange(n, dtype=torch.float64, device="cpu") / (n - 1)
     return _strict_tables((levels[:-1] + levels[1:]) / 2, levels)
 
 

@@ -3,7 +3,8 @@
 =====================================  ===================================================
 ``calibration_batches(store, ...)``    real windows from a shard store (:mod:`brainfm.data`)
 ``calibrate(model, batches)``          per-linear activation statistics (forward hooks)
-``quantize(decoder, scheme, batches)``  copy with W8A8 / W4A16 linears (SmoothQuant, AWQ)
+``quantize(decoder, scheme, batches)``  copy with W8A8 / W4A16 / W6A8 / mixed (``auto``) linears,
+                                       optionally AdaLog attention and activations
 ``save_bundle(model, dir)``            safetensors + validated JSON, no pickle
 ``load(dir)``                          rebuild the quantized decoder from a bundle
 ``export_onnx(decoder, path)``         fp32 ONNX (dynamic batch, channels, window)
@@ -15,15 +16,17 @@ Command line: ``brainfm quantize`` and ``brainfm export`` (:mod:`brainfm.deploy.
 """
 
 from brainfm.data.sampling import calibration_batches
+from brainfm.deploy.adalog import QuantActivation, QuantAttentionBlock, TableQuantizer
 from brainfm.deploy.bundle import load, read_config, save_bundle
 from brainfm.deploy.calibrate import LinearStats, calibrate
 from brainfm.deploy.checkpoint import load_checkpoint
 from brainfm.deploy.export import DecoderGraph, export_onnx, onnx_session, quantize_onnx, run_onnx
-from brainfm.deploy.qlinear import QuantLinear, W4A16Linear, W8A8Linear
+from brainfm.deploy.qlinear import QuantLinear, W4A16Linear, W6A8Linear, W8A8Linear
 from brainfm.deploy.quantize import quantizable_linears, quantize
 
 __all__ = [
-    "DecoderGraph", "LinearStats", "QuantLinear", "W4A16Linear", "W8A8Linear", "calibrate", "calibration_batches",
+    "DecoderGraph", "LinearStats", "QuantActivation", "QuantAttentionBlock", "QuantLinear", "TableQuantizer",
+    "W4A16Linear", "W6A8Linear", "W8A8Linear", "calibrate", "calibration_batches",
     "export_onnx", "load", "load_checkpoint", "onnx_session", "quantizable_linears", "quantize", "quantize_onnx",
     "read_config", "run_onnx", "save_bundle",
 ]

@@ -1,21 +1,28 @@
 """Quantized-model bundles: safetensors weights plus a validated JSON config, never pickle.
 
-Layout (``brainfm-quantized`` format, version 1): a directory holding
+Layout (``brainfm-quantized`` format, version 2; version 1 bundles still load): a directory holding
 
 ``weights.safetensors``
     The quantized decoder's state dict: float tensors of the layers kept in float, and for
     each quantized linear its buffers (``qweight`` int8 ``(N, K)`` + ``w_scale`` float32
     ``(N,)`` for ``w8a8``; ``packed`` uint8 ``(N, ceil(K / 2))`` + ``scales`` float16
-    ``(N, ceil(K / G))`` for ``w4a16``; ``bias`` float32 ``(N,)`` and ``smooth`` float32
-    ``(K,)`` when present).
+    ``(N, ceil(K / G))`` for ``w4a16``; ``packed`` uint8 ``(N, 3 * ceil(K / 4))`` + ``w_scale``
+    float32 ``(N,)`` for ``w6a8``; ``bias`` float32 ``(N,)`` and ``smooth`` float32
+    ``(K,)`` when present), and the ``thresholds`` / ``levels`` float32 vectors of every
+    activation quantizer.
 ``bundle.json``
-    ``format``, ``format_version``, ``scheme``, ``group_size``, ``smoothquant``, ``alpha``,
+    ``format``, ``format_version``, ``scheme`` (``w8a8``, ``w4a16``, ``w6a8`` or ``auto``,
+    whose layers mix the three kinds), ``group_size``, ``smoothquant``, ``alpha``,
     ``layers`` (module name to the layer spec: ``kind``, ``in_features``, ``out_features``,
     ``bias``, ``smooth`` and ``activation`` or ``group_size``), ``float_layers`` (name to the
     reason it stayed in float), ``fused_activations`` (activation modules replaced by
     identity because the GEMM applies them), ``decoder`` (:meth:`BrainDecoder.metadata`:
     model config, classes, pooling, subject channels), ``calibration``, ``report``
-    (per-layer error measured at quantization time), ``weights`` (file name and SHA-256),
+    (per-layer error measured at quantization time), ``auto`` (``auto`` only: ``budget_bits``,
+    ``mean_bits`` and per layer the output SQNR in dB at each precision, ``sensitivity``),
+    ``attn_quant`` (criss-cross block name to its ``spatial`` and ``temporal`` probability
+    quantizers) and ``act_quant`` (feed-forward activation name to its quantizer), each a
+    :meth:`~brainfm.deploy.adalog.TableQuantizer.spec`, ``weights`` (file name and SHA-256),
     ``extra`` and ``brainfm_version``.
 
 :func:`load` rebuilds the float decoder from the config, swaps the listed layers for empty
@@ -33,6 +40,7 @@ device (no memory), must have exactly as many weights as the file.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -45,16 +53,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from brainfm import __version__
+from brainfm.deploy.adalog import install_from_config
 from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, build_quant_linear
 from brainfm.deploy.quantize import set_module
 from brainfm.kernels.reference import ACTIVATIONS
 from brainfm.models import BrainDecoder, ModelConfig
 
 FORMAT = "brainfm-quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "bundle.json"
 WEIGHTS_NAME = "weights.safetensors"
 _MAX_CONFIG_BYTES = 16 * 2**20
+
+
+#: Fields of ``decoder`` in a config: :class:`BrainDecoder`'s constructor arguments, nothing else.
+_DECODER_FIELDS = set(inspect.signature(BrainDecoder.__init__).parameters) - {"self"}
 
 
 def _sha256(path: Path) -> str:
@@ -113,7 +127,7 @@ def _check_layer(name: str, spec: Any) -> None:
                  f"layer {name!r}: {key} must be a positive int")
     for key in ("bias", "smooth"):
         _require(isinstance(spec.get(key), bool), f"layer {name!r}: {key} must be true or false")
-    if spec["kind"] == "w8a8":
+    if spec["kind"] in ("w8a8", "w6a8"):
         _require(spec.get("activation", "none") in ACTIVATIONS, f"layer {name!r}: activation not in {ACTIVATIONS}")
     else:
         _require(spec.get("group_size") in GROUP_SIZES, f"layer {name!r}: group_size not in {GROUP_SIZES}")
@@ -123,21 +137,26 @@ def validate_config(doc: Any) -> dict[str, Any]:
     """Check a parsed ``bundle.json``; return it, or raise ``ValueError`` naming the problem."""
     _require(isinstance(doc, dict), "top level is not an object")
     _require(doc.get("format") == FORMAT, f"format is {doc.get('format')!r}, expected {FORMAT!r}")
-    _require(doc.get("format_version") == FORMAT_VERSION,
-             f"format_version {doc.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
-    _require(doc.get("scheme") in SCHEMES, f"scheme must be one of {SCHEMES}, got {doc.get('scheme')!r}")
+    _require(doc.get("format_version") in READABLE_VERSIONS,
+             f"format_version {doc.get('format_version')!r} is not supported (expected one of {READABLE_VERSIONS})")
+    schemes = SCHEMES + ("auto",) if doc["format_version"] >= 2 else SCHEMES[:2]
+    _require(doc.get("scheme") in schemes, f"scheme must be one of {schemes}, got {doc.get('scheme')!r}")
     layers = doc.get("layers")
     _require(isinstance(layers, dict), "layers must be an object")
     for name, spec in layers.items():
         _check_layer(name, spec)
-        _require(spec["kind"] == doc["scheme"], f"layer {name!r} is {spec['kind']} in a {doc['scheme']} bundle")
+        _require(spec["kind"] == doc["scheme"] or doc["scheme"] == "auto",
+                 f"layer {name!r} is {spec['kind']} in a {doc['scheme']} bundle")
+    for key in ("attn_quant", "act_quant"):
+        _require(isinstance(doc.get(key, {}), dict), f"{key} must be an object")
+        _require(doc["format_version"] >= 2 or not doc.get(key), f"{key} needs format_version 2")
     fused = doc.get("fused_activations", [])
     _require(isinstance(fused, list) and all(isinstance(n, str) for n in fused),
              "fused_activations must be a list of names")
     dec = doc.get("decoder")
     _require(isinstance(dec, dict) and isinstance(dec.get("config"), dict) and isinstance(dec.get("n_classes"), int),
              "decoder must hold config and n_classes")
-    unknown = set(dec) - {"config", "n_classes", "pooling", "subject_channels", "classes"}
+    unknown = set(dec) - _DECODER_FIELDS
     _require(not unknown, f"unknown decoder fields {sorted(unknown)}")
     weights = doc.get("weights")
     _require(isinstance(weights, dict) and weights.get("file") == WEIGHTS_NAME
@@ -190,6 +209,7 @@ def _build(doc: dict[str, Any]) -> nn.Module:
             raise ValueError(f"invalid bundle config: no module {name!r} to fuse") from None
         _require(type(act) in (nn.GELU, nn.SiLU), f"fused activation {name!r} is a {type(act).__name__}")
         set_module(model, name, nn.Identity())
+    install_from_config(model, doc.get("attn_quant", {}), doc.get("act_quant", {}))
     return model
 
 
@@ -203,7 +223,7 @@ def check_sizes(doc: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None
     limit = max([len(shapes)] + [d for shape in shapes.values() for d in shape])
     dec = doc["decoder"]
     sizes = {f"config.{k}": v for k, v in dec["config"].items() if isinstance(v, int) and not isinstance(v, bool)}
-    sizes["n_classes"] = dec["n_classes"]
+    sizes.update({k: v for k, v in dec.items() if isinstance(v, int) and not isinstance(v, bool)})  # n_classes, ...
     subjects = dec.get("subject_channels") or {}
     _require(isinstance(subjects, dict), "decoder.subject_channels must be an object")
     sizes["number of subjects"] = len(subjects)
@@ -212,7 +232,9 @@ def check_sizes(doc: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None
     for name, spec in doc["layers"].items():
         sizes.update({f"layers[{name!r}].{k}": spec[k] for k in ("in_features", "out_features")})
     for what, value in sizes.items():
-        _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit,
+        # packed weights hold up to 2 input features per byte (int4), so in_features may reach 2x
+        bound = 2 * limit if what.endswith(".in_features") else limit
+        _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound,
                  f"{what} = {value!r} exceeds what the weights hold (largest dimension or tensor count {limit})")
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in _build(doc).state_dict().items()}

@@ -7,6 +7,9 @@ Examples::
 
     brainfm quantize --ckpt decoder.safetensors --scheme w8a8 --calib STORE --out bundle/ \\
         --calib-subjects eegmat00 eegmat01
+    brainfm quantize --ckpt decoder.safetensors --scheme auto --budget 6 --calib STORE --out bundle/ \\
+        --attn-quant adalog --attn-bits 4
+    brainfm info bundle/
     brainfm export --ckpt decoder.safetensors --onnx model.onnx
     brainfm export --ckpt decoder.safetensors --onnx model.int8.onnx --int8 --calib STORE
 """
@@ -14,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 
 from brainfm.data.sampling import calibration_windows, window_loader
-from brainfm.deploy.bundle import load, save_bundle
+from brainfm.deploy.bundle import WEIGHTS_NAME, load, read_config, save_bundle
 from brainfm.deploy.calibrate import decoder_inputs
 from brainfm.deploy.checkpoint import load_checkpoint
 from brainfm.deploy.export import example_inputs, export_onnx, onnx_session, quantize_onnx, run_onnx
@@ -53,11 +57,17 @@ def run_quantize(args: argparse.Namespace) -> int:
     decoder = load_checkpoint(args.ckpt)
     loader = _calib(args, decoder.config, args.windows) if args.calib else None
     model = quantize(decoder, args.scheme, loader, smoothquant=args.smoothquant, alpha=args.alpha,
-                     group_size=args.group_size, n_windows=args.windows, progress=not args.no_progress)
+                     group_size=args.group_size, n_windows=args.windows, progress=not args.no_progress,
+                     budget=args.budget, attn_quant=args.attn_quant, attn_bits=args.attn_bits,
+                     act_quant=args.act_quant, act_bits=args.act_bits)
     extra = {"checkpoint": os.fspath(args.ckpt), "calib_store": args.calib, "window_s": args.window_s,
              "calib_subjects": args.calib_subjects}
     out = save_bundle(model, args.out, extra=extra)
     cfg = model.deploy_config
+    if args.scheme == "auto":
+        kinds = [spec["kind"] for spec in cfg["layers"].values()]
+        _log(f"auto (budget {args.budget} bits, mean {cfg['auto']['mean_bits']:.2f}): "
+             + ", ".join(f"{kinds.count(k)} {k}" for k in ("w4a16", "w6a8", "w8a8")))
     _log(f"{args.scheme}: {len(cfg['layers'])} linear layers quantized, {len(cfg['float_layers'])} kept in float "
          f"({', '.join(cfg['float_layers']) or 'none'})")
     line = f"bundle {out}: {_file_mib(out):.3f} MiB (checkpoint {_file_mib(Path(args.ckpt)):.3f} MiB)"
@@ -70,6 +80,52 @@ def run_quantize(args: argparse.Namespace) -> int:
         line += (f"; logits SQNR {sqnr_db(ref, got):.1f} dB, prediction agreement {agree:.3f} "
                  f"on {len(ref)} calibration windows")
     print(line)
+    return 0
+
+
+def _quantizer(spec: dict) -> str:
+    if spec["kind"] == "adalog":
+        return f"adalog {spec['bits']}-bit, base 2^({spec['q']}/37), scale {spec['scale']:.4g}, shift {spec['shift']:.4g}"
+    return f"uniform {spec['bits']}-bit on [{spec['lo']:.4g}, {spec['hi']:.4g}]"
+
+
+def run_info_bundle(args: argparse.Namespace) -> int:
+    """``brainfm info BUNDLE``: scheme, per-layer precision and sensitivity, activation quantizers."""
+    path = Path(args.store)
+    doc = read_config(path)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    dec = doc["decoder"]
+    print(f"bundle     {path} ({(path / WEIGHTS_NAME).stat().st_size} bytes of weights)")
+    print(f"scheme     {doc['scheme']}" + (f", group size {doc['group_size']}" if doc.get("group_size") else "")
+          + (f", SmoothQuant alpha {doc['alpha']}" if doc.get("smoothquant") else ""))
+    print(f"decoder    {dec['config'].get('name', '?')}, {dec['n_classes']} classes; "
+          f"calibrated on {doc.get('calibration', {}).get('windows', 0)} windows")
+    auto = doc.get("auto")
+    if auto:
+        print(f"auto       budget {auto['budget_bits']} mean weight bits, chosen {auto['mean_bits']:.3f}")
+    sens = (auto or {}).get("sensitivity", {})
+    report = doc.get("report", {})
+    width = max((len(n) for n in doc["layers"]), default=5)
+    head = f"{'layer':<{width}}  {'kind':<6} {'shape':>10}  {'out SQNR dB':>11}"
+    if sens:
+        head += "  sensitivity: out SQNR dB at w4a16 / w6a8 / w8a8 / a8"
+    print(head)
+    for name, spec in doc["layers"].items():
+        sqnr = report.get(name, {}).get("calib_output_sqnr_db")
+        line = (f"{name:<{width}}  {spec['kind']:<6} {spec['in_features']:>4}x{spec['out_features']:<5}  "
+                f"{'-' if sqnr is None else f'{sqnr:.1f}':>11}")
+        if name in sens:
+            line += "  " + " / ".join(f"{sens[name][k]:.1f}" for k in ("w4a16", "w6a8", "w8a8", "a8"))
+        print(line)
+    for name, why in doc.get("float_layers", {}).items():
+        print(f"{name:<{width}}  float  ({why})")
+    for name, branches in doc.get("attn_quant", {}).items():
+        for branch, spec in branches.items():
+            print(f"{name} {branch} attention: {_quantizer(spec)}")
+    for name, spec in doc.get("act_quant", {}).items():
+        print(f"{name}: {_quantizer(spec)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Quantized drop-in replacements for ``nn.Linear``, backed by :mod:`brainfm.kernels`.
 
-Two schemes:
+Three schemes:
 
 ``w8a8`` (:class:`W8A8Linear`)
     int8 weights with one symmetric scale per output channel, and int8 activations
@@ -16,7 +16,12 @@ Two schemes:
     group: the last group of a row is shorter (the kernels zero-pad it), and a layer with
     fewer inputs than ``group_size`` has one group per row.
 
-Both layers can carry a per-input-channel ``smooth`` vector that multiplies the activation
+``w6a8`` (:class:`W6A8Linear`)
+    FlexQ-style [5]_: int6 weights with one symmetric scale per output channel, packed four
+    per three bytes, and dynamic per-token int8 activations; the integer GEMM and its
+    epilogue are W8A8's (:func:`brainfm.kernels.w6a8_linear_dynamic`).
+
+All layers can carry a per-input-channel ``smooth`` vector that multiplies the activation
 before the GEMM: ``y = W' (x * smooth)`` with ``W' = W diag(1 / smooth)``. It is how
 SmoothQuant's migration (and AWQ's activation-aware scaling) is applied here; see
 :mod:`brainfm.deploy.smooth` for the trade-off against folding it into the previous op.
@@ -34,6 +39,8 @@ References
    Pre-trained Transformers", ICLR 2023.
 .. [4] J. Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
    Acceleration", MLSys 2024.
+.. [5] "FlexQ: Efficient Post-training INT6 Quantization for LLM Serving via
+   Algorithm-System Co-Design", 2025, arXiv:2508.04405.
 """
 
 from __future__ import annotations
@@ -41,10 +48,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from brainfm.kernels import quantize_weight_int4, quantize_weight_per_channel, w4a16_linear, w8a8_linear_dynamic
-from brainfm.kernels.reference import ACTIVATIONS, dequantize_int4_ref
+from brainfm.kernels import (quantize_weight_int4, quantize_weight_int6, quantize_weight_per_channel, w4a16_linear,
+                             w6a8_linear_dynamic, w8a8_linear_dynamic)
+from brainfm.kernels.reference import ACTIVATIONS, dequantize_int4_ref, unpack_int6
 
-SCHEMES = ("w8a8", "w4a16")
+SCHEMES = ("w8a8", "w4a16", "w6a8")
+#: Nominal weight bits of each layer kind (the sensitivity budget counts these).
+WEIGHT_BITS = {"w4a16": 4, "w6a8": 6, "w8a8": 8}
 GROUP_SIZES = (32, 64, 128)
 
 
@@ -194,6 +204,53 @@ class W4A16Linear(QuantLinear):
         return super().extra_repr() + f", group_size={self.group_size}"
 
 
+class W6A8Linear(QuantLinear):
+    """``act(quant(x * smooth) @ unpack(packed).T * w_scale + bias)``: int6 weights, int8 activations.
+
+    Parameters as :class:`W8A8Linear`; the weight is ``packed`` uint8 ``(N, 3 * ceil(K / 4))``.
+    """
+
+    scheme = "w6a8"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False,
+                 activation: str = "none") -> None:
+        super().__init__(in_features, out_features, bias, smooth)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        self.register_buffer("packed", torch.zeros(out_features, 3 * -(-in_features // 4), dtype=torch.uint8))
+        self.register_buffer("w_scale", torch.ones(out_features))
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None,
+                   activation: str = "none") -> "W6A8Linear":
+        """Quantize ``linear`` (round to nearest, symmetric int6 per output channel)."""
+        w = linear.weight.detach().float()
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None, activation)
+        if smooth is not None:
+            w = w / smooth.float()[None, :]
+            layer.smooth.copy_(smooth.float())
+        packed, scale = quantize_weight_int6(w)
+        layer.packed.copy_(packed)
+        layer.w_scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        return layer.to(linear.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return w6a8_linear_dynamic(self._smoothed(x), self.packed, self.w_scale, self.bias, self.activation,
+                                   out_dtype=x.dtype)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return unpack_int6(self.packed, self.in_features).float() * self.w_scale[:, None]
+
+    def spec(self) -> dict:
+        return {**super().spec(), "activation": self.activation}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+
 def build_quant_linear(spec: dict) -> QuantLinear:
     """An empty (zero-weight) quantized layer from its :meth:`QuantLinear.spec`, for loading."""
     common = dict(in_features=spec["in_features"], out_features=spec["out_features"], bias=spec["bias"],
@@ -202,4 +259,6 @@ def build_quant_linear(spec: dict) -> QuantLinear:
         return W8A8Linear(**common, activation=spec.get("activation", "none"))
     if spec["kind"] == "w4a16":
         return W4A16Linear(**common, group_size=spec["group_size"])
+    if spec["kind"] == "w6a8":
+        return W6A8Linear(**common, activation=spec.get("activation", "none"))
     raise ValueError(f"unknown quantized layer kind {spec['kind']!r}; expected one of {SCHEMES}")

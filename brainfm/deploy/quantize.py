@@ -13,7 +13,16 @@ the two ends of the network where every rounding error reaches the logits; on EE
 the ``tiny`` model, quantizing them too costs SQNR for no speed (see
 ``docs/benchmarks.md``). ``exclude`` keeps more layers in float by name.
 
-W8A8 with GELU or SiLU feed-forwards also fuses the activation into the first FFN linear's
+``w6a8`` (FlexQ-style int6 weights, int8 activations) works as ``w8a8``. ``auto`` picks
+``w4a16``, ``w6a8`` or ``w8a8`` per layer from a layer-wise sensitivity analysis under a
+mean weight-bit ``budget`` (:mod:`brainfm.deploy.sensitivity`); the choice and the
+measured sensitivities go into the bundle's config.
+
+``attn_quant`` / ``act_quant`` (``'adalog'`` or ``'uniform'``) also quantize the attention
+probabilities of both criss-cross branches and the FFN's hidden activation, per tensor,
+with quantizers searched on the calibration windows (:mod:`brainfm.deploy.adalog`).
+
+W8A8 and W6A8 with GELU or SiLU feed-forwards also fuse the activation into the first FFN linear's
 GEMM epilogue (``fuse_activation``), replacing the activation module by ``nn.Identity``.
 """
 
@@ -26,8 +35,10 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from brainfm.deploy.adalog import apply_activation_quant, collect_tensors
 from brainfm.deploy.calibrate import LinearStats, calibrate
-from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, QuantLinear, W4A16Linear, W8A8Linear
+from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, QuantLinear, W4A16Linear, W6A8Linear, W8A8Linear
+from brainfm.deploy.sensitivity import choose_precisions, layer_sensitivity, mean_bits
 from brainfm.deploy.smooth import awq_multiplier, output_error, search_multiplier, smoothquant_multiplier
 from brainfm.kernels.reference import sqnr_db
 
@@ -82,14 +93,15 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
              smoothquant: bool | None = None, alpha: float | str | None = None, group_size: int = 64,
              n_windows: int = 256, min_features: int = 8, exclude: Iterable[str] = (),
              fuse_activation: bool = True, stats: dict[str, LinearStats] | None = None,
-             progress: bool = False) -> nn.Module:
+             progress: bool = False, budget: float | None = None, attn_quant: str | None = None,
+             attn_bits: int = 4, act_quant: str | None = None, act_bits: int = 8) -> nn.Module:
     """A quantized copy of ``decoder`` (the input is left untouched).
 
     Parameters
     ----------
     decoder : BrainDecoder
-    scheme : {'w8a8', 'w4a16'}
-        See :mod:`brainfm.deploy.qlinear`.
+    scheme : {'w8a8', 'w4a16', 'w6a8', 'auto'}
+        See :mod:`brainfm.deploy.qlinear`; ``auto`` mixes them under ``budget``.
     calib_batches : iterable of dict, optional
         Real windows (:func:`brainfm.deploy.calibrate.calibration_batches`); needed for the
         activation-aware scaling, not for plain round-to-nearest.
@@ -113,6 +125,11 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         ``w8a8``: fuse a GELU/SiLU that follows a linear into its GEMM.
     stats : dict, optional
         Precomputed :func:`~brainfm.deploy.calibrate.calibrate` output (skips calibration).
+    budget : float, optional
+        ``auto``: mean weight bits over the quantized layers, in ``[4, 8]``.
+    attn_quant, act_quant : {'adalog', 'uniform'}, optional
+        Quantize the attention probabilities / the FFN's hidden activation (needs
+        ``calib_batches``) at ``attn_bits`` / ``act_bits``.
 
     Returns
     -------
@@ -121,46 +138,58 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         (a JSON-ready dict) describes the quantization; :func:`brainfm.deploy.save_bundle`
         writes it.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if scheme == "w4a16" and group_size not in GROUP_SIZES:
+    if scheme not in SCHEMES + ("auto",):
+        raise ValueError(f"scheme must be one of {SCHEMES + ('auto',)}, got {scheme!r}")
+    if scheme == "auto" and budget is None:
+        raise ValueError("scheme 'auto' needs a budget (mean weight bits, 4 to 8)")
+    if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
     if smoothquant is None:
-        smoothquant = scheme == "w8a8"
+        smoothquant = scheme in ("w8a8", "w6a8")
     if alpha is None:
-        alpha = 0.5 if scheme == "w8a8" else "auto"
+        alpha = "auto" if scheme == "w4a16" else 0.5
     if alpha != "auto" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be in [0, 1] or 'auto', got {alpha!r}")
+    if (attn_quant or act_quant) and calib_batches is None:
+        raise ValueError("attn_quant / act_quant need calibration windows (calib_batches)")
     names, kept = quantizable_linears(decoder, min_features, exclude)
-    if smoothquant and stats is None:
+    if (smoothquant or scheme == "auto") and stats is None:
         if calib_batches is None:
-            raise ValueError("smoothquant needs calibration windows (calib_batches) or stats")
+            raise ValueError(f"{'smoothquant' if smoothquant else 'the auto scheme'} needs calibration windows "
+                             "(calib_batches) or stats")
         stats = calibrate(decoder, calib_batches, n_windows, progress=progress)
+    sensitivity, kinds = None, {name: scheme for name in names}
+    if scheme == "auto":
+        sensitivity = layer_sensitivity(decoder, names, stats, group_size)
+        kinds = choose_precisions(sensitivity, float(budget))
     model = copy.deepcopy(decoder).eval()
     layers: dict[str, dict] = {}
     report: dict[str, dict] = {}
     fused: list[str] = []
     for name in names:
+        kind = kinds[name]
         linear = model.get_submodule(name)
         st = (stats or {}).get(name)
         multiplier, used_alpha = None, None
-        if smoothquant and st is not None:
+        if smoothquant and st is not None and (kind != "w4a16" or scheme == "w4a16"):
             if alpha == "auto":
-                multiplier, used_alpha = search_multiplier(st.rows, st.absmax, st.mean_abs, linear.weight, scheme,
+                multiplier, used_alpha = search_multiplier(st.rows, st.absmax, st.mean_abs, linear.weight, kind,
                                                            group_size)
-            elif scheme == "w8a8":
+            elif kind != "w4a16":
                 multiplier, used_alpha = smoothquant_multiplier(st.absmax, linear.weight, float(alpha)), float(alpha)
             else:
                 multiplier, used_alpha = awq_multiplier(st.mean_abs, float(alpha)), float(alpha)
-        act = _fusable_activation(model, name) if scheme == "w8a8" and fuse_activation else None
-        if scheme == "w8a8":
+        act = _fusable_activation(model, name) if kind != "w4a16" and fuse_activation else None
+        if kind == "w8a8":
             q: QuantLinear = W8A8Linear.from_float(linear, multiplier, act[1] if act else "none")
+        elif kind == "w6a8":
+            q = W6A8Linear.from_float(linear, multiplier, act[1] if act else "none")
         else:
             q = W4A16Linear.from_float(linear, multiplier, group_size)
         w_hat = q.dequantized_weight() * (1.0 if multiplier is None else multiplier[None, :])  # undo 1 / m
         entry = {"weight_sqnr_db": _finite(sqnr_db(linear.weight.detach().float(), w_hat)), "alpha": used_alpha}
         if st is not None and len(st.rows):
-            err = output_error(st.rows, linear.weight, multiplier, scheme, group_size)
+            err = output_error(st.rows, linear.weight, multiplier, kind, group_size)
             entry["calib_output_sqnr_db"] = _finite(-10 * math.log10(err) if err > 0 else float("inf"))
         set_module(model, name, q)
         if act is not None:
@@ -168,9 +197,9 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
             fused.append(act[0])
         layers[name] = q.spec()
         report[name] = entry
-    model.deploy_config = {
+    config = {
         "scheme": scheme,
-        "group_size": group_size if scheme == "w4a16" else None,
+        "group_size": group_size if "w4a16" in kinds.values() else None,
         "smoothquant": bool(smoothquant),
         "alpha": alpha if smoothquant else None,
         "layers": layers,
@@ -179,6 +208,15 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         "calibration": {"windows": next(iter(stats.values())).n_windows if stats else 0},
         "report": report,
     }
+    if scheme == "auto":
+        config["auto"] = {"budget_bits": float(budget), "mean_bits": round(mean_bits(kinds, sensitivity), 4),
+                          "sensitivity": {n: {k: (v if k == "weights" else _finite(-10 * math.log10(max(v, 1e-30))))
+                                              for k, v in s.items()} for n, s in sensitivity.items()}}
+    if attn_quant or act_quant:
+        sites = collect_tensors(model, calib_batches, n_windows)
+        config.update(apply_activation_quant(model, sites, attn=attn_quant, attn_bits=attn_bits, act=act_quant,
+                                             act_bits=act_bits))
+    model.deploy_config = config
     return model
 
 

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from brainfm.kernels.reference import dequantize_int4_ref, pack_int4, quantize_per_token_ref, quantize_weight_int4_ref
+from brainfm.kernels.reference import (dequantize_int4_ref, pack_int4, quantize_per_token_ref, quantize_weight_int4_ref,
+                                       quantize_weight_int6_ref)
 
 #: Grid of migration strengths searched by :func:`search_multiplier`.
 ALPHA_GRID = tuple(i / 10 for i in range(11))
@@ -84,16 +85,25 @@ def awq_multiplier(act_mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
 
 def simulate(rows: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor | None, scheme: str,
              group_size: int = 64) -> torch.Tensor:
-    """Output ``(R, N)`` (no bias) of the quantized layer on ``rows`` ``(R, K)``, via the references."""
+    """Output ``(R, N)`` (no bias) of the quantized layer on ``rows`` ``(R, K)``, via the references.
+
+    ``scheme`` is a layer kind (``w8a8``, ``w6a8``, ``w4a16``) or ``a8`` (float weights, int8
+    per-token activations: the activation half of the A8 schemes alone).
+    """
     w = weight.detach().float()
     x = rows.float()
     if multiplier is not None:
         w = w / multiplier[None, :]
         x = x * multiplier[None, :]
-    if scheme == "w8a8":
+    if scheme in ("w8a8", "w6a8", "a8"):
         qx, sx = quantize_per_token_ref(x)
-        qw, sw = quantize_per_token_ref(w)
-        return (qx.float() * sx[:, None]) @ (qw.float() * sw[:, None]).T
+        if scheme == "w8a8":
+            qw, sw = quantize_per_token_ref(w)
+            w = qw.float() * sw[:, None]
+        elif scheme == "w6a8":
+            qw, sw = quantize_weight_int6_ref(w)
+            w = qw.float() * sw[:, None]
+        return (qx.float() * sx[:, None]) @ w.T
     if scheme == "w4a16":
         q, scales = quantize_weight_int4_ref(w, group_size)
         return x @ dequantize_int4_ref(pack_int4(q), scales, w.shape[1], group_size).T
@@ -113,7 +123,7 @@ def search_multiplier(rows: torch.Tensor, act_absmax: torch.Tensor, act_mean_abs
                       alphas: tuple[float, ...] = ALPHA_GRID) -> tuple[torch.Tensor | None, float]:
     """Grid-search ``alpha`` for the scheme's scaling rule on calibration ``rows``.
 
-    ``w8a8`` uses :func:`smoothquant_multiplier`, ``w4a16`` :func:`awq_multiplier`.
+    ``w8a8`` and ``w6a8`` use :func:`smoothquant_multiplier`, ``w4a16`` :func:`awq_multiplier`.
 
     Returns
     -------
@@ -124,7 +134,7 @@ def search_multiplier(rows: torch.Tensor, act_absmax: torch.Tensor, act_mean_abs
     """
     best: tuple[float, torch.Tensor | None, float] = (output_error(rows, weight, None, scheme, group_size), None, 0.0)
     for alpha in alphas:
-        if scheme == "w8a8":
+        if scheme in ("w8a8", "w6a8"):
             m = smoothquant_multiplier(act_absmax, weight, alpha)
         elif alpha > 0:
             m = awq_multiplier(act_mean_abs, alpha)

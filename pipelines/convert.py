@@ -18,6 +18,10 @@ two sources for one recording id) are collected in a JSON report under ``STORE/r
 other recordings still convert. Every MNE and mne-bids warning (a truncated file, channels.tsv
 rows that do not match the data, unknown channel types) is kept in the report and in the
 recording's ``quality.warnings``.
+
+BIDS ``func`` (fMRI) runs convert through the same driver when the preset is an
+:class:`~brainfm.pipelines.presets.FmriPreset` (``kind == "fmri"``): discovery, checksums and
+the per-run conversion then come from :mod:`brainfm.pipelines.bids_func`.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from brainfm.data import store as shard
-from brainfm.pipelines import bids_io
-from brainfm.pipelines.presets import Preset, get_preset
+from brainfm.pipelines import bids_func, bids_io
+from brainfm.pipelines.presets import FmriPreset, Preset, get_preset
 from brainfm.pipelines.preprocess import preprocess, quality_flags, to_physical_units
 from brainfm.signal import SensorSpec
 
@@ -82,6 +86,8 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
     (:func:`bids_io.captured_warnings`) in the result, the report and the recording's
     ``quality.warnings``, with those of the quality checks (:func:`quality_flags`).
     """
+    if isinstance(preset, FmriPreset):
+        return bids_func.convert_func_recording(bids_root, fpath, store_url, preset, checksum)
     import mne  # noqa: PLC0415 - imported in the worker process
 
     mne.set_log_level("WARNING")
@@ -137,6 +143,21 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
     except Exception as err:  # noqa: BLE001 - reported, the run goes on
         msg = str(err) if isinstance(err, bids_io.ConversionError) else f"{type(err).__name__}: {bids_io.short(err)}"
         return {"ok": False, "id": bids_io.recording_id(bids_path), "source": source, "error": msg}
+
+
+def _discover(bids_root: str, preset: Preset | FmriPreset) -> list:
+    """The recordings a preset converts: BOLD runs for fMRI presets, else EEG/MEG/iEEG."""
+    return bids_func.discover(bids_root) if isinstance(preset, FmriPreset) else bids_io.discover(bids_root)
+
+
+def _recording_id(path) -> str:
+    return path.recording_id if isinstance(path, bids_func.FuncPath) else bids_io.recording_id(path)
+
+
+def _checksum(path, preset: Preset | FmriPreset) -> str:
+    if isinstance(path, bids_func.FuncPath):
+        return bids_func.source_checksum(path, preset)
+    return bids_io.source_checksum(path)
 
 
 def mne_bids_path(fpath: str, bids_root: str):
@@ -239,7 +260,7 @@ def convert(
     t0 = time.perf_counter()
     preset = get_preset(preset)
     bids_root, store_url = str(Path(bids_root).resolve()), str(store_url)
-    paths = [p for p in bids_io.discover(bids_root) if limit is None or limit(p)]
+    paths = [p for p in _discover(bids_root, preset) if limit is None or limit(p)]
     with shard.store_lock(store_url, timeout=wait, command="convert"):
         manifest = shard.read_manifest(store_url)
         if manifest is None:
@@ -344,7 +365,7 @@ def _plan(paths, manifest: dict[str, Any], store_url: str, preset: Preset, repor
     """
     by_id: dict[str, list] = {}
     for path in paths:
-        by_id.setdefault(bids_io.recording_id(path), []).append(path)
+        by_id.setdefault(_recording_id(path), []).append(path)
     todo: list[tuple[str, str]] = []
     changed: list[str] = []
     for rid, same in sorted(by_id.items()):
@@ -358,7 +379,7 @@ def _plan(paths, manifest: dict[str, Any], store_url: str, preset: Preset, repor
             continue
         path = same[0]
         try:
-            checksum = bids_io.source_checksum(path)
+            checksum = _checksum(path, preset)
         except bids_io.ConversionError as err:  # a file outside the dataset: refused, never read
             report.failed.append({"id": rid, "source": str(path.fpath), "error": str(err)})
             log.error("refused %s: %s", path.fpath, err)
@@ -376,7 +397,7 @@ def _plan(paths, manifest: dict[str, Any], store_url: str, preset: Preset, repor
             if rid not in report.remade:
                 previous[rid] = done
         changed.append(rid)
-        todo.append((str(path.fpath), checksum))
+        todo.append((path if isinstance(path, bids_func.FuncPath) else str(path.fpath), checksum))
     fs, root = shard.store_fs(store_url)
     doomed: list[str] = []
     for rid in sorted(set(manifest["recordings"]) - set(by_id)):

@@ -27,6 +27,11 @@ build starts and written when its conversion succeeded, so a build killed half-w
 ``brainfm fit`` interrupted) is resumed by the next :func:`sample_store`, never trained on.
 Builds hold ``DEST/.build.lock``, so two first uses wait for each other; the conversion prunes
 recordings whose source left the sample (``sample-data`` with fewer subjects).
+
+fMRI: with ``fmri`` (by default whenever ``formats`` is on, as ``brainfm sample-data`` runs), the
+build then adds the BIDS ``func`` sample of :mod:`brainfm.pipelines.fmri_sample` under
+``DEST/fmri`` (its own stores, ``fmri/store`` and ``fmri/store-roi``), after the EEG/MEG store is
+marked complete, so it never delays or invalidates that store. Its failures join the report's.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import mne
 from mne_bids import BIDSPath, write_raw_bids
 
 from brainfm.data.root import default_sample_dir
-from brainfm.pipelines import fetch
+from brainfm.pipelines import fetch, fmri_sample
 from brainfm.pipelines.convert import ConversionReport, convert
 
 EEGBCI_TASKS = {2: "restEC", 3: "execLR", 4: "imagLR", 5: "execFF", 6: "imagFF"}
@@ -153,11 +158,13 @@ def build_sample(
     formats: bool = True,
     workers: int | None = None,
     progress: bool = True,
+    fmri: bool | None = None,
 ) -> tuple[Path, ConversionReport]:
     """Build ``DEST/bids`` and convert it into ``DEST/store``; returns the store and report.
 
     Resumes an interrupted build; the store is marked complete only when every recording
-    converted (see the module docstring).
+    converted (see the module docstring). ``fmri`` (default: ``formats``) also builds the fMRI
+    sample under ``DEST/fmri``; its failures are added to the report's ``failed``.
     """
     dest = Path(dest) if dest is not None else default_sample_dir()
     dest.mkdir(parents=True, exist_ok=True)
@@ -171,6 +178,10 @@ def build_sample(
             tmp = dest / f"{_STORE_MARKER}.{os.getpid()}"
             tmp.write_text(json.dumps({**config, "recordings": len(report.converted) + len(report.skipped)}))
             tmp.replace(dest / _STORE_MARKER)
+        if formats if fmri is None else fmri:
+            _, fmri_reports = fmri_sample.build_fmri_sample(dest / "fmri", progress=progress)
+            for extra in fmri_reports:
+                report.failed += [{**f, "source": f"fmri/{f['source']}"} for f in extra.failed]
     return store, report
 
 

@@ -17,6 +17,9 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
                                  fill value NaN, every chunk of the extent written
           targets-<key>/         optional Zarr v3 array, float32, shape (n_windows, K): one
                                  precomputed target set (below)
+          channel_loc/           optional Zarr v3 array, float64, shape (C, 12): the channel
+                                 ``loc`` table of recordings with more than
+                                 LOC_ARRAY_CHANNELS channels (voxels; see "BOLD")
           .tmp-targets-<key>-<uuid>/  a target array being written (ignored by readers)
         .tmp-<id>-<uuid>/        a recording being written (ignored by readers)
       reports/convert-*.json     one report per conversion run
@@ -26,7 +29,7 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
     {"format": "brainfm-shards", "format_version": 2,
      "preset": {...preset fields...}, "preset_hash": "<sha256[:16]>",
      "recordings": {"<id>": {"path": "recordings/<id>", "subject": ..., "session": ...,
-                             "task": ..., "run": ..., "datatype": "eeg"|"meg"|"ieeg",
+                             "task": ..., "run": ..., "datatype": "eeg"|"meg"|"ieeg"|"func",
                              "n_channels": C, "n_samples": N, "sfreq": Hz,
                              "ch_type_counts": {"eeg": 19}, "n_events": E,
                              "positions": "recorded"|"montage:<name>"|"none",
@@ -34,7 +37,8 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
                              "source_sha256": "...", "preset_hash": "...",
                              "format_version": 2, "group_sha256": "<sha256 of zarr.json>",
                              "n_chunks": K, "flagged_channels": {"<name>": ["flat"]},
-                             "n_warnings": W}},
+                             "n_warnings": W,
+                             "bold": {...}}},                 (func only; see "BOLD")
      "targets": {"<key>": {...target set entry, below...}}}          (only when a set exists)
 
 A recording is listed in the manifest only after its group was written under a
@@ -145,6 +149,43 @@ scale ≈ 3e-8 units for values in float16's subnormal range. Scaling to µV/fT 
 the cast is what makes this hold; in SI units most MEG samples would flush to zero.
 The measured maximum on real data is recorded in ``docs/benchmarks.md``.
 
+BOLD (fMRI, ``datatype: "func"``)
+---------------------------------
+A BIDS ``func`` run (:mod:`brainfm.pipelines.bids_func`) is stored like any recording, with
+these meanings, all backwards compatible (format 2; readers that ignore them still work):
+
+* every channel has type ``bold``; a channel is a voxel (named ``v<i>-<j>-<k>``, its voxel
+  indices) or an ROI (named by the atlas label or the table column);
+* ``sfreq`` is ``1 / TR``: one sample per volume, ``n_samples`` volumes, no resampling;
+* ``units`` per channel: ``%`` (percent signal change, ``100 · residual / mean`` with the mean
+  taken before cleaning) or ``z`` (residual z-scored within the run), as the preset says;
+* ``loc[0:3]`` is the voxel centre or the ROI centroid (mean of its voxels' centres) in the
+  image's world space, in **metres** like every channel (world mm / 1000); ``loc[3:12]`` are
+  zero (no orientation). ``bold.space`` records which world space: the ``space-`` entity, the
+  sidecar's ``Space``, else the NIfTI sform/qform code (``scanner``, ``aligned``,
+  ``talairach``, ``mni152``, ``template``); ``bold.affine`` the voxel-to-world affine (mm). ROI
+  tables without centroids have NaN positions (``positions: "none"``);
+* a recording with more than :data:`LOC_ARRAY_CHANNELS` channels (a voxel run) keeps its
+  ``loc`` table in the ``channel_loc`` array, and ``channels.loc`` is ``{"array":
+  "channel_loc"}``; that array's files are in ``files`` like the signal's. As JSON, 10^5
+  voxels' ``loc`` rows took 38 MB of ``zarr.json``;
+* ``events`` come from ``events.tsv`` (onsets in s from the first volume);
+* group attribute ``bold``: ``representation`` (``voxel``/``roi``), ``units`` (in words),
+  ``tr`` (s) and ``tr_source`` (``sidecar``/``header``), ``n_volumes``, ``slice_timing``
+  (the sidecar's ``SliceTiming``; recorded, not corrected), ``space``, ``affine``, ``mask``
+  (``{"kind": "intensity", "fraction", "percentile", "n_voxels"}``, ``{"kind": "explicit",
+  "file"}``, ``{"kind": "atlas", "file", "labels"}`` or ``{"kind": "table"}``),
+  ``regressors`` (``detrend`` order, ``n_cosines``, ``high_pass`` Hz, ``confounds`` used and
+  ``confounds_file``), ``source_units``; ``channels`` adds ``label_index`` and ``n_voxels`` for
+  atlas ROIs; ``filters`` holds ``{"sfreq": 1/TR, "l_freq": high_pass, "h_freq": null,
+  "notch": null, "detrend": order}``;
+* the manifest entry adds ``bold``: ``representation``, ``units``, ``tr``, ``space`` and
+  ``regressors``, so what was done to every run is listed in the manifest.
+
+Quality rules for BOLD are those of :mod:`brainfm.pipelines.bids_func` (header quirks, NaN
+voxels, short runs); the EEG/MEG amplitude rules above do not apply. BOLD's float16 error
+is the same bound: percent signal change of a few % is far from float16's limits.
+
 Format version 1
 ----------------
 As version 2 without ``files``, ``quality``, ``dropped_channels`` and the manifest's
@@ -204,6 +245,8 @@ TARGETS_PREFIX = "targets-"
 FP16_SAFE_MAX = 32768.0
 #: Worst-case relative reconstruction error of the float16 encoding (round to nearest).
 FP16_MAX_REL_ERROR = 2.0**-11
+#: Recordings with more channels than this keep their ``loc`` table in an array (see "BOLD").
+LOC_ARRAY_CHANNELS = 2048
 #: Readers decode chunks in aligned groups of at most this many bytes, one Zarr call each.
 READ_AHEAD_BYTES = 8 * 2**20
 
@@ -337,10 +380,15 @@ class Recording:
                              "`brainfm verify STORE`, then `brainfm convert` to re-make it") from None
         ch = self.attrs["channels"]
         self.scale = np.asarray(ch["scale"], dtype=np.float32)
-        self.spec = SensorSpec.from_dict(
-            {"ch_names": ch["names"], "ch_types": ch["types"], "loc": ch["loc"],
-             "sfreq": self.attrs["sfreq"], "units": ch["units"]}
-        )
+        loc = ch["loc"]
+        if isinstance(loc, dict):  # a large channel table (see "BOLD")
+            loc = np.asarray(group[loc["array"]][...], dtype=np.float64)
+            self.spec = SensorSpec(ch["names"], ch["types"], loc, self.attrs["sfreq"], tuple(ch["units"]))
+        else:
+            self.spec = SensorSpec.from_dict(
+                {"ch_names": ch["names"], "ch_types": ch["types"], "loc": loc,
+                 "sfreq": self.attrs["sfreq"], "units": ch["units"]}
+            )
         self.chunk = int(self._data.chunks[1])
         self._missing: set[int] | None = None  # format 1: chunk files absent, listed at the first read
         # Cache keys are unique per Recording object (never id(), which Python reuses after
@@ -634,11 +682,12 @@ def write_recording(
     events = events or Events(np.zeros(0), np.zeros(0), np.zeros(0, dtype=object))
     quality = {"flags": {k: list(v) for k, v in (quality or {}).get("flags", {}).items()},
                "warnings": list((quality or {}).get("warnings", []))}
+    loc_array = spec.n_channels > LOC_ARRAY_CHANNELS
     channels = {
         "names": list(spec.ch_names),
         "types": list(spec.ch_types),
         "units": list(spec.units),
-        "loc": _jsonable_loc(spec.loc),
+        "loc": {"array": "channel_loc"} if loc_array else _jsonable_loc(spec.loc),
         "scale": [float(s) for s in scale],
         **dict(extra_channel_attrs or {}),
     }
@@ -671,8 +720,14 @@ def write_recording(
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         )
         arr[...] = encoded
+        files_of = ["data"]
+        if loc_array:
+            table = group.create_array("channel_loc", shape=spec.loc.shape, chunks=spec.loc.shape, dtype="float64",
+                                       compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
+            table[...] = spec.loc
+            files_of.append("channel_loc")
         fs.invalidate_cache()
-        group.attrs.update({"files": _file_hashes(fs, tmp, "data")})
+        group.attrs.update({"files": {k: v for a in files_of for k, v in _file_hashes(fs, tmp, a).items()}})
         written["group_sha256"] = hashlib.sha256(fs.cat_file(f"{tmp}/zarr.json")).hexdigest()
         written["n_chunks"] = -(-encoded.shape[1] // arr.chunks[1]) if encoded.shape[1] else 0
 
@@ -856,6 +911,8 @@ def verify_recording(store_url: str, recording_id: str, entry: Mapping[str, Any]
         return [f"{group}/zarr.json is corrupt ({err})"], []
     try:
         present = {k: v["size"] for k, v in fs.find(f"{group}/data", detail=True).items()}
+        if isinstance((attrs.get("channels") or {}).get("loc"), dict):
+            present.update({k: v["size"] for k, v in fs.find(f"{group}/channel_loc", detail=True).items()})
     except FileNotFoundError:
         present = {}
     problems: list[str] = []

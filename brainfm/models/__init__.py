@@ -2,6 +2,7 @@
 
 from brainfm.models.activations import ASH, get_activation
 from brainfm.models.attention import CrissCrossBlock, load_braindecode_criss_cross
+from brainfm.models.cbramod import CBraModEncoder, cbramod_decoder, load_cbramod_decoder, load_cbramod_weights
 from brainfm.models.config import PRESETS, ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder

@@ -186,9 +186,6 @@ class CBraModConfig:
             raise ValueError(f"CBraMod reads {', '.join(self.channel_types)} channels only; got {bad}")
         return self
 
-    def replace(self, **changes: Any) -> "CBraModConfig":
-        return dataclasses.replace(self, **changes)
-
     # -- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, tagged ``encoder_kind: "cbramod"``."""
@@ -360,7 +357,8 @@ class CBraModEncoder(nn.Module):
         self.validate(x, sensor_type, channel_mask, patch_mask)
         patches = self.patchify(x, sensor_type, channel_mask)  # (B, C, S, P)
         if patch_mask is not None:
-            patches = torch.where(patch_mask.unsqueeze(-1), self.mask_encoding.to(patches.dtype), patches)
+            fill = self.patch_embedding.mask_encoding.to(patches.dtype)  # (P,), CBraMod's zeros
+            patches = torch.where(patch_mask.unsqueeze(-1), fill, patches)  # (B, C, S, P)
         padded = not bool(channel_mask.all())
         mask = channel_mask if padded else None  # no padding: CBraMod's exact path, no key mask
         tokens = self.patch_embedding(patches, mask)  # (B, C, S, D)
@@ -369,10 +367,6 @@ class CBraModEncoder(nn.Module):
         if self.config.use_proj_out:
             tokens = self.proj_out(tokens)  # (B, C, S, out_dim)
         return tokens * channel_mask[:, :, None, None].to(tokens.dtype)
-
-    @property
-    def mask_encoding(self) -> torch.Tensor:
-        return self.patch_embedding.mask_encoding
 
 
 # -- key mapping -----------------------------------------------------------------------
@@ -599,7 +593,8 @@ def load_cbramod_decoder(path: str | os.PathLike, map_location: str | torch.devi
     cfg = CBraModConfig.from_dict(config)
     decoder = cbramod_decoder(CBraModEncoder(cfg), **json.loads(meta["decoder"]))
     state = load_file(os.fspath(path))
-    norm = {k[len("normalization."):]: state.pop(k) for k in [k for k in state if k.startswith("normalization.")]}
+    prefix = "normalization."  # per-subject statistics, not part of the state dict
+    norm = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
     decoder.load_state_dict(state, strict=True)
     decoder.normalization = (norm, meta["normalization"]) if "normalization" in meta else None
     return decoder.to(map_location).eval()

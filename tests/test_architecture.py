@@ -2,7 +2,7 @@
 
 Layers (a module may import its own layer and the ones before it)::
 
-    signal < data < models < targets < tasks < deploy < cli
+    signal < data < models < targets < tasks < deploy < attention < live < cli
 
 ``brainfm.pipelines`` (offline conversion, MNE) may import ``signal``, ``data`` and the
 ``targets`` it precomputes, and only the command-line layer imports it. ``brainfm.kernels``
@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 #: Package folders and the dotted names they install as.
 PACKAGES = {"brainfm": "brainfm", "pipelines": "brainfm.pipelines", "kernels": "brainfm.kernels"}
-ORDER = ("signal", "data", "models", "targets", "tasks", "deploy", "cli")
+ORDER = ("signal", "data", "models", "targets", "tasks", "deploy", "attention", "live", "cli")
 #: Modules outside the sub-packages, by layer: the package root holds only the version and the
 #: signal contract; ``pretrained`` trains a demo encoder, like the command line does.
 TOP_LEVEL = {"brainfm": "signal", "brainfm.signal": "signal", "brainfm.cli": "cli", "brainfm.pretrained": "cli"}

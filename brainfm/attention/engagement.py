@@ -1,0 +1,107 @@
+"""The fine-tuned decoder as the detector's engagement axis, in fp32, as a quantized bundle or ONNX.
+
+One interface over the three runtimes of :mod:`brainfm.deploy`:
+
+* ``decoder.safetensors`` or a DecodeModule ``.ckpt`` (:func:`brainfm.models.load_decoder`), fp32;
+* a bundle directory (``brainfm quantize``: W8A8 / W4A16, :func:`brainfm.deploy.load`);
+* an ``.onnx`` file (``brainfm export``, fp32 or ``--int8``), on onnxruntime's CPU provider.
+
+Its output for a window is the log-odds of the *engaged* class (by default the class named
+``arithmetic``, ``task`` or ``engaged``, else the last one): ``logit_k - logsumexp(others)``.
+A decoder trained on subject-normalised windows (``normalization`` in its file) gets the same
+normalisation with the *current user's* statistics from the calibration span
+(:class:`brainfm.data.normalize.RunningMoments`), the deploy-time path of issue #12.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainfm.data.normalize import RunningMoments, SubjectNormalizer, population_scale
+from brainfm.deploy import load as load_bundle
+from brainfm.deploy import onnx_session, run_onnx
+from brainfm.models import load_decoder
+from brainfm.signal import SensorSpec
+
+ENGAGED_NAMES = ("arithmetic", "task", "engaged", "workload", "active")
+MODEL_SFREQ = 200.0
+
+
+class EngagementModel:
+    """Log-odds of engagement from a decoder file (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        Decoder, bundle directory or ONNX file.
+    engaged_class : str or int, optional
+        The class meaning "engaged" (name or index).
+    threads : int
+        Intra-op threads (torch or onnxruntime).
+    """
+
+    def __init__(self, path: str | Path, engaged_class: str | int | None = None, threads: int = 1):
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no such model: {path}")
+        self.path, self.threads = path, threads
+        self.normalize_method: str | None = None
+        if path.suffix == ".onnx":
+            self.kind, self.session, self.model = "onnx", onnx_session(path, threads), None
+            classes = None
+        else:
+            self.kind = "bundle" if path.is_dir() else "fp32"
+            self.model = load_bundle(path) if path.is_dir() else load_decoder(path)
+            classes = getattr(self.model, "classes", None)
+            norm = getattr(self.model, "normalization", None)
+            if norm is not None:
+                self.normalize_method = json.loads(norm[1])["method"]
+        self.sfreq = float(getattr(getattr(self.model, "config", None), "sfreq", MODEL_SFREQ))
+        self.classes = list(classes) if classes else None
+        self.engaged = self._engaged_index(engaged_class)
+        self._normalizer: SubjectNormalizer | None = None
+
+    def _engaged_index(self, engaged_class: str | int | None) -> int:
+        if isinstance(engaged_class, int):
+            return engaged_class
+        if self.classes is None:
+            return -1
+        if engaged_class is not None:
+            if engaged_class not in self.classes:
+                raise ValueError(f"{self.path}: no class {engaged_class!r}; classes are {self.classes}")
+            return self.classes.index(engaged_class)
+        named = [i for i, c in enumerate(self.classes) if str(c).lower() in ENGAGED_NAMES]
+        return named[0] if named else len(self.classes) - 1
+
+    def calibrate(self, moments: RunningMoments, spec: SensorSpec) -> None:
+        """Per-user input normalisation from the calibration signal (when the decoder needs it)."""
+        if self.normalize_method is None:
+            return
+        stats = moments.stats("live-user", "running", channels=spec.ch_names, scale=population_scale(spec))
+        self._normalizer = SubjectNormalizer(self.normalize_method, {"live-user": stats})
+
+    @torch.inference_mode()
+    def log_odds(self, x: np.ndarray, spec: SensorSpec) -> float:
+        """Engagement log-odds of one window ``(C, T)`` in µV at :attr:`sfreq`."""
+        if self._normalizer is not None:
+            x = self._normalizer("live-user", x)
+        geometry, types = spec.tensors
+        inputs = (torch.as_tensor(np.asarray(x, dtype=np.float32))[None], geometry[None], types[None],
+                  torch.ones(1, spec.n_channels, dtype=torch.bool))
+        if self.kind == "onnx":
+            logits = run_onnx(self.session, *inputs)[0]
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                logits = self.model(*inputs)[0]
+            finally:
+                torch.set_num_threads(threads)
+        logits = logits.double()
+        k = self.engaged % len(logits)
+        others = torch.cat([logits[:k], logits[k + 1:]])
+        return float(logits[k] - torch.logsumexp(others, 0))

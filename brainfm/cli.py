@@ -9,6 +9,10 @@
 * ``brainfm quantize --ckpt CKPT --scheme w8a8|w4a16|w6a8|auto --calib STORE --out BUNDLE`` — post-training
   quantization into a safetensors bundle (:mod:`brainfm.deploy`).
 * ``brainfm export --ckpt CKPT --onnx OUT.onnx [--int8]`` — ONNX for onnxruntime.
+* ``brainfm detect RECORDING... --out DIR`` — attention-state timeline (CSV, JSON, plot) of a
+  recording (any file MNE reads, or ``STORE::RECORDING_ID``) (:mod:`brainfm.attention`).
+* ``brainfm stream --source lsl:NAME [--model M] [--serve 127.0.0.1:PORT]`` — the live detector
+  on an LSL stream: states to an LSL outlet, JSON lines and a dashboard (:mod:`brainfm.live`).
 
 Errors: a failing command prints one line, ``brainfm <command>: <what is wrong and what to do>``,
 and exits 1 (2 for bad arguments, 130 for Ctrl-C); ``--debug`` anywhere on the command line
@@ -108,7 +112,144 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--channel-types", nargs="+", default=None, help="keep only these channel types")
         cmd.add_argument("--batch-size", type=int, default=32)
         cmd.add_argument("--no-progress", action="store_true")
+    _attention_parsers(sub)
     return p
+
+
+def _detector_args(cmd: argparse.ArgumentParser) -> None:
+    """Options shared by ``detect`` and ``stream``."""
+    cmd.add_argument("--model", default=None, help="fine-tuned decoder for the engagement axis: decoder.safetensors, "
+                     "a .ckpt, a quantized bundle directory or an .onnx file (default: indices only)")
+    cmd.add_argument("--engaged-class", default=None, help="the decoder class meaning engaged (default: arithmetic/task/...)")
+    cmd.add_argument("--states", default=None, metavar="JSON", help="state set (default: AttentionGuard's four)")
+    cmd.add_argument("--window-s", type=float, default=4.0, help="window length in s (default: 4)")
+    cmd.add_argument("--hop-s", type=float, default=0.5, help="hop in s (default: 0.5)")
+    cmd.add_argument("--calibration-s", type=float, default=60.0, help="per-user baseline span in s (default: 60)")
+    cmd.add_argument("--calibration", default=None, metavar="RECORDING",
+                     help="take the per-user baseline from this earlier recording of the person (default: the "
+                          "first --calibration-s of the session)")
+    cmd.add_argument("--line-freq", type=float, default=50.0, help="mains frequency, 0 for no notch (default: 50)")
+    cmd.add_argument("--min-dwell-s", type=float, default=2.0, help="minimum dwell time in s (default: 2)")
+    cmd.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
+
+
+def _attention_parsers(sub) -> None:
+    d = sub.add_parser("detect", help="attention-state timeline of a recording (CSV, JSON and a plot)")
+    d.add_argument("recordings", nargs="+", help="files MNE reads (joined in order as one session) or STORE::RECORDING_ID")
+    d.add_argument("--out", required=True, help="output folder (timeline.csv, timeline.json, timeline.png)")
+    d.add_argument("--chain", default=None, choices=("zero-phase", "causal", "none"),
+                   help="preprocessing (default: zero-phase for files, none for store recordings)")
+    d.add_argument("--no-plot", action="store_true")
+    d.add_argument("--no-progress", action="store_true")
+    _detector_args(d)
+    st = sub.add_parser("stream", help="live attention states from an LSL stream (outlet, JSON lines, dashboard)")
+    st.add_argument("--source", required=True, help="lsl:NAME, the EEG stream's name")
+    st.add_argument("--serve", default=None, metavar="HOST:PORT", help="serve the dashboard (e.g. 127.0.0.1:8765)")
+    st.add_argument("--jsonl", default="-", help="JSON lines file ('-': stdout, the default; '' for none)")
+    st.add_argument("--outlet", default="brainfm-attention", help="name of the LSL outlet of states ('' for none)")
+    st.add_argument("--overrides", default=None, help="log of the person's overrides beside the decisions (JSON lines)")
+    st.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    st.add_argument("--connect-timeout", type=float, default=5.0)
+    _detector_args(st)
+
+
+def _detector_config(args: argparse.Namespace):
+    from brainfm.attention import DetectorConfig, StateModel  # noqa: PLC0415
+
+    kwargs = {}
+    if args.states:
+        kwargs["states"] = StateModel.from_file(args.states)
+    return DetectorConfig(window_s=args.window_s, hop_s=args.hop_s, calibration_s=args.calibration_s,
+                          line_freq=args.line_freq or None, min_dwell_s=args.min_dwell_s, **kwargs)
+
+
+def _engagement_model(args: argparse.Namespace):
+    if not args.model:
+        return None
+    from brainfm.attention import EngagementModel  # noqa: PLC0415
+
+    engaged = int(args.engaged_class) if args.engaged_class and args.engaged_class.isdigit() else args.engaged_class
+    return EngagementModel(args.model, engaged, threads=args.threads)
+
+
+def _calibrated(args: argparse.Namespace, spec, config, model):
+    """A detector calibrated on ``--calibration`` (same channels as ``spec``), or None."""
+    if not args.calibration:
+        return None
+    from brainfm.attention import AttentionDetector, read_session  # noqa: PLC0415
+
+    calib = read_session([args.calibration])
+    index = {n: i for i, n in enumerate(calib.spec.ch_names)}
+    missing = [n for n in spec.ch_names if n not in index]
+    if missing or calib.spec.sfreq != spec.sfreq:
+        raise ValueError(f"--calibration {args.calibration}: needs the session's channels at {spec.sfreq:g} Hz "
+                         f"(missing {missing[:5]}, rate {calib.spec.sfreq:g} Hz)")
+    signal = calib.signal[[index[n] for n in spec.ch_names]]
+    return AttentionDetector(spec, config, model).calibrate_on(signal, "none" if calib.preprocessed else "zero-phase")
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from brainfm.attention import detect_signal, read_session  # noqa: PLC0415
+    from brainfm.attention.timeline import plot_timeline, write_csv, write_json  # noqa: PLC0415
+
+    config = _detector_config(args)
+    session = read_session(args.recordings)
+    model = _engagement_model(args)
+    chain = args.chain or ("none" if session.preprocessed else "zero-phase")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = _calibrated(args, session.spec, config, model)
+    with tqdm(total=session.signal.shape[1], unit="sample", disable=args.no_progress, desc="detect") as bar:
+        outputs = list(detect_signal(session.signal, session.spec, config, model, chain, progress=bar.update,
+                                     detector=detector))
+    if not outputs:
+        raise ValueError(f"{session.source} is shorter than one {config.window_s:g}-s window")
+    states = config.states.names
+    meta = {"source": session.source, "chain": chain, "channels": list(session.spec.ch_names),
+            "left_out": session.dropped, "sfreq": session.spec.sfreq, "segments": session.segments,
+            "model": args.model, "window_s": config.window_s, "hop_s": config.hop_s,
+            "calibration_s": config.calibration_s, "states": config.states.to_dict()}
+    write_csv(outputs, out / "timeline.csv", states)
+    write_json(outputs, out / "timeline.json", meta)
+    if not args.no_plot:
+        plot_timeline(outputs, out / "timeline.png", states, session.segments, session.source)
+    counts = {s: sum(o.state == s for o in outputs) for s in dict.fromkeys(o.state for o in outputs)}
+    print(f"{len(outputs)} windows -> {out}/timeline.csv, timeline.json{'' if args.no_plot else ', timeline.png'}: "
+          + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from brainfm.live import (Dashboard, JsonLines, LiveDetector, OverrideLog, StateOutlet,  # noqa: PLC0415
+                              check_stream, open_stream, stream_name)
+
+    name = stream_name(args.source)
+    config = _detector_config(args)
+    model = _engagement_model(args)
+    stream = open_stream(args.source, bufsize=max(5.0, 2 * config.window_s), timeout=args.connect_timeout)
+    source = check_stream(stream, name, model, config.window_s)
+    overrides = OverrideLog(config.states.names, args.overrides)
+    sinks = []
+    if args.jsonl:
+        sinks.append(JsonLines(sys.stdout if args.jsonl == "-" else args.jsonl))
+    if args.outlet:
+        sinks.append(StateOutlet(args.outlet))
+    if args.serve:
+        dashboard = Dashboard(args.serve, overrides, config.states.names)
+        sinks.append(dashboard)
+        print(f"dashboard: {dashboard.url}", file=sys.stderr, flush=True)
+    print(f"stream {name!r}: {source.spec.n_channels} EEG channels at {source.spec.sfreq:g} Hz"
+          + (f" (left out: {', '.join(source.dropped)})" if source.dropped else ""), file=sys.stderr, flush=True)
+    live = LiveDetector(source, config, model, sinks, overrides, detector=_calibrated(args, source.spec, config, model))
+    try:
+        summary = live.run(duration=args.duration)
+    finally:
+        overrides.close()
+        stream.disconnect()
+    print(json.dumps({"stream": name, **summary, "overrides": overrides.summary()}), file=sys.stderr, flush=True)
+    return 0
 
 
 def _alpha(value: str) -> str | float:
@@ -125,7 +266,7 @@ def _alpha(value: str) -> str | float:
 
 def _deploy(args: argparse.Namespace) -> int:
     if args.command == "quantize" and args.smoothquant is None:
-        args.smoothquant = args.scheme in ("w8a8", "w6a8")
+        args.smoothquant = args.scheme in ("w8a8", "w6a8", "auto")
     if args.command == "quantize" and args.scheme == "auto" and (args.budget is None or not args.calib):
         _parser().error("quantize --scheme auto needs --budget BITS and --calib STORE")
     if args.command == "quantize" and (args.attn_quant or args.act_quant) and not args.calib:
@@ -316,7 +457,7 @@ def main(args: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ns = _parser().parse_args(argv)
         handler = {"convert": _convert, "info": _info, "verify": _verify, "sample-data": _sample,
-                   "quantize": _deploy, "export": _deploy}[ns.command]
+                   "quantize": _deploy, "export": _deploy, "detect": _detect, "stream": _stream}[ns.command]
         return handler(ns)
     except UsageError as err:
         if debug:

@@ -119,6 +119,18 @@ class AttentionDetector:
     def calibrated(self) -> bool:
         return self.index_baseline.ready and (self.decoder_baseline is None or self.decoder_baseline.ready)
 
+    def calibrate_on(self, raw_uv: np.ndarray, chain: str = "zero-phase") -> "AttentionDetector":
+        """Take the per-user baseline from an earlier recording of the same person and montage
+        (``(C, N)`` µV at the source rate, e.g. a 60-s rest recorded before a live session),
+        instead of the first ``calibration_s`` of the session itself."""
+        for out in detect_signal(raw_uv, self.spec, chain=chain, detector=self):
+            if self.calibrated:
+                break
+        if not self.calibrated:
+            raise ValueError(f"the calibration recording holds less than {self.config.calibration_s:g} s of good signal")
+        self.smoother.reset()
+        return self
+
     def _output(self, t: float, sample: int, state: str, quality: Quality, indices=None, e=None, a=None,
                 decoder=None, probs=None, inst=None) -> StateOutput:
         names = self.config.states.names
@@ -165,14 +177,16 @@ class AttentionDetector:
 
 def detect_signal(raw_uv: np.ndarray, spec: SensorSpec, config: DetectorConfig | None = None,
                   model: EngagementModel | None = None, chain: str = "zero-phase", t0: float = 0.0,
-                  filtered_uv: np.ndarray | None = None, progress=None) -> Iterator[StateOutput]:
+                  filtered_uv: np.ndarray | None = None, progress=None,
+                  detector: AttentionDetector | None = None) -> Iterator[StateOutput]:
     """The detector over a whole recording ``(C, N)`` in µV: the offline timeline.
 
     ``chain``: ``zero-phase`` (offline default), ``causal`` (exactly what the live detector
     computes on the same samples) or ``none`` (the signal is already preprocessed, e.g. a
-    store recording; ``filtered_uv`` may also be given directly).
+    store recording; ``filtered_uv`` may also be given directly). ``detector``: continue with an
+    existing detector (its baseline, e.g. from :meth:`AttentionDetector.calibrate_on`).
     """
-    detector = AttentionDetector(spec, config, model)
+    detector = detector or AttentionDetector(spec, config, model)
     if filtered_uv is None:
         if chain == "zero-phase":
             filtered_uv = zero_phase(raw_uv, spec.sfreq, detector.config.line_freq)

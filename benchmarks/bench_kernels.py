@@ -10,6 +10,11 @@ and ASH. Shapes are brainfm's: tokens = batch x channels x patches (32 x 19 x 30
 for a 19-channel 10-20 EEG montage and 30 one-second patches; 570 for one streamed
 window), d_model 200, FFN 800 (``tokens x 200 -> 800`` and ``800 -> 200``), the
 reconstruction head ``200 -> 200``, plus ``4096^3``. W4A16 is timed at M = 1 and 16.
+W6A8 (issue #16) is timed against W8A8 and bf16 matmul at the same GEMM shapes and at
+M = 1 and 16; the AdaLog quantize/dequantize ops against their eager references; and the
+explicit-softmax attention with 4-bit AdaLog probabilities (``QuantAttentionBlock``: the
+softmax, the quantizer and ``P @ V`` are separate ops, not a fused integer attention kernel)
+against the block's SDPA in bf16.
 
 Each JSON row is ``{"name", "unit", "brainfm", "anchor", "ratio"}`` with ``ratio > 1``
 meaning brainfm is better (higher throughput, same work counted for both sides).
@@ -24,6 +29,8 @@ kernel             FLOPs (or int ops)         bytes moved
 quantize_per_tok   ~3 M K (negligible)        M K (b_in + 1) + 4 M
 W8A8 GEMM          2 M N K  (int8 peak)       M K + N K + 4 (M + N) + 2 N + M N b_out
 W4A16 GEMM         2 M N K  (bf16 peak)       2 M K + N K / 2 + 2 N ceil(K / G) + 2 M N
+W6A8 GEMM          2 M N K  (int8 peak)       M K + 3 N K / 4 + 4 (M + N) + 2 N + M N b_out
+adalog quantize    ~2 bits M (negligible)     M (b_in + 1)
 ASH forward        ~10 M D (negligible)       2 M D b + 8 M
 ASH backward       ~20 M D (negligible)       3 M D b + 8 M
 bf16 matmul        2 M N K  (bf16 peak)       2 (M K + N K + M N)
@@ -49,8 +56,9 @@ from typing import Callable
 
 import torch
 
-from brainfm.kernels import (fused_ash, quantize_per_token, quantize_weight_int4, quantize_weight_per_channel,
-                             w4a16_linear, w8a8_linear, w8a8_linear_dynamic)
+from brainfm.kernels import (adalog_dequantize, adalog_quantize, fused_ash, quantize_per_token, quantize_weight_int4,
+                             quantize_weight_int6, quantize_weight_per_channel, w4a16_linear, w6a8_linear,
+                             w6a8_linear_dynamic, w8a8_linear, w8a8_linear_dynamic)
 from brainfm.kernels import reference as ref
 
 H100 = {"bf16_flops": 989e12, "int8_ops": 1979e12, "hbm_bytes": 3.35e12}
@@ -140,6 +148,72 @@ def w4a16_rows(dev: str, cuda: bool, group: int = 64) -> list[Row]:
     return rows
 
 
+def w6a8_rows(dev: str, cuda: bool, quick: bool) -> list[Row]:
+    """W6A8 against W8A8 (same integer GEMM, 8-bit weights) and the dense matmul anchor."""
+    rows = []
+    shapes = dict(GEMM_SHAPES)
+    shapes.update({f"{n},M={m}": (m, k, nn) for n, (k, nn) in W4_SHAPES.items() for m in (1, 16)})
+    for name, (m, k, n) in shapes.items():
+        if not cuda and ("square4096" in name or (quick and m > 1000)):
+            continue
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16 if cuda else torch.float32)
+        w = torch.randn(n, k, device=dev, dtype=x.dtype) / k**0.5
+        qx, sx = quantize_per_token(x)
+        qw, sw = quantize_weight_per_channel(w)
+        packed, sw6 = quantize_weight_int6(w)
+        flops = 2.0 * m * n * k
+        t6 = bench(lambda: w6a8_linear(qx, sx, packed, sw6, None, "none", x.dtype), cuda)
+        t8 = bench(lambda: w8a8_linear(qx, sx, qw, sw, None, "none", x.dtype), cuda)
+        t_dense = bench(lambda: torch.matmul(x, w.T), cuda)
+        t_roof = roofline(flops, m * k + 0.75 * n * k + 4 * (m + n) + 2 * m * n, H100["int8_ops"])
+        rows.append(Row(f"w6a8[{name}] vs w8a8", "TOP/s", flops / t6 / 1e12, flops / t8 / 1e12, t8 / t6,
+                        flops / t_roof / 1e12))
+        rows.append(Row(f"w6a8[{name}] vs {x.dtype} matmul", "TOP/s", flops / t6 / 1e12, flops / t_dense / 1e12,
+                        t_dense / t6, flops / t_roof / 1e12))
+        if m > 16:
+            t_dyn = bench(lambda: w6a8_linear_dynamic(x, packed, sw6), cuda)
+            rows.append(Row(f"w6a8_dynamic[{name}] vs {x.dtype} matmul", "TFLOP/s", flops / t_dyn / 1e12,
+                            flops / t_dense / 1e12, t_dense / t_dyn, flops / t_roof / 1e12))
+    return rows
+
+
+def adalog_rows(dev: str, cuda: bool, quick: bool) -> list[Row]:
+    """AdaLog ops against their eager references, and quantized explicit attention against SDPA."""
+    from brainfm.deploy.adalog import TableQuantizer, attach_attention_quant
+    from brainfm.models import ModelConfig
+    from brainfm.models.attention import CrissCrossBlock
+
+    rows = []
+    t, v = ref.adalog_tables(4, 29, 1.0)
+    t, v = t.to(dev), v.to(dev)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    n_seq = 570 if (quick or not cuda) else TOKENS  # spatial sequences of 19 x 19 probabilities, 2 heads
+    p = torch.softmax(torch.randn(n_seq * 2, 19, 19, device=dev), -1).to(dtype)
+    codes = adalog_quantize(p, t)
+    eb = p.element_size()
+    for label, fn, fn_ref, nbytes in (
+        ("adalog_quantize", lambda: adalog_quantize(p, t), lambda: ref.table_quantize_ref(p, t), p.numel() * (eb + 1)),
+        ("adalog_dequantize", lambda: adalog_dequantize(codes, v, dtype),
+         lambda: ref.table_dequantize_ref(codes, v, dtype), p.numel() * (eb + 1)),
+    ):
+        t_k, t_r = bench(fn, cuda), bench(fn_ref, cuda)
+        rows.append(Row(f"{label}[{tuple(p.shape)}] vs eager", "GB/s", nbytes / t_k / 1e9, nbytes / t_r / 1e9,
+                        t_r / t_k, H100["hbm_bytes"] / 1e9))
+    config = ModelConfig.from_name("base")
+    block = CrissCrossBlock(config).to(dev, dtype).eval()
+    batch = 4 if (quick or not cuda) else 32
+    x = torch.randn(batch, 19, 30, config.d_model, device=dev, dtype=dtype)
+    quant = attach_attention_quant(CrissCrossBlock(config).to(dev, dtype).eval(),
+                                   TableQuantizer("adalog", 4, q=29).to(dev), TableQuantizer("adalog", 4, q=29).to(dev))
+    quant.load_state_dict(block.state_dict(), strict=False)
+    with torch.inference_mode():
+        t_q, t_s = bench(lambda: quant.attention(x), cuda), bench(lambda: block.attention(x), cuda)
+    tokens = batch * 19 * 30
+    rows.append(Row(f"attention[base,{batch}x19x30] adalog4 explicit (unfused) vs SDPA {dtype}", "Mtok/s",
+                    tokens / t_q / 1e6, tokens / t_s / 1e6, t_s / t_q))
+    return rows
+
+
 def elementwise_rows(dev: str, cuda: bool, quick: bool) -> list[Row]:
     rows = []
     m = 570 if (quick or not cuda) else TOKENS
@@ -176,6 +250,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the rows as a JSON list to this path")
     parser.add_argument("--quick", action="store_true", help="smaller token counts")
+    parser.add_argument("--only", nargs="+", default=None, choices=("gemm", "w4a16", "w6a8", "adalog", "elementwise"),
+                        help="run only these groups of rows")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     dev = "cuda" if cuda else "cpu"
@@ -184,7 +260,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     else:
         print("GPU needed for kernel timings: timing the CPU reference path against fp32 torch.matmul")
     torch.manual_seed(0)
-    rows = gemm_rows(dev, cuda, args.quick) + w4a16_rows(dev, cuda) + elementwise_rows(dev, cuda, args.quick)
+    groups = {"gemm": lambda: gemm_rows(dev, cuda, args.quick), "w4a16": lambda: w4a16_rows(dev, cuda),
+              "w6a8": lambda: w6a8_rows(dev, cuda, args.quick), "adalog": lambda: adalog_rows(dev, cuda, args.quick),
+              "elementwise": lambda: elementwise_rows(dev, cuda, args.quick)}
+    rows = [r for g in (args.only or groups) for r in groups[g]()]
     if not cuda:  # say in every row that these are reference-path numbers
         for r in rows:
             r.name = f"cpu-reference {r.name}"

@@ -67,6 +67,7 @@ def test_explicit_attention_matches_sdpa(setup):
 
 
 def test_adalog_beats_uniform_on_attention_and_hidden_tensors(setup):
+    """At 3 bits (4 bits is a near tie on this random decoder; docs/quantization.md has both)."""
     decoder, batches, _ = setup
     sites = collect_tensors(decoder, batches[:2], 16)
     assert {"encoder.blocks.0.spatial", "encoder.blocks.0.temporal", "encoder.blocks.1.ff"} <= set(sites)
@@ -74,7 +75,7 @@ def test_adalog_beats_uniform_on_attention_and_hidden_tensors(setup):
     assert probs.shape[1] == 11 and bool((probs[:, -1] == 0).all())  # the padded key gets no weight
     for name in ("encoder.blocks.0.spatial", "encoder.blocks.1.spatial"):
         x, m = sites[name]["x"], sites[name]["m"]
-        ada, uni = search_adalog(x, m, 4), search_uniform(x, m, 4)
+        ada, uni = search_adalog(x, m, 3), search_uniform(x, m, 3)
         assert ada.spec()["kind"] == "adalog" and 1 <= ada.spec()["q"]
         e_ada, e_uni = site_error(x, m, ada(x)), site_error(x, m, uni(x))
         assert e_ada < e_uni, (name, e_ada, e_uni)
@@ -107,7 +108,7 @@ def test_bundle_round_trip_with_adalog(scheme, setup, tmp_path):
     assert sqnr_db(_run(decoder, batches[2]), _run(model, batches[2])) > 10
     if scheme == "auto":
         auto = cfg["auto"]
-        assert auto["budget_bits"] == 6.0 and 4.0 <= auto["mean_bits"] <= 6.0
+        assert auto["budget_bits"] == 6.0 and 4.0 <= auto["mean_bits"] <= 6.0 and auto["metric"] == "logits"
         assert {s["kind"] for s in cfg["layers"].values()} <= {"w4a16", "w6a8", "w8a8"}
         assert set(auto["sensitivity"]) == set(cfg["layers"])
         first = next(iter(auto["sensitivity"].values()))
@@ -158,6 +159,18 @@ def test_choose_precisions_respects_the_budget():
     assert choose_precisions(sens, 8.0) == {"a": "w8a8", "b": "w8a8"}
     with pytest.raises(ValueError, match="budget"):
         choose_precisions(sens, 3.0)
+
+
+def test_layer_metric_and_budget_extremes(setup):
+    decoder, batches, stats = setup
+    model = quantize(decoder, "auto", batches[:2], stats=stats, n_windows=16, budget=4.0, sensitivity_metric="layer")
+    cfg = model.deploy_config
+    assert {s["kind"] for s in cfg["layers"].values()} == {"w4a16"} and cfg["auto"]["metric"] == "layer"
+    assert all("a8" in s for s in cfg["auto"]["sensitivity"].values())
+    top = quantize(decoder, "auto", batches[:2], stats=stats, n_windows=16, budget=8.0)
+    assert {s["kind"] for s in top.deploy_config["layers"].values()} == {"w8a8"}
+    with pytest.raises(ValueError, match="budget"):
+        quantize(decoder, "auto", batches[:2], stats=stats)
 
 
 def test_cli_quantize_auto_and_info(setup, tmp_path, capsys, monkeypatch):

@@ -110,14 +110,15 @@ def run_info_bundle(args: argparse.Namespace) -> int:
     width = max((len(n) for n in doc["layers"]), default=5)
     head = f"{'layer':<{width}}  {'kind':<6} {'shape':>10}  {'out SQNR dB':>11}"
     if sens:
-        head += "  sensitivity: out SQNR dB at w4a16 / w6a8 / w8a8 / a8"
+        head += f"  sensitivity ({auto.get('metric', 'layer')} SQNR dB) at w4a16 / w6a8 / w8a8 / a8"
     print(head)
     for name, spec in doc["layers"].items():
         sqnr = report.get(name, {}).get("calib_output_sqnr_db")
         line = (f"{name:<{width}}  {spec['kind']:<6} {spec['in_features']:>4}x{spec['out_features']:<5}  "
                 f"{'-' if sqnr is None else f'{sqnr:.1f}':>11}")
         if name in sens:
-            line += "  " + " / ".join(f"{sens[name][k]:.1f}" for k in ("w4a16", "w6a8", "w8a8", "a8"))
+            line += "  " + " / ".join("-" if sens[name].get(k) is None else f"{sens[name][k]:.1f}"
+                                      for k in ("w4a16", "w6a8", "w8a8", "a8"))
         print(line)
     for name, why in doc.get("float_layers", {}).items():
         print(f"{name:<{width}}  float  ({why})")

@@ -38,7 +38,7 @@ from torch import nn
 from brainfm.deploy.adalog import apply_activation_quant, collect_tensors
 from brainfm.deploy.calibrate import LinearStats, calibrate
 from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, QuantLinear, W4A16Linear, W6A8Linear, W8A8Linear
-from brainfm.deploy.sensitivity import choose_precisions, layer_sensitivity, mean_bits
+from brainfm.deploy.sensitivity import choose_precisions, layer_sensitivity, logits_sensitivity, mean_bits
 from brainfm.deploy.smooth import awq_multiplier, output_error, search_multiplier, smoothquant_multiplier
 from brainfm.kernels.reference import sqnr_db
 
@@ -94,7 +94,8 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
              n_windows: int = 256, min_features: int = 8, exclude: Iterable[str] = (),
              fuse_activation: bool = True, stats: dict[str, LinearStats] | None = None,
              progress: bool = False, budget: float | None = None, attn_quant: str | None = None,
-             attn_bits: int = 4, act_quant: str | None = None, act_bits: int = 8) -> nn.Module:
+             attn_bits: int = 4, act_quant: str | None = None, act_bits: int = 8,
+             sensitivity_metric: str = "logits") -> nn.Module:
     """A quantized copy of ``decoder`` (the input is left untouched).
 
     Parameters
@@ -108,7 +109,7 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
     smoothquant : bool, optional
         Per-input-channel scaling from calibration: SmoothQuant migration for ``w8a8``,
         AWQ-style scaling for ``w4a16`` (:mod:`brainfm.deploy.smooth`). Default: on for
-        ``w8a8``, off for ``w4a16``. On a fine-tuned EEGMAT decoder the per-layer AWQ search
+        ``w8a8`` and ``w6a8`` (and the A8 layers of ``auto``), off for ``w4a16``. On a fine-tuned EEGMAT decoder the per-layer AWQ search
         lowered every layer's own error yet cost 3.6 points of balanced accuracy end to end
         (logits SQNR 24.5 -> 17.8 dB), where plain round-to-nearest lost 0.1
         (``docs/benchmarks.md``); on the test decoder it helped. RTN is the safe default.
@@ -127,6 +128,9 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         Precomputed :func:`~brainfm.deploy.calibrate.calibrate` output (skips calibration).
     budget : float, optional
         ``auto``: mean weight bits over the quantized layers, in ``[4, 8]``.
+    sensitivity_metric : {'logits', 'layer'}
+        ``auto``: rank layers by the decoder's output error with that layer alone quantized
+        (default) or by the layer's own output error (:mod:`brainfm.deploy.sensitivity`).
     attn_quant, act_quant : {'adalog', 'uniform'}, optional
         Quantize the attention probabilities / the FFN's hidden activation (needs
         ``calib_batches``) at ``attn_bits`` / ``act_bits``.
@@ -144,8 +148,8 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         raise ValueError("scheme 'auto' needs a budget (mean weight bits, 4 to 8)")
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
-    if smoothquant is None:
-        smoothquant = scheme in ("w8a8", "w6a8")
+    if smoothquant is None:  # auto: SmoothQuant on its A8 layers only
+        smoothquant = scheme in ("w8a8", "w6a8", "auto")
     if alpha is None:
         alpha = "auto" if scheme == "w4a16" else 0.5
     if alpha != "auto" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
@@ -160,7 +164,19 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         stats = calibrate(decoder, calib_batches, n_windows, progress=progress)
     sensitivity, kinds = None, {name: scheme for name in names}
     if scheme == "auto":
-        sensitivity = layer_sensitivity(decoder, names, stats, group_size)
+        if sensitivity_metric == "layer":
+            sensitivity = layer_sensitivity(decoder, names, stats, group_size)
+        elif sensitivity_metric == "logits":
+            if calib_batches is None:
+                raise ValueError("sensitivity_metric='logits' needs calibration windows (calib_batches)")
+
+            def make(linear: nn.Linear, name: str, kind: str) -> nn.Module:
+                return _quant_layer(linear, kind, stats.get(name), smoothquant and kind != "w4a16", alpha,
+                                    group_size, "none")[0]
+
+            sensitivity = logits_sensitivity(decoder, names, make, calib_batches, n_windows)
+        else:
+            raise ValueError(f"sensitivity_metric must be 'logits' or 'layer', got {sensitivity_metric!r}")
         kinds = choose_precisions(sensitivity, float(budget))
     model = copy.deepcopy(decoder).eval()
     layers: dict[str, dict] = {}
@@ -170,22 +186,9 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         kind = kinds[name]
         linear = model.get_submodule(name)
         st = (stats or {}).get(name)
-        multiplier, used_alpha = None, None
-        if smoothquant and st is not None and (kind != "w4a16" or scheme == "w4a16"):
-            if alpha == "auto":
-                multiplier, used_alpha = search_multiplier(st.rows, st.absmax, st.mean_abs, linear.weight, kind,
-                                                           group_size)
-            elif kind != "w4a16":
-                multiplier, used_alpha = smoothquant_multiplier(st.absmax, linear.weight, float(alpha)), float(alpha)
-            else:
-                multiplier, used_alpha = awq_multiplier(st.mean_abs, float(alpha)), float(alpha)
         act = _fusable_activation(model, name) if kind != "w4a16" and fuse_activation else None
-        if kind == "w8a8":
-            q: QuantLinear = W8A8Linear.from_float(linear, multiplier, act[1] if act else "none")
-        elif kind == "w6a8":
-            q = W6A8Linear.from_float(linear, multiplier, act[1] if act else "none")
-        else:
-            q = W4A16Linear.from_float(linear, multiplier, group_size)
+        q, multiplier, used_alpha = _quant_layer(linear, kind, st, smoothquant and (kind != "w4a16" or scheme == "w4a16"),
+                                                 alpha, group_size, act[1] if act else "none")
         w_hat = q.dequantized_weight() * (1.0 if multiplier is None else multiplier[None, :])  # undo 1 / m
         entry = {"weight_sqnr_db": _finite(sqnr_db(linear.weight.detach().float(), w_hat)), "alpha": used_alpha}
         if st is not None and len(st.rows):
@@ -210,6 +213,7 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
     }
     if scheme == "auto":
         config["auto"] = {"budget_bits": float(budget), "mean_bits": round(mean_bits(kinds, sensitivity), 4),
+                          "metric": sensitivity_metric,
                           "sensitivity": {n: {k: (v if k == "weights" else _finite(-10 * math.log10(max(v, 1e-30))))
                                               for k, v in s.items()} for n, s in sensitivity.items()}}
     if attn_quant or act_quant:
@@ -218,6 +222,26 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
                                              act_bits=act_bits))
     model.deploy_config = config
     return model
+
+
+def _quant_layer(linear: nn.Linear, kind: str, st: LinearStats | None, smooth: bool, alpha: float | str,
+                 group_size: int, activation: str) -> tuple[QuantLinear, object, float | None]:
+    """``(quantized layer, smoothing multiplier or None, alpha used)`` for one linear."""
+    multiplier, used_alpha = None, None
+    if smooth and st is not None:
+        if alpha == "auto":
+            multiplier, used_alpha = search_multiplier(st.rows, st.absmax, st.mean_abs, linear.weight, kind, group_size)
+        elif kind != "w4a16":
+            multiplier, used_alpha = smoothquant_multiplier(st.absmax, linear.weight, float(alpha)), float(alpha)
+        else:
+            multiplier, used_alpha = awq_multiplier(st.mean_abs, float(alpha)), float(alpha)
+    if kind == "w8a8":
+        q: QuantLinear = W8A8Linear.from_float(linear, multiplier, activation)
+    elif kind == "w6a8":
+        q = W6A8Linear.from_float(linear, multiplier, activation)
+    else:
+        q = W4A16Linear.from_float(linear, multiplier, group_size)
+    return q, multiplier, used_alpha
 
 
 def _finite(v: float) -> float | None:

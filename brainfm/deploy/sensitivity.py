@@ -4,10 +4,17 @@ FlexQ (2025) [1]_ quantizes weights to INT6 and keeps 8-bit activations in the l
 layer-wise sensitivity analysis marks. Here the analysis covers the three weight formats
 brainfm has kernels for and picks one per linear layer:
 
-1. :func:`layer_sensitivity` measures, on each layer's sampled calibration inputs (the
-   ``rows`` of :func:`~brainfm.deploy.calibrate.calibrate`), the relative output error
-   ``|Y_q - Y|^2 / |Y|^2`` of the layer alone at ``w4a16``, ``w6a8`` and ``w8a8``, and at
-   ``a8`` (float weights, int8 activations: how much of the A8 error is the activations');
+1. the sensitivity of each layer at ``w4a16``, ``w6a8`` and ``w8a8``, as a relative error
+   ``|Y_q - Y|^2 / |Y|^2`` on calibration windows, by one of two metrics:
+   :func:`logits_sensitivity` (default) quantizes that layer alone and measures the
+   decoder's logits; :func:`layer_sensitivity` measures the layer's own output on its
+   sampled inputs (the ``rows`` of :func:`~brainfm.deploy.calibrate.calibrate`), plus ``a8``
+   (float weights, int8 activations: how much of the A8 error is the activations'). The
+   layer metric is cheaper but blind to how errors propagate: on the EEGMAT decoder of
+   ``docs/quantization.md``, upgrading one layer of an all-W4A16 model to W6A8 moved the
+   logits SQNR by -5 to +4 dB although every layer's own error fell by 11-15 dB, and
+   ``auto`` ranked by the layer metric lost to plain W6A8 at a 6-bit budget (40.8 dB) where
+   the logits metric gained (51.0 dB);
 2. :func:`choose_precisions` starts every layer at 4 bits and, while the weight budget
    allows, upgrades the layer whose step (4 -> 6 or 6 -> 8 bits) removes the most error per
    added weight bit (the errors are relative, so layers of any scale compare).
@@ -24,9 +31,12 @@ References
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable
+
+import torch
 from torch import nn
 
-from brainfm.deploy.calibrate import LinearStats
+from brainfm.deploy.calibrate import LinearStats, decoder_inputs
 from brainfm.deploy.qlinear import WEIGHT_BITS
 from brainfm.deploy.smooth import output_error
 
@@ -51,8 +61,61 @@ def layer_sensitivity(model: nn.Module, names: list[str], stats: dict[str, Linea
     return out
 
 
-def choose_precisions(sensitivity: dict[str, dict[str, float]], budget: float) -> dict[str, str]:
-    """Per-layer kind under a mean weight-bit ``budget`` (greedy error reduction per bit)."""
+@torch.inference_mode()
+def logits_sensitivity(model: nn.Module, names: list[str], make: Callable[[nn.Linear, str, str], nn.Module],
+                       batches: Iterable[dict[str, Any]], n_windows: int) -> dict[str, dict[str, float]]:
+    """Relative error of the decoder's logits with one layer at a time quantized.
+
+    ``make(linear, name, kind)`` builds the quantized layer (as :func:`~brainfm.deploy.quantize`
+    would). Unlike :func:`layer_sensitivity` this sees how a layer's error propagates to the
+    output. Returns ``{name: {"w4a16": e, "w6a8": e, "w8a8": e, "weights": n}}``.
+    """
+    inputs, seen = [], 0
+    for batch in batches:
+        take = min(len(batch["x"]), n_windows - seen)
+        inputs.append([t[:take] for t in decoder_inputs(batch)])
+        seen += take
+        if seen >= n_windows:
+            break
+    was_training = model.training
+    model.eval()
+    ref = torch.cat([model(*x) for x in inputs]).float()
+    energy = float(ref.pow(2).sum().clamp_min(1e-30))
+    out = {}
+    try:
+        for name in names:
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            linear = getattr(parent, attr)
+            errs = {}
+            for kind in LADDER:
+                setattr(parent, attr, make(linear, name, kind))
+                try:
+                    got = torch.cat([model(*x) for x in inputs]).float()
+                finally:
+                    setattr(parent, attr, linear)
+                errs[kind] = float((got - ref).pow(2).sum()) / energy
+            out[name] = {**errs, "weights": int(linear.weight.numel())}
+    finally:
+        model.train(was_training)
+    return out
+
+
+def choose_precisions(sensitivity: dict[str, dict[str, float]], budget: float,
+                      rule: str = "worst-first") -> dict[str, str]:
+    """Per-layer kind under a mean weight-bit ``budget``.
+
+    Every layer starts at 4 bits. ``rule`` picks the next upgrade among those that fit:
+
+    ``worst-first`` (default)
+        the layer whose current relative output error is largest, FlexQ's "raise the
+        precision of the most sensitive layers" order;
+    ``per-bit``
+        the upgrade that removes the most error per added weight bit (the greedy knapsack
+        for the sum of per-layer errors).
+    """
+    if rule not in ("worst-first", "per-bit"):
+        raise ValueError(f"rule must be 'worst-first' or 'per-bit', got {rule!r}")
     lo, hi = WEIGHT_BITS[LADDER[0]], WEIGHT_BITS[LADDER[-1]]
     if not lo <= budget <= hi:
         raise ValueError(f"budget must be in [{lo}, {hi}] mean weight bits, got {budget}")
@@ -61,7 +124,7 @@ def choose_precisions(sensitivity: dict[str, dict[str, float]], budget: float) -
     used = sum(lo * s["weights"] for s in sensitivity.values())
     limit = budget * total + 1e-9
     while True:
-        best, best_gain = None, 0.0
+        best, best_score = None, 0.0
         for name, s in sensitivity.items():
             if level[name] + 1 >= len(LADDER):
                 continue
@@ -69,9 +132,9 @@ def choose_precisions(sensitivity: dict[str, dict[str, float]], budget: float) -
             extra = (WEIGHT_BITS[nxt] - WEIGHT_BITS[cur]) * s["weights"]
             if used + extra > limit:
                 continue
-            gain = (s[cur] - s[nxt]) / extra
-            if best is None or gain > best_gain:
-                best, best_gain = name, gain
+            score = s[cur] if rule == "worst-first" else (s[cur] - s[nxt]) / extra
+            if best is None or score > best_score:
+                best, best_score = name, score
         if best is None:
             break
         s = sensitivity[best]

@@ -192,3 +192,10 @@ def test_detect_cli_errors_name_the_file(tmp_path, capsys):
     bad.write_text("hello")
     assert main(["detect", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert "not-eeg.edf" in capsys.readouterr().err
+
+
+def test_stream_cli_errors_name_the_stream(capsys):
+    assert main(["stream", "--source", "lsl:brainfm-no-such-stream", "--connect-timeout", "1"]) == 1
+    assert "brainfm-no-such-stream" in capsys.readouterr().err
+    assert main(["stream", "--source", "EEG"]) == 1
+    assert "lsl:NAME" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def plot_timeline(outputs: Sequence[StateOutput], path: str | Path, states: Sequ
     ax_p.set_ylabel("P(state)")
     ax_p.set_ylim(-0.02, 1.02)
     ax_p.legend(fontsize=7, loc="upper right")
-    for k in ("engagement", "theta_beta", "alpha_theta", "slowing"):
+    for k in ("engagement", "theta_beta", "delta_beta", "slowing"):
         ax_i.plot(t, [o.indices.get(k) if o.indices.get(k) is not None else float("nan") for o in outputs],
                   label=k, lw=0.9)
     ax_i.set_yscale("log")

@@ -13,8 +13,8 @@ brainfm has kernels for and picks one per linear layer:
    layer metric is cheaper but blind to how errors propagate: on the EEGMAT decoder of
    ``docs/quantization.md``, upgrading one layer of an all-W4A16 model to W6A8 moved the
    logits SQNR by -5 to +4 dB although every layer's own error fell by 11-15 dB, and
-   ``auto`` ranked by the layer metric lost to plain W6A8 at a 6-bit budget (40.8 dB) where
-   the logits metric gained (51.0 dB);
+   ``auto`` ranked by the layer metric only matched plain W6A8 at a 6-bit budget (40.8 dB)
+   where the logits metric reached 51.0 dB;
 2. :func:`choose_precisions` starts every layer at 4 bits and, while the weight budget
    allows, upgrades the layer whose step (4 -> 6 or 6 -> 8 bits) removes the most error per
    added weight bit (the errors are relative, so layers of any scale compare).

@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
             a, u, mm = r["adalog"], r["uniform"], r["uniform-minmax"]
             print(f"{r['site']:<28} {r['bits']}-bit  tensor SQNR adalog {a['tensor_sqnr_db']:6.2f} uniform "
                   f"{u['tensor_sqnr_db']:6.2f} min-max {mm['tensor_sqnr_db']:6.2f} | output SQNR adalog "
-                  f"{a['output_sqnr_db']:6.2f} uniform {u['output_sqnr_db']:6.2f} min-max {mm['output_sqnr_db']:6.2f} dB",
+                  f"{a['output_sqnr_db']:6.2f} uniform {u['output_sqnr_db']:6.2f} "
+                  f"min-max {mm['output_sqnr_db']:6.2f} dB",
                   flush=True)
         accuracy = accuracy_table(ckpt, args.store, calib, test, args.calib_windows, work / "bundles")
     flags = subprocess.run("grep -o 'avx512_vnni\\|avx2' /proc/cpuinfo | sort -u", shell=True, capture_output=True,

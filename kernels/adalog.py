@@ -13,8 +13,9 @@ Here a quantizer is carried as two small vectors, defined in
 through the same kernels):
 
 * quantize: ``code = #{k : x < t_k}`` for the descending thresholds ``t`` (``2**bits - 1``
-  of them): a ``bits``-step binary search of that prefix (valid for any non-increasing ``t``; one gather and one comparison per step), which
-  is exactly "round ``-log_a`` to the nearest integer" without a single transcendental;
+  of them): a ``bits``-step binary search of that prefix (valid for any non-increasing ``t``;
+  one gather and one comparison per step), which is exactly "round ``-log_a`` to the nearest
+  integer" without a single transcendental;
 * dequantize: ``levels[code]``, one gather.
 
 Both are comparisons and gathers, so the kernels match the PyTorch references bit for bit

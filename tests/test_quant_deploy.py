@@ -4,6 +4,7 @@ accuracy on real EEGMAT windows is ``benchmarks/bench_quant.py`` (docs/quantizat
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -14,12 +15,13 @@ from torch import nn
 from brainfm.cli import main
 from brainfm.deploy import (QuantActivation, QuantAttentionBlock, TableQuantizer, W4A16Linear, W6A8Linear,
                             W8A8Linear, calibrate, load, quantize, read_config, save_bundle)
+from brainfm.deploy import commands
 from brainfm.deploy.adalog import (attach_attention_quant, collect_tensors, search_adalog, search_uniform,
                                    site_error)
 from brainfm.deploy.export import example_inputs
 from brainfm.deploy.sensitivity import choose_precisions
-from brainfm.kernels.reference import sqnr_db, w6a8_linear_ref
-from brainfm.models import BrainDecoder, ModelConfig
+from brainfm.kernels.reference import quantize_per_token_ref, sqnr_db, w6a8_linear_ref
+from brainfm.models import BrainDecoder, ModelConfig, save_decoder
 
 KEYS = ("x", "sensor_geometry", "sensor_type", "channel_mask")
 
@@ -57,8 +59,6 @@ def _run(model: nn.Module, batch: dict) -> torch.Tensor:
 def test_explicit_attention_matches_sdpa(setup):
     """With identity quantizers the explicit-softmax block computes the fused block's function."""
     decoder, batches, _ = setup
-    import copy
-
     model = copy.deepcopy(decoder)
     for block in model.encoder.blocks:
         attach_attention_quant(block)
@@ -143,8 +143,6 @@ def test_w6a8_linear_module_matches_the_reference():
     linear = nn.Linear(101, 24)
     x = torch.randn(37, 101) * 3
     layer = W6A8Linear.from_float(linear, torch.rand(101) + 0.5, activation="gelu")
-    from brainfm.kernels.reference import quantize_per_token_ref
-
     want = w6a8_linear_ref(*quantize_per_token_ref(x * layer.smooth), layer.packed, layer.w_scale, layer.bias, "gelu")
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
@@ -175,11 +173,7 @@ def test_layer_metric_and_budget_extremes(setup):
 
 def test_cli_quantize_auto_and_info(setup, tmp_path, capsys, monkeypatch):
     decoder, batches, _ = setup
-    from brainfm.deploy import commands
-
     monkeypatch.setattr(commands, "_calib", lambda args, config, windows: batches[:2])
-    from brainfm.models import save_decoder
-
     ckpt = tmp_path / "decoder.safetensors"
     save_decoder(decoder, ckpt)
     out = tmp_path / "auto"

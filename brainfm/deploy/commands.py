@@ -85,7 +85,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 def _quantizer(spec: dict) -> str:
     if spec["kind"] == "adalog":
-        return f"adalog {spec['bits']}-bit, base 2^({spec['q']}/37), scale {spec['scale']:.4g}, shift {spec['shift']:.4g}"
+        return (f"adalog {spec['bits']}-bit, base 2^({spec['q']}/37), scale {spec['scale']:.4g}, "
+                f"shift {spec['shift']:.4g}")
     return f"uniform {spec['bits']}-bit on [{spec['lo']:.4g}, {spec['hi']:.4g}]"
 
 

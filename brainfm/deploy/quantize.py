@@ -2,8 +2,8 @@
 
 :func:`quantize` copies the decoder and replaces every ``nn.Linear`` of the encoder (patch
 projections, sensor MLP, criss-cross QKV/output projections, feed-forward) and of the head
-by a :class:`~brainfm.deploy.qlinear.W8A8Linear` or
-:class:`~brainfm.deploy.qlinear.W4A16Linear`. Convolutions, norms, embeddings, the rFFT
+by a :class:`~brainfm.deploy.qlinear.W8A8Linear`, :class:`~brainfm.deploy.qlinear.W4A16Linear`
+or :class:`~brainfm.deploy.qlinear.W6A8Linear`. Convolutions, norms, embeddings, the rFFT
 spectral branch, attention (SDPA) and the subject layers stay in float.
 
 Layers kept in float (``min_features``, default 8): a linear with fewer than 8 inputs or
@@ -109,15 +109,17 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
     smoothquant : bool, optional
         Per-input-channel scaling from calibration: SmoothQuant migration for ``w8a8``,
         AWQ-style scaling for ``w4a16`` (:mod:`brainfm.deploy.smooth`). Default: on for
-        ``w8a8`` and ``w6a8`` (and the A8 layers of ``auto``), off for ``w4a16``. On a fine-tuned EEGMAT decoder the per-layer AWQ search
-        lowered every layer's own error yet cost 3.6 points of balanced accuracy end to end
-        (logits SQNR 24.5 -> 17.8 dB), where plain round-to-nearest lost 0.1
+        ``w8a8`` and ``w6a8`` (and the A8 layers of ``auto``), off for ``w4a16``. On a
+        fine-tuned EEGMAT decoder the per-layer AWQ search lowered every layer's own error
+        yet cost 3.6 points of balanced accuracy end to end (logits SQNR 24.5 -> 17.8 dB),
+        where plain round-to-nearest lost 0.1
         (``docs/benchmarks.md``); on the test decoder it helped. RTN is the safe default.
     alpha : float or 'auto', optional
         Migration strength; ``'auto'`` grid-searches it per layer on calibration rows.
-        Default: 0.5 for ``w8a8`` (SmoothQuant's default), ``'auto'`` for ``w4a16`` (AWQ).
+        Default: 0.5 for ``w8a8``, ``w6a8`` and ``auto`` (SmoothQuant's default), ``'auto'`` for
+        ``w4a16`` (AWQ).
     group_size : int
-        ``w4a16`` input features per scale.
+        ``w4a16`` input features per scale (also ``auto``'s W4A16 layers).
     n_windows : int
         Calibration windows.
     min_features, exclude
@@ -187,8 +189,8 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
         linear = model.get_submodule(name)
         st = (stats or {}).get(name)
         act = _fusable_activation(model, name) if kind != "w4a16" and fuse_activation else None
-        q, multiplier, used_alpha = _quant_layer(linear, kind, st, smoothquant and (kind != "w4a16" or scheme == "w4a16"),
-                                                 alpha, group_size, act[1] if act else "none")
+        smooth = smoothquant and (kind != "w4a16" or scheme == "w4a16")  # auto: none on its W4A16 layers
+        q, multiplier, used_alpha = _quant_layer(linear, kind, st, smooth, alpha, group_size, act[1] if act else "none")
         w_hat = q.dequantized_weight() * (1.0 if multiplier is None else multiplier[None, :])  # undo 1 / m
         entry = {"weight_sqnr_db": _finite(sqnr_db(linear.weight.detach().float(), w_hat)), "alpha": used_alpha}
         if st is not None and len(st.rows):

@@ -1,0 +1,27 @@
+"""``notebooks/05_fmri.ipynb`` runs top to bottom on CPU against the real fMRI files (offline).
+
+``tests/test_notebooks.py`` also collects every notebook; this test adds the fMRI notebook's own
+checks (reset-tuning leaves the shared layers alone, the mixed batch holds EEG and BOLD).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_fmri.ipynb"
+
+
+def test_fmri_notebook_executes(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINFM_NB_EPOCHS", "1")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    book = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "unit is wrong" in text and "types [0, 3]" in text
+    assert "shared and source layers unchanged by reset-tuning: True" in text
+    assert [o for o in outputs if "image/png" in o.get("data", {})]

@@ -18,6 +18,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from brainfm.data.artifacts import RejectionCounts, RejectionCriteria
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.normalize import SubjectNormalizer, check_method, fit_normalizer
 from brainfm.data.sampling import evenly_spaced, window_loader
@@ -182,6 +183,12 @@ class PretrainDataModule(BrainDataModule):
         instead of computing them. ``"auto"`` picks the set whose window and stride
         match, if the store has one, and otherwise leaves targets to be computed on
         the fly.
+    reject : dict or bool, optional
+        Window-level artifact rejection (:mod:`brainfm.data.artifacts`) for training,
+        validation and test windows: ``true`` or ``{}`` for the defaults (CBraMod's 100 uV
+        for EEG, flat channels, line noise), a dict of
+        :class:`~brainfm.data.artifacts.RejectionCriteria` fields to change them, null for
+        none. Counts per recording are logged and kept in ``rejections``.
     """
 
     def __init__(
@@ -200,8 +207,10 @@ class PretrainDataModule(BrainDataModule):
         block_s: float = 60.0,
         seed: int = 0,
         target_set: str | None = None,
+        reject: dict[str, Any] | bool | None = None,
     ):
         super().__init__()
+        self.criteria = RejectionCriteria.resolve(reject)  # validate at construction
         self.save_hyperparameters()
         self.store_url = store
         self.train_set: ShuffledWindows | None = None
@@ -220,7 +229,7 @@ class PretrainDataModule(BrainDataModule):
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
         self.target_set = _match_target_set(store, hp) if hp.target_set == "auto" else hp.target_set
-        common = dict(channel_types=hp.channel_types, targets=self.target_set)
+        common = dict(channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
         self.split = split
         self.train_set = ShuffledWindows(
             store, hp.window_s, hp.stride_s, recordings=store.select(split.train),
@@ -234,11 +243,21 @@ class PretrainDataModule(BrainDataModule):
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
         self._summary = DataSummary.of(self.train_set, target_set=self.target_set)
 
+    @property
+    def rejections(self) -> dict[str, RejectionCounts]:
+        """Per recording id, windows checked and rejected by ``reject`` (after ``setup``)."""
+        out: dict[str, RejectionCounts] = {}
+        for ds in (self.train_set, self.val_set, self.test_set):
+            if ds is not None:
+                out.update(ds.rejections)  # val and test may share recordings: the same counts
+        return out
+
     def statistics_windows(self) -> FixedWindows:
-        """The training windows as :class:`FixedWindows` (same window, stride, picks and targets)."""
+        """The training windows as :class:`FixedWindows` (same window, stride, picks, targets and
+        artifact rejection)."""
         hp = self.hparams
         return FixedWindows(self.train_set.store, hp.window_s, hp.stride_s, recordings=self.train_set.recordings,
-                            channel_types=hp.channel_types, targets=self.target_set)
+                            channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
 
     def train_dataloader(self) -> DataLoader:
         w = self.hparams.num_workers

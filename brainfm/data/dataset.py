@@ -15,6 +15,11 @@ Three ways to cut a store into samples, all yielding the same sample dict::
 Channels without a known position are dropped by default (``positioned_only``): the
 sensor tokenizer cannot embed them. Recordings left with no channel are skipped.
 
+:class:`FixedWindows` and :class:`ShuffledWindows` take ``reject``
+(:class:`~brainfm.data.artifacts.RejectionCriteria`): each recording is read once when the
+dataset is built, windows that break a rule are left out of every epoch, and the counts per
+recording and rule are kept in ``rejections`` (and logged).
+
 Every dataset has a ``normalizer`` slot (default ``None``): a
 :class:`~brainfm.data.normalize.SubjectNormalizer` set there normalises each window with its
 subject's statistics as the window is read (:class:`brainfm.data.datamodule.DecodingDataModule`
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from brainfm.data.artifacts import RejectionCounts, RejectionCriteria, summarize, window_codes
 from brainfm.data.store import Recording, ShardStore
 from brainfm.signal import SensorSpec, collate_sensors
 
@@ -99,6 +105,28 @@ class _StoreWindows:
         if len(sfreqs) > 1:
             raise ValueError(f"recordings have different sampling rates {sorted(sfreqs)}")
         self.sfreq = sfreqs.pop() if sfreqs else float(self.store.preset["sfreq"])
+        #: Per recording id, the windows checked and rejected by ``reject`` (empty without it).
+        self.rejections: dict[str, RejectionCounts] = {}
+
+    def _rejection_codes(self, i: int, starts: np.ndarray, window: int, criteria: RejectionCriteria) -> np.ndarray:
+        """Rejection codes ``(W,)`` of recording ``i``'s windows at ``starts`` (one full read),
+        counted in :attr:`rejections`."""
+        rid = self.recordings[i]
+        codes = window_codes(self.signal(i), starts, window, criteria, self.specs[i].ch_types, self.sfreq,
+                             self._recording(i).attrs.get("line_freq"))
+        counts = self.rejections.setdefault(rid, RejectionCounts())
+        counts.add(codes)
+        if codes.any():
+            log.info("%s: rejected %d of %d windows (%s)", rid, counts.rejected, counts.windows,
+                     ", ".join(f"{k} {v}" for k, v in counts.as_dict().items() if k not in ("windows", "rejected")))
+        return codes
+
+    def _log_rejections(self) -> None:
+        if self.rejections:
+            total = summarize(self.rejections)
+            log.info("artifact rejection over %d recordings: %d of %d windows rejected (amplitude %d, flat %d, "
+                     "line %d)", len(self.rejections), total.rejected, total.windows, total.amplitude, total.flat,
+                     total.line)
 
     @property
     def subjects(self) -> list[str]:
@@ -177,11 +205,13 @@ class FixedWindows(_StoreWindows, Dataset):
         Per recording id, the time range ``[start_s, stop_s)`` windows must lie in (for
         example the calibration and test parts of :func:`brainfm.data.splits.calibration_spans`).
         Recordings not in the mapping use their whole length.
+    reject : RejectionCriteria, optional
+        Leave out windows that break an artifact rule (:mod:`brainfm.data.artifacts`).
     """
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
                  labels=None, channel_types=None, positioned_only: bool = True, targets: str | None = None,
-                 spans: Mapping[str, tuple[float, float]] | None = None):
+                 spans: Mapping[str, tuple[float, float]] | None = None, reject: RejectionCriteria | None = None):
         super().__init__(store, recordings, channel_types, positioned_only, targets)
         self.window = _samples(window_s, self.sfreq, "window")
         self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
@@ -198,6 +228,8 @@ class FixedWindows(_StoreWindows, Dataset):
                 lo = max(lo, int(np.ceil(spans[rid][0] * self.sfreq - 1e-6)))
                 hi = min(hi, int(np.floor(spans[rid][1] * self.sfreq + 1e-6)))
             s = np.arange(lo, hi - self.window + 1, self.stride)
+            if reject is not None:
+                s = s[self._rejection_codes(i, s, self.window, reject) == 0]
             rec_idx.append(np.full(len(s), i))
             starts.append(s)
             labs.append(np.full(len(s), -1 if label is None else label))
@@ -205,6 +237,7 @@ class FixedWindows(_StoreWindows, Dataset):
         self.starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         self.labels = np.concatenate(labs) if labs else np.zeros(0, dtype=np.int64)
         self.labelled = labels is not None
+        self._log_rejections()
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -271,11 +304,15 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
     exactly once. Under DDP each rank yields exactly ``len(self)`` windows — its
     blocks' windows, topped up from a reshuffled pass when its blocks hold fewer — so
     that all ranks run the same number of steps.
+
+    With ``reject`` (:class:`~brainfm.data.artifacts.RejectionCriteria`) every recording is
+    read once at construction and the windows that break a rule are skipped in every epoch.
     """
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
                  channel_types=None, positioned_only: bool = True, block_s: float = 60.0,
-                 buffer_size: int = 512, seed: int = 0, targets: str | None = None):
+                 buffer_size: int = 512, seed: int = 0, targets: str | None = None,
+                 reject: RejectionCriteria | None = None):
         super().__init__(store, recordings, channel_types, positioned_only, targets)
         self.window = _samples(window_s, self.sfreq, "window")
         self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
@@ -293,7 +330,17 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
                 if first <= min(lo + span - 1, last):
                     blocks.append((i, first, min(lo + span, last + 1)))
         self.blocks = np.asarray(blocks, dtype=np.int64).reshape(-1, 3)
-        self._n_windows = int(sum(len(range(a, b, self.stride)) for _, a, b in self.blocks))
+        #: Per recording index, the sorted starts of rejected windows.
+        self._rejected: dict[int, np.ndarray] = {}
+        if reject is not None:
+            for i in range(len(self.recordings)):
+                starts = np.arange(0, self._recording(i).n_samples - self.window + 1, self.stride)
+                codes = self._rejection_codes(i, starts, self.window, reject)
+                if codes.any():
+                    self._rejected[i] = starts[codes != 0]
+            self._log_rejections()
+        n_rejected = sum(len(v) for v in self._rejected.values())
+        self._n_windows = int(sum(len(range(a, b, self.stride)) for _, a, b in self.blocks)) - n_rejected
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch whose order the next iteration uses.
@@ -333,9 +380,17 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
         for b in order[shard::n_shards]:
             i, first, stop = (int(v) for v in self.blocks[b])
             block = self._recording(i).read(first, stop - 1 + self.window)
+            rejected = self._rejected.get(i)
             for start in range(first, stop, self.stride):
+                if rejected is not None and _contains(rejected, start):
+                    continue
                 off = start - first
                 yield self._sample(i, block[:, off : off + self.window], start, None)
+
+
+def _contains(sorted_values: np.ndarray, value: int) -> bool:
+    k = int(np.searchsorted(sorted_values, value))
+    return k < len(sorted_values) and int(sorted_values[k]) == value
 
 
 def _take_cycling(first: Iterator, more, n: int) -> Iterator:

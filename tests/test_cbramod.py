@@ -10,12 +10,11 @@ import mne
 import pytest
 import torch
 
-from brainfm.models import save_decoder
+from brainfm.models import load_decoder, save_decoder
 from brainfm.models.cbramod import (
     CBraModConfig,
     CBraModEncoder,
     cbramod_decoder,
-    load_cbramod_decoder,
     load_cbramod_weights,
     save_cbramod_weights,
 )
@@ -187,7 +186,7 @@ def test_finetune_step_changes_weights(eegmat, tmp_path):
     # a saved decoder reloads with the CBraMod trunk
     path = tmp_path / "decoder.safetensors"
     save_decoder(decoder, path)
-    reloaded = load_cbramod_decoder(path)
+    reloaded = load_decoder(path)
     decoder.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(*_inputs(eegmat)), decoder(*_inputs(eegmat)))

@@ -2,7 +2,7 @@
 
 from brainfm.models.activations import ASH, get_activation
 from brainfm.models.attention import CrissCrossBlock, load_braindecode_criss_cross
-from brainfm.models.cbramod import CBraModEncoder, cbramod_decoder, load_cbramod_decoder, load_cbramod_weights
+from brainfm.models.cbramod import CBraModConfig, CBraModEncoder, cbramod_decoder, load_cbramod_weights, save_cbramod_weights
 from brainfm.models.config import PRESETS, ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder
@@ -17,6 +17,8 @@ __all__ = [
     "AttentionPool",
     "BrainDecoder",
     "BrainEncoder",
+    "CBraModConfig",
+    "CBraModEncoder",
     "ClassificationHead",
     "CrissCrossBlock",
     "ModelConfig",
@@ -25,11 +27,14 @@ __all__ = [
     "ReconstructionHead",
     "SensorEmbedding",
     "SensorTokenizer",
+    "cbramod_decoder",
     "get_activation",
     "load_braindecode_criss_cross",
+    "load_cbramod_weights",
     "load_decoder",
     "load_pretrained",
     "masked_mean",
+    "save_cbramod_weights",
     "save_decoder",
     "save_encoder",
     "SubjectAdapter",

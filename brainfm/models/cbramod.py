@@ -48,7 +48,6 @@ References
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -56,12 +55,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from brainfm.models.attention import CrissCrossBlock
-from brainfm.models.config import ModelConfig
+from brainfm.models.config import ModelConfig, register_encoder_kind
 from brainfm.models.decoder import BrainDecoder
 from brainfm.signal import CHANNEL_TYPES, SensorSpec, check_sfreq
 
@@ -548,10 +546,11 @@ def cbramod_decoder(
 ) -> BrainDecoder:
     """A :class:`~brainfm.models.BrainDecoder` whose trunk is a CBraMod encoder.
 
-    The decoder is built around a throwaway one-layer brainfm encoder of the same width
-    (so its subject layers and head get CBraMod's token width), whose ``encoder`` and
-    ``config`` are then replaced. Fine-tune it as any decoder; reset-tune it by adding
-    subject layers (``decoder.subjects.add(subject, n_channels)``) and training only them.
+    Fine-tune it as any decoder; reset-tune it by adding subject layers
+    (``decoder.subjects.add(subject, n_channels)``) and training only them. Saved with
+    :func:`brainfm.models.save_decoder`, it loads back with
+    :func:`brainfm.models.load_decoder` (the config's ``encoder_kind`` says which trunk to
+    build), and ``DecodeModule(init_from=...)`` reads CBraMod's ``.pth`` directly.
 
     Parameters
     ----------
@@ -564,37 +563,7 @@ def cbramod_decoder(
         ``head_dropout``, ``subject_channels``, ``classes``, ...).
     """
     encoder = weights if isinstance(weights, CBraModEncoder) else load_cbramod_weights(weights)
-    width = encoder.config.out_features
-    if width % 2:
-        raise ValueError(f"token width {width} must be even to build the decoder's head")
-    shell = ModelConfig(name="cbramod-shell", n_layers=1, d_model=width, n_heads=2, d_ff=8,
-                        sfreq=encoder.config.sfreq, patch_seconds=encoder.config.patch_seconds,
-                        conv_channels=1, sensor_hidden=1)
-    built = BrainDecoder(shell, n_classes, **decoder)
-    built.encoder = encoder
-    built.config = encoder.config  # metadata() then serialises the CBraMod architecture
-    return built.train()
+    return BrainDecoder(encoder.config, n_classes, encoder=encoder, **decoder).train()
 
 
-def load_cbramod_decoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainDecoder:
-    """Rebuild a CBraMod decoder written by :func:`brainfm.models.save_decoder`.
-
-    Raises
-    ------
-    ValueError
-        The file is not a ``brainfm-decoder`` with a CBraMod config.
-    """
-    with safe_open(os.fspath(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    config = json.loads(meta.get("config", "{}"))
-    if meta.get("format") != "brainfm-decoder" or config.get("encoder_kind") != ENCODER_KIND:
-        raise ValueError(f"{path} is not a brainfm decoder with a CBraMod encoder "
-                         f"(format={meta.get('format')!r}, encoder_kind={config.get('encoder_kind')!r})")
-    cfg = CBraModConfig.from_dict(config)
-    decoder = cbramod_decoder(CBraModEncoder(cfg), **json.loads(meta["decoder"]))
-    state = load_file(os.fspath(path))
-    prefix = "normalization."  # per-subject statistics, not part of the state dict
-    norm = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
-    decoder.load_state_dict(state, strict=True)
-    decoder.normalization = (norm, meta["normalization"]) if "normalization" in meta else None
-    return decoder.to(map_location).eval()
+register_encoder_kind(ENCODER_KIND, CBraModConfig, CBraModEncoder)

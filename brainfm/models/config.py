@@ -78,6 +78,13 @@ class ModelConfig:
         Channels of the temporal conv branch of the patch embedding.
     sensor_hidden : int
         Hidden width of the sensor-geometry MLP.
+    log_spectrum : bool
+        Add a third branch to the patch embedding: the patch's log power spectrum
+        (``log |rFFT|^2``, fixed centring), projected to ``d_model``. The conv branch
+        normalises each patch and the linear spectral branch sees magnitudes near 0.004,
+        so without it tokens hardly carry absolute power, the quantity log band power
+        classifiers live on (measured in docs/results.md, "alignment"). Files written
+        before this field existed load with ``False``.
     split_attention : bool
         If True (CBraMod's layout), spatial heads see only the first half of the features
         and temporal heads the second half, each with its own QKV and output projection.
@@ -105,6 +112,7 @@ class ModelConfig:
     n_channel_types: int = len(CHANNEL_TYPES)
     conv_channels: int = 8
     sensor_hidden: int = 32
+    log_spectrum: bool = True
     split_attention: bool = True
     input_scale: tuple[float, ...] = field(default=DEFAULT_INPUT_SCALE)
     position_scale: tuple[float, ...] = field(default=DEFAULT_POSITION_SCALE)
@@ -229,12 +237,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
+        """Inverse of :meth:`to_dict`; unknown keys raise.
+
+        Fields added after a file was written take their value for the architecture
+        the file holds (:data:`LEGACY_DEFAULTS`), not today's default.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
-        return cls(**d)
+        return cls(**{**LEGACY_DEFAULTS, **d})
+
+
+#: Values of fields that did not exist when older config dicts were written: a dict
+#: without the key describes that older architecture.
+LEGACY_DEFAULTS: dict[str, Any] = {"log_spectrum": False}
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -253,14 +270,46 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+#: Encoder families besides brainfm's own, by the ``encoder_kind`` tag of their serialised
+#: config: ``kind -> (config class, encoder class)``. Their modules register themselves
+#: (:func:`register_encoder_kind`), so this module imports none of them.
+ENCODER_KINDS: dict[str, tuple[type, type]] = {}
+
+
+def register_encoder_kind(kind: str, config_class: type, encoder_class: type) -> None:
+    """Let configs tagged ``encoder_kind: kind`` load, and decoders build ``encoder_class``."""
+    ENCODER_KINDS[kind] = (config_class, encoder_class)
+
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    """A serialised config -> its config object: a :class:`ModelConfig`, or the registered
+    class of its ``encoder_kind`` (e.g. :class:`brainfm.models.cbramod.CBraModConfig`)."""
+    kind = d.get("encoder_kind")
+    if kind is None:
+        return ModelConfig.from_dict(d)
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"unknown encoder_kind {kind!r}; known: {', '.join(sorted(ENCODER_KINDS)) or 'none'} "
+                         "(import brainfm.models to register the built-in ones)")
+    return ENCODER_KINDS[kind][0].from_dict(d)
+
+
+def encoder_class(config: Any) -> type | None:
+    """The registered encoder class of a non-brainfm config, or None for a :class:`ModelConfig`."""
+    for config_class, encoder in ENCODER_KINDS.values():
+        if isinstance(config, config_class):
+            return encoder
+    return None
+
+
 def resolve_config(model: str | dict[str, Any] | ModelConfig,
                    overrides: dict[str, Any] | None = None) -> ModelConfig:
-    """The one config resolver: a preset name, a :meth:`ModelConfig.to_dict` dict or a
-    config, with ``overrides`` (fields replaced, then re-validated) applied."""
-    if isinstance(model, ModelConfig):
-        config = model
-    elif isinstance(model, dict):
-        config = ModelConfig.from_dict(model)
-    else:
+    """The one config resolver: a preset name, a serialised config dict (a
+    :meth:`ModelConfig.to_dict` or a registered kind's) or a config object, with
+    ``overrides`` (fields replaced, then re-validated) applied."""
+    if isinstance(model, str):
         config = ModelConfig.from_name(model)
-    return config.replace(**overrides) if overrides else config
+    elif isinstance(model, dict):
+        config = config_from_dict(model)
+    else:
+        config = model
+    return dataclasses.replace(config, **overrides) if overrides else config

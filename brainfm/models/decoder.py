@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from brainfm.models.config import ModelConfig
+from brainfm.models.config import ModelConfig, encoder_class
 from brainfm.models.encoder import BrainEncoder
 from brainfm.models.heads import ClassificationHead
 from brainfm.models.subject import SubjectLayers
@@ -23,6 +23,14 @@ class BrainDecoder(nn.Module):
     layers (:mod:`brainfm.models.subject`) act only on samples whose subject has layers;
     everyone else goes through the shared model.
 
+    Hybrid head (``n_features > 0``): the caller also passes each window's raw feature
+    vector (``features``, e.g. :func:`brainfm.targets.compute_targets` with the spec kept
+    in ``hybrid``); the decoder standardises it with the ``feature_mean`` /
+    ``feature_std`` buffers fitted on the training windows (non-finite entries become 0)
+    and the head reads it beside the pooled tokens. The models layer does not compute
+    features itself (it sits below :mod:`brainfm.targets`); ``hybrid`` is kept only so
+    the saved decoder says how its features were made.
+
     Parameters
     ----------
     config : ModelConfig
@@ -37,6 +45,15 @@ class BrainDecoder(nn.Module):
         Subjects that get their own layers, with their channel counts.
     classes : list of str, optional
         Class names, kept with the weights.
+    n_features : int
+        Length of the hybrid head's feature vector (0: no hybrid head).
+    hybrid : dict, optional
+        JSON description of how the features are computed (a
+        :class:`brainfm.targets.TargetSpec`'s fields), saved with the decoder.
+    encoder : nn.Module, optional
+        A ready trunk with :class:`BrainEncoder`'s interface (e.g. a
+        :class:`~brainfm.models.cbramod.CBraModEncoder` holding loaded weights); default:
+        a fresh encoder of ``config``'s kind.
     """
 
     def __init__(
@@ -47,6 +64,9 @@ class BrainDecoder(nn.Module):
         head_dropout: float = 0.0,
         subject_channels: dict[str, int] | None = None,
         classes: Sequence[str] | None = None,
+        n_features: int = 0,
+        hybrid: dict | None = None,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if n_classes < 2:
@@ -57,9 +77,17 @@ class BrainDecoder(nn.Module):
         self.n_classes = n_classes
         self.pooling = pooling
         self.classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
-        self.encoder = BrainEncoder(config)
-        self.subjects = SubjectLayers(config.d_model, subject_channels)
-        self.head = ClassificationHead(config.d_model, n_classes, head_dropout, pooling)
+        if encoder is None:
+            encoder = (encoder_class(config) or BrainEncoder)(config)
+        self.encoder = encoder
+        width = getattr(config, "out_features", config.d_model)  # CBraMod's tokens may be projected
+        self.subjects = SubjectLayers(width, subject_channels)
+        self.head = ClassificationHead(width, n_classes, head_dropout, pooling, n_features)
+        self.n_features = int(n_features)
+        self.hybrid = dict(hybrid) if hybrid is not None else None
+        if self.n_features:
+            self.register_buffer("feature_mean", torch.zeros(self.n_features))
+            self.register_buffer("feature_std", torch.ones(self.n_features))
         #: Per-subject input normalisation statistics ``(tensors, json)`` the decoder was trained
         #: with, or None (:mod:`brainfm.models.serialization`; rebuild the normaliser with
         #: ``brainfm.data.normalize.SubjectNormalizer.from_tensors(*decoder.normalization)``).
@@ -81,6 +109,11 @@ class BrainDecoder(nn.Module):
             tokens = self.subjects.modulate(tokens, subjects)
         return tokens
 
+    def standardize_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw hybrid features ``(B, K)`` -> z-scored with the training statistics, NaN -> 0."""
+        z = (features.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std  # (B, K)
+        return torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -88,9 +121,18 @@ class BrainDecoder(nn.Module):
         sensor_type: torch.Tensor,
         channel_mask: torch.Tensor,
         subjects: Sequence[str] | None = None,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Logits ``(B, n_classes)``; ``features`` ``(B, K)`` raw, for a hybrid head only."""
         tokens = self.tokens(x, sensor_geometry, sensor_type, channel_mask, subjects)
-        return self.head(tokens, channel_mask)  # (B, n_classes)
+        if self.n_features:
+            if features is None:
+                raise ValueError(f"this decoder has a hybrid head: pass features (batch, {self.n_features}) "
+                                 f"computed as {self.hybrid}")
+            features = self.standardize_features(features)
+        elif features is not None:
+            raise ValueError("features given to a decoder without a hybrid head (n_features=0)")
+        return self.head(tokens, channel_mask, features)  # (B, n_classes)
 
     def metadata(self) -> dict:
         """What :func:`brainfm.models.load_decoder` needs to rebuild this module."""
@@ -100,4 +142,6 @@ class BrainDecoder(nn.Module):
             "pooling": self.pooling,
             "subject_channels": dict(self.subjects.channels),
             "classes": self.classes,
+            "n_features": self.n_features,
+            "hybrid": self.hybrid,
         }

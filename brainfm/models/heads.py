@@ -75,6 +75,11 @@ class AttentionPool(nn.Module):
 class ClassificationHead(nn.Module):
     """Pool real-channel tokens (mean or attention), then ``LayerNorm -> Dropout -> Linear``.
 
+    Hybrid option (``n_features > 0``): a window-level feature vector (already
+    standardised, e.g. the z-scored neurodynamics vector of :mod:`brainfm.targets`) is
+    concatenated with the normalised pooled tokens before the dropout and the linear
+    layer, so the head can weigh learned and hand-crafted features side by side.
+
     Parameters
     ----------
     d_model : int
@@ -85,25 +90,39 @@ class ClassificationHead(nn.Module):
         Dropout before the linear layer.
     pooling : {'mean', 'attention'}
         Masked mean over channels and patches, or :class:`AttentionPool`.
+    n_features : int
+        Length of the extra feature vector (0: tokens only).
     """
 
-    def __init__(self, d_model: int, n_outputs: int, dropout: float = 0.0, pooling: str = "mean") -> None:
+    def __init__(self, d_model: int, n_outputs: int, dropout: float = 0.0, pooling: str = "mean",
+                 n_features: int = 0) -> None:
         super().__init__()
         if pooling not in ("mean", "attention"):
             raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        if n_features < 0:
+            raise ValueError(f"n_features must be >= 0, got {n_features}")
         self.pooling = pooling
+        self.n_features = n_features
         self.pool = AttentionPool(d_model) if pooling == "attention" else None
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(d_model, n_outputs)
+        self.linear = nn.Linear(d_model + n_features, n_outputs)
 
     def pooled(self, tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, D)`` -> ``(B, D)`` pooled features (before the norm)."""
         return self.pool(tokens, channel_mask) if self.pool is not None else masked_mean(tokens, channel_mask)
 
-    def forward(self, tokens: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, C, S, D)`` tokens and ``(B, C)`` mask -> ``(B, n_outputs)`` logits."""
-        return self.linear(self.dropout(self.norm(self.pooled(tokens, channel_mask))))
+    def forward(self, tokens: torch.Tensor, channel_mask: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, S, D)`` tokens, ``(B, C)`` mask and, for a hybrid head, ``(B, n_features)``
+        standardised features -> ``(B, n_outputs)`` logits."""
+        h = self.norm(self.pooled(tokens, channel_mask))  # (B, D)
+        if self.n_features:
+            if features is None or features.shape[-1] != self.n_features:
+                got = None if features is None else tuple(features.shape)
+                raise ValueError(f"this hybrid head needs features of shape (batch, {self.n_features}), got {got}")
+            h = torch.cat([h, features.to(h.dtype)], dim=-1)  # (B, D + K)
+        return self.linear(self.dropout(h))
 
 
 class NeurodynamicsHead(nn.Module):

@@ -36,7 +36,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from brainfm.models.config import ModelConfig, resolve_config
+from brainfm.models.cbramod import load_cbramod_weights
+from brainfm.models.config import ModelConfig, config_from_dict, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder
 
@@ -149,8 +150,9 @@ class Weights:
     config : ModelConfig
         The architecture.
     decoder : dict, optional
-        For a decoder: ``n_classes``, ``pooling``, ``subject_channels`` and ``classes``
-        (the :class:`BrainDecoder` arguments besides the config).
+        For a decoder: ``n_classes``, ``pooling``, ``subject_channels``, ``classes`` and, for
+        a hybrid head, ``n_features`` and ``hybrid`` (the :class:`BrainDecoder` arguments
+        besides the config).
     normalization : (dict of str to Tensor, str), optional
         A decoder's per-subject normalisation statistics and their JSON metadata (see the
         module docstring), if it was trained on normalised windows.
@@ -166,8 +168,9 @@ class Weights:
 def read_weights(path: str | os.PathLike) -> Weights:
     """Weights and architecture from any brainfm weights file, without unpickling code.
 
-    Accepts ``encoder.safetensors`` (pretraining), ``decoder.safetensors`` (fine-tuning)
-    and Lightning checkpoints of :class:`~brainfm.tasks.PretrainModule` or
+    Accepts ``encoder.safetensors`` (pretraining), ``decoder.safetensors`` (fine-tuning),
+    CBraMod's released ``pretrained_weights.pth`` (a plain state dict, read as a
+    :class:`~brainfm.models.cbramod.CBraModEncoder`) and Lightning checkpoints of :class:`~brainfm.tasks.PretrainModule` or
     :class:`~brainfm.tasks.DecodeModule` (any other suffix; read with
     ``torch.load(weights_only=True)``). Tensors are on the CPU.
 
@@ -184,7 +187,7 @@ def read_weights(path: str | os.PathLike) -> Weights:
     if path.suffix == ".safetensors":
         meta = read_metadata(path, (FORMAT, DECODER_FORMAT))
         state = load_file(os.fspath(path))
-        config = ModelConfig.from_dict(meta["config"])
+        config = config_from_dict(meta["config"])
         if meta["format"] == FORMAT:
             return Weights("encoder", {f"encoder.{k}": v for k, v in state.items()}, config)
         prefix = f"{NORMALIZATION}."
@@ -192,13 +195,19 @@ def read_weights(path: str | os.PathLike) -> Weights:
         normalization = (norm, meta[NORMALIZATION]) if NORMALIZATION in meta else None
         return Weights("decoder", state, config, meta["decoder"], normalization)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in ckpt and "hyper_parameters" not in ckpt:
+        # not a Lightning checkpoint: CBraMod's released weights (pretrained_weights.pth)
+        encoder = load_cbramod_weights(ckpt)
+        return Weights("encoder", {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, encoder.config)
     hp = ckpt.get("hyper_parameters", {})
     config = resolve_config(hp.get("model", "tiny"), hp.get("model_overrides"))
     state = ckpt["state_dict"]
     if any(k.startswith("decoder.") for k in state):
         state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
         dec = {"n_classes": hp["n_classes"], "pooling": hp.get("pooling", "mean"),
-               "subject_channels": hp.get("subject_channels") or {}, "classes": hp.get("classes")}
+               "subject_channels": hp.get("subject_channels") or {}, "classes": hp.get("classes"),
+               "hybrid": hp.get("hybrid"),
+               "n_features": int(state["feature_mean"].shape[0]) if "feature_mean" in state else 0}
         norm = ckpt.get(NORMALIZATION)
         return Weights("decoder", state, config, dec, None if norm is None else (norm["tensors"], norm["metadata"]))
     state = {k: v for k, v in state.items() if k.startswith("encoder.")}
@@ -220,7 +229,7 @@ def load_decoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     if weights.kind != "decoder":
         raise ValueError(f"{path} holds a pretrained encoder without a head; fine-tune it first "
                          "(brainfm fit with a DecodeModule writes decoder.safetensors)")
-    decoder = BrainDecoder(weights.config, **weights.decoder)
+    decoder = BrainDecoder(weights.config, **weights.decoder)  # the encoder kind follows the config
     decoder.load_state_dict(weights.state, strict=True)
     decoder.normalization = weights.normalization
     return decoder.to(map_location).eval()

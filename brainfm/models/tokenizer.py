@@ -3,7 +3,9 @@
 One token per (channel, 1-s patch). A token is the sum of
 
 * a **patch embedding** of the patch's samples: a small temporal conv branch plus a
-  spectral branch (rFFT magnitude -> linear), as in CBraMod (Wang et al., ICLR 2025);
+  spectral branch (rFFT magnitude -> linear), as in CBraMod (Wang et al., ICLR 2025),
+  plus (``ModelConfig.log_spectrum``) a log-power spectral branch that carries the
+  patch's absolute power on a log scale, as log band power features do;
 * a **sensor embedding** of the channel: an MLP over its position and orientation plus a
   learned type embedding, as in BrainOmni's sensor encoder (Xiao et al., 2025). It depends
   on each channel's own geometry only, so the same weights serve any montage, channel
@@ -51,6 +53,16 @@ def _group_count(channels: int) -> int:
     return next(g for g in (5, 4, 2, 1) if channels % g == 0)
 
 
+#: Fixed centring of the log-power branch: ``(ln(|X_k|^2 + eps) - CENTER) / SCALE``. A 10-uV
+#: white patch at the 100-uV input scale has ``|X_k|^2`` near 5e-5 (ln = -9.9) per bin of the
+#: forward-normalised rFFT, so EEG lands at O(1); fixed constants (not batch statistics)
+#: keep a token independent of the other channels and windows in its batch. The floor
+#: ``eps`` (ln = -13.8, about 0.01 uV per bin) keeps near-empty bins above the low-pass,
+#: and padded patches, from amplifying rounding error (ONNX Runtime's rFFT differs from
+#: torch's in the last bits, which ln would blow up at 1e-10).
+LOG_POWER_CENTER, LOG_POWER_SCALE, LOG_POWER_EPS = -9.0, 3.0, 1e-6
+
+
 class PatchEmbedding(nn.Module):
     """Embed each patch of ``patch_size`` samples into ``d_model`` features.
 
@@ -58,6 +70,13 @@ class PatchEmbedding(nn.Module):
     about 8 output steps, as CBraMod's 49/25 conv on 200-sample patches) with GroupNorm
     and activation, flattened and projected to ``d_model``. Spectral branch: magnitude of
     the forward-normalised rFFT, projected to ``d_model``. The two are summed [cbramod]_.
+
+    Log-power branch (``config.log_spectrum``): ``ln |X_k|^2`` of the same rFFT, centred
+    and scaled by fixed constants, projected to ``d_model`` and added. GroupNorm removes
+    each patch's gain from the conv branch and the linear spectrum is tiny at the model's
+    input scale, so this branch is what lets a token tell a 5-uV alpha patch from a
+    50-uV one, and compare band powers on the log scale on which they are roughly
+    Gaussian across windows and subjects (the scale of log band power features).
 
     Parameters
     ----------
@@ -83,6 +102,7 @@ class PatchEmbedding(nn.Module):
         steps = (p - 1) // stride + 1
         self.temporal_proj = nn.Linear(ch * steps, d)
         self.spectral_proj = nn.Linear(p // 2 + 1, d)
+        self.log_spectral_proj = nn.Linear(p // 2 + 1, d) if config.log_spectrum else None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """``patches`` ``(..., P)`` -> embeddings ``(..., D)``."""
@@ -92,6 +112,9 @@ class PatchEmbedding(nn.Module):
         temporal = self.temporal_proj(temporal)  # (N, D)
         spectrum = torch.fft.rfft(flat[:, 0], dim=-1, norm="forward").abs()  # (N, P//2+1)
         emb = temporal + self.spectral_proj(spectrum)  # (N, D)
+        if self.log_spectral_proj is not None:
+            log_power = (torch.log(spectrum.square() + LOG_POWER_EPS) - LOG_POWER_CENTER) / LOG_POWER_SCALE
+            emb = emb + self.log_spectral_proj(log_power)  # (N, D)
         return emb.reshape(*lead, -1)  # (..., D)
 
 

@@ -25,6 +25,12 @@ towards what subjects share.
 At the end of fit the decoder is written next to the logs as ``decoder.safetensors``
 (:func:`brainfm.models.load_decoder`), the input of ``brainfm quantize``.
 
+Hybrid head (``hybrid``): the pooled tokens are concatenated with the window's
+neurodynamics feature vector (:func:`brainfm.targets.compute_targets`, z-scored with
+statistics of the training windows fitted before the first step and saved with the
+decoder). ``hybrid: true`` uses :data:`HYBRID_FEATURES`, the cheap spectral groups; a
+dict gives :class:`brainfm.targets.TargetSpec` fields.
+
 Subject-adaptive normalisation (``DecodingDataModule(normalize=...)``,
 :mod:`brainfm.data.normalize`): the per-subject statistics of the data the decoder saw are
 kept on ``decoder.normalization``, in checkpoints and in ``decoder.safetensors`` (with the
@@ -45,9 +51,25 @@ from brainfm.data.normalize import SubjectNormalizer
 from brainfm.models.config import ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.serialization import read_weights, save_decoder
+from brainfm.targets import TargetNormalizer, TargetSpec, compute_targets, target_names
 from brainfm.tasks.classify import ClassifierModule
 
 MODES = ("full", "linear", "reset")
+
+#: The hybrid head's default features (``hybrid: true``): relative and log band power,
+#: Hjorth parameters and the band-ratio indices, channel-pooled (:mod:`brainfm.targets`).
+#: Phase locking, coupling and sample entropy are left out by default: they cost most
+#: of the target vector's time per batch.
+HYBRID_FEATURES: dict[str, Any] = {"features": ["relpow", "logpow", "hjorth", "indices"]}
+
+
+def hybrid_spec(hybrid: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The hybrid head's feature spec as plain JSON (``True`` -> :data:`HYBRID_FEATURES`)."""
+    if hybrid is None or hybrid is False:
+        return None
+    spec = dict(HYBRID_FEATURES if hybrid is True else hybrid)
+    TargetSpec(**spec)  # validate now, with TargetSpec's own messages
+    return spec
 
 
 class DecodeModule(ClassifierModule):
@@ -77,6 +99,11 @@ class DecodeModule(ClassifierModule):
         Per-subject layers for the training subjects (always on in ``reset`` mode).
     subject_channels : dict, optional
         Filled in by fit from the datamodule; set it only to rebuild a module by hand.
+    hybrid : bool or dict, optional
+        Hybrid head: pooled tokens plus the window's neurodynamics features (see the module
+        docstring). A decoder given as ``init_from`` keeps its own setting.
+    feature_stats_windows : int
+        Training windows the hybrid features' mean and std are fitted on.
     lr, weight_decay, warmup_steps, min_lr_factor, class_weights, label_smoothing
         See :class:`~brainfm.tasks.classify.ClassifierModule` and :class:`~brainfm.tasks.base.BrainTask`.
     """
@@ -100,6 +127,8 @@ class DecodeModule(ClassifierModule):
         min_lr_factor: float = 0.01,
         class_weights: str | list[float] | None = "balanced",
         label_smoothing: float = 0.0,
+        hybrid: bool | dict[str, Any] | None = None,
+        feature_stats_windows: int = 2048,
     ) -> None:
         super().__init__(n_classes, class_weights)
         if mode not in MODES:
@@ -122,11 +151,17 @@ class DecodeModule(ClassifierModule):
             pooling = dec["pooling"]
             source_subjects = {**dec["subject_channels"], **source_subjects}
             classes = classes or dec.get("classes")
-        self.decoder = BrainDecoder(config, n_classes, pooling, head_dropout, source_subjects, classes)
+            hybrid = dec.get("hybrid")
+        spec = hybrid_spec(hybrid)
+        self.feature_spec = TargetSpec(**spec) if spec is not None else None
+        n_features = len(target_names(self.feature_spec)) if spec is not None else 0
+        self.decoder = BrainDecoder(config, n_classes, pooling, head_dropout, source_subjects, classes,
+                                    n_features, spec)
         # Checkpoints carry the resolved architecture, so they rebuild without the init file:
         # DecodeModule.load_from_checkpoint(path, init_from=None).
         self.hparams.update(model=config.to_dict(), model_overrides=None, pooling=pooling,
-                            classes=self.decoder.classes, subject_channels=dict(source_subjects) or None)
+                            classes=self.decoder.classes, subject_channels=dict(source_subjects) or None,
+                            hybrid=spec)
         if weights is not None:
             missing, unexpected = self.decoder.load_state_dict(weights.state, strict=False)
             expect_missing = weights.kind == "encoder" or bool(subject_channels)
@@ -185,6 +220,28 @@ class DecodeModule(ClassifierModule):
                 for subject in new:
                     self.decoder.subjects.get(subject).requires_grad_(True)
 
+    def on_fit_start(self) -> None:
+        """Fit the hybrid features' mean and std on training windows (a decoder loaded with
+        ``init_from`` keeps the statistics it was trained with)."""
+        if self.feature_spec is None or self._from_decoder:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "statistics_batches"):
+            raise ValueError("the hybrid head fits its feature statistics on a brainfm DataModule; fit with one")
+        norm = TargetNormalizer(self.decoder.n_features)
+        for batch in datamodule.statistics_batches(self.hparams.feature_stats_windows):
+            norm.update(self.batch_features(batch))
+        self.decoder.feature_mean.copy_(norm.mean.float())
+        self.decoder.feature_std.copy_(norm.std.float())
+        rank_zero_info(f"hybrid head: feature statistics from {int(norm.count.max())} training windows")
+
+    @torch.no_grad()
+    def batch_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Raw hybrid features ``(B, K)`` of a batch (the windows as the decoder sees them)."""
+        x = batch["x"].to(self.device)
+        return compute_targets(x, self.config.sfreq, batch["channel_mask"].to(self.device),
+                               batch["sensor_geometry"].to(self.device), self.feature_spec)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Recreate subject layers a checkpoint holds but this instance lacks (e.g. a
         reset-tuned subject when the module was built from the config alone)."""
@@ -218,8 +275,9 @@ class DecodeModule(ClassifierModule):
 
     # -- forward --------------------------------------------------------------------------
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        features = self.batch_features(batch) if self.feature_spec is not None else None
         return self.decoder(batch["x"], batch["sensor_geometry"], batch["sensor_type"], batch["channel_mask"],
-                            batch.get("subject"))
+                            batch.get("subject"), features)
 
     # -- export ---------------------------------------------------------------------------
     export_file = "decoder.safetensors"

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also precompute neurodynamics targets for windows of this length (s)")
     c.add_argument("--targets-stride", type=float, default=None, metavar="STRIDE_S",
                    help="stride of those windows (default: the window length)")
+    c.add_argument("--targets-features", nargs="+", default=None, metavar="GROUP",
+                   help="target groups to precompute (brainfm.targets.FEATURES; default: all), e.g. the "
+                        "small-10s recipe's: relpow logpow hjorth plv pac indices")
     c.add_argument("--prune", action="store_true",
                    help="remove stored recordings whose source is no longer in the dataset")
     c.add_argument("--verify", action="store_true",
@@ -290,6 +293,8 @@ def _check_convert_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--targets must be a window length > 0 s, got {args.targets:g}")
     if args.targets_stride is not None and (args.targets is None or not args.targets_stride > 0):
         raise UsageError("--targets-stride needs --targets and must be > 0 s")
+    if args.targets_features is not None and args.targets is None:
+        raise UsageError("--targets-features needs --targets")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.wait < 0:
@@ -336,7 +341,10 @@ def _convert(args: argparse.Namespace) -> int:
     if args.targets is not None:
         from brainfm.pipelines.targets import precompute_targets  # noqa: PLC0415
 
-        key = precompute_targets(args.store, args.targets, args.targets_stride, progress=not args.no_progress,
+        from brainfm.targets import TargetSpec  # noqa: PLC0415
+
+        spec = TargetSpec(features=tuple(args.targets_features)) if args.targets_features else None
+        key = precompute_targets(args.store, args.targets, args.targets_stride, spec, progress=not args.no_progress,
                                  wait=args.wait)
         print(f"targets: set {key!r} (use --data.init_args.target_set {key})")
     return 0 if report.ok or args.skip_errors else 1

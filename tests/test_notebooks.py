@@ -9,13 +9,19 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+ALL_NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+#: Notebooks executed by a test file of their own, with their own checks (run once, not twice).
+OWN_TEST = {"05_fmri.ipynb": "tests/test_fmri_notebook.py"}
+NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.name not in OWN_TEST]
 
 
-def test_there_are_three_demos():
-    assert [p.name for p in NOTEBOOKS] == [
+def test_the_demos_are_all_there():
+    assert [p.name for p in ALL_NOTEBOOKS] == [
         "01_quickstart_decoding.ipynb", "02_new_subject_reset_tuning.ipynb", "03_motor_imagery.ipynb",
+        "05_fmri.ipynb",
     ]
+    root = Path(__file__).resolve().parent.parent
+    assert all((root / test).is_file() for test in OWN_TEST.values())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

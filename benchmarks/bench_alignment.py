@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_decoding import C_GRID, LABELS, METRICS, arrays, classical_scores, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
+from brainfm.models import read_weights  # noqa: E402
 from brainfm.pretrained import sample_encoder  # noqa: E402
 from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 from brainfm.tasks.baselines import classical_pipeline, log_bandpower_features, subject_feature_zscore  # noqa: E402
@@ -134,12 +135,31 @@ def run(args: argparse.Namespace, encoder: Path) -> list[dict[str, Any]]:
                              epochs=args.eegnet_epochs, select=True)[0], t0)
             if "brainfm" not in args.methods:
                 continue
-            t0 = time.perf_counter()
-            pl.seed_everything(seed, workers=True)
-            module = DecodeModule(init_from=str(encoder), mode="full", classes=list(LABELS))
-            add("brainfm pretrained + full fine-tune", normalize, seed,
-                fit_test(module, dm, epochs=args.epochs, select=True)[0], t0)
+            for variant in args.variants:
+                t0 = time.perf_counter()
+                pl.seed_everything(seed, workers=True)
+                module = brainfm_module(variant, encoder)
+                add(VARIANTS[variant], normalize, seed, fit_test(module, dm, epochs=args.epochs, select=True)[0], t0)
     return rows
+
+
+#: brainfm rows: method name per ``--variants`` entry.
+VARIANTS = {
+    "pretrained": "brainfm pretrained + full fine-tune",
+    "hybrid": "brainfm pretrained + full fine-tune, hybrid head",
+    "scratch": "brainfm from scratch (same architecture)",
+    "scratch-hybrid": "brainfm from scratch, hybrid head",
+}
+
+
+def brainfm_module(variant: str, encoder: Path) -> DecodeModule:
+    """A decoding task for one ``--variants`` entry: fine-tuned from ``encoder``, or its
+    architecture from random weights; ``hybrid`` adds the neurodynamics features to the head."""
+    hybrid = variant.endswith("hybrid") or None
+    if variant.startswith("scratch"):
+        config = read_weights(encoder).config
+        return DecodeModule(model=config, mode="full", classes=list(LABELS), hybrid=hybrid)
+    return DecodeModule(init_from=str(encoder), mode="full", classes=list(LABELS), hybrid=hybrid)
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -154,18 +174,20 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], command: str) ->
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
 
+    title = settings.get("title") or "EEGMAT, fixed split: subject-adaptive normalisation (issue #12, item 1)"
+    encoder = settings.get("encoder_description") or (
+        f"`tiny` encoder pretrained by masked reconstruction for {settings['pretrain_steps']} steps on the sample "
+        "store (EEGMAT 32–35 excluded, seed 0, shared by all fine-tune seeds)")
     lines = [
-        "## EEGMAT, fixed split: subject-adaptive normalisation (issue #12, item 1)",
+        f"## {title}",
         "",
         f"Command: `{command}` (2-core CPU, no GPU; {settings['date']}). CBraMod split (subjects 0–27 train, "
         "28–31 validation, 32–35 test), 19 EEG channels, 200 Hz, 5-s windows. `normalize` is "
         "`DecodingDataModule(normalize=..., stats_source=" + repr(settings["stats_source"]) + ")`: per-subject "
         "channel z-score, or z-score + Euclidean alignment (He & Wu 2019), statistics from each subject's own "
         "unlabelled session (transductive), the same for every method. Classical rows are deterministic "
-        "(one run, ± 0); C chosen on validation subjects. brainfm: `tiny` encoder pretrained by masked "
-        f"reconstruction for {settings['pretrain_steps']} steps on the sample store (EEGMAT 32–35 excluded, "
-        f"seed 0, shared by all fine-tune seeds), full fine-tune {settings['epochs']} epochs, best validation "
-        "epoch kept" + (f"; braindecode EEGNet {settings['eegnet_epochs']} epochs, best validation epoch kept"
+        f"(one run, ± 0); C chosen on validation subjects. brainfm: {encoder}, full fine-tune "
+        f"{settings['epochs']} epochs, best validation epoch kept" + (f"; braindecode EEGNet {settings['eegnet_epochs']} epochs, best validation epoch kept"
                         if any(k.startswith("braindecode") for k in summary) else "")
         + ". Mean ± std over the runs (seeds " + ", ".join(map(str, settings["seeds"])) + "; the runs column says how many).",
         "",
@@ -176,7 +198,8 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], command: str) ->
         method, normalize = key.split(" | ")
         lines.append(f"| {method} | {normalize} | {s['n_runs']} | {cell(s['balanced_accuracy'])} | {cell(s['kappa'])} | "
                      f"{cell(s['f1_weighted'])} | {cell(s['auroc'])} |")
-    return "\n".join(lines) + "\n" + NOTES
+    notes = settings.get("notes_text")
+    return "\n".join(lines) + "\n" + (NOTES if notes is None else "\n" + notes)
 
 
 def main() -> None:
@@ -193,6 +216,12 @@ def main() -> None:
                     help="EEGNet input multiplier: 0.1 puts 10-µV (normalised) channels at unit scale")
     ap.add_argument("--pretrain-steps", type=int, default=200, help="steps of the sample encoder (cached)")
     ap.add_argument("--encoder", type=Path, default=None, help="default: brainfm.pretrained.sample_encoder")
+    ap.add_argument("--section", default="alignment", help="results section to write (default: alignment)")
+    ap.add_argument("--title", default=None, help="section title (default: the alignment section's)")
+    ap.add_argument("--encoder-description", default=None, help="how --encoder was made, for the section text")
+    ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table (default: the alignment notes)")
+    ap.add_argument("--variants", nargs="+", default=["pretrained"], choices=list(VARIANTS),
+                    help="brainfm rows: fine-tuned from --encoder, with the hybrid head, or from scratch")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     ap.add_argument("--no-write", action="store_true")
@@ -215,10 +244,11 @@ def main() -> None:
                                + f" --epochs {args.epochs} --methods {' '.join(args.methods)}"
                                + (f" --eegnet-epochs {args.eegnet_epochs}" if "eegnet" in args.methods else ""))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                if k not in ("out", "store", "encoder", "runs_log", "from_runs", "command")}
+                if k not in ("out", "store", "encoder", "runs_log", "from_runs", "command", "notes")}
+    settings["notes_text"] = args.notes.read_text() if args.notes else None
     payload = {"experiment": "eegmat-alignment", "command": command, "date": args.date, "settings": settings,
                "summary": summary, "runs": rows}
-    write_section(args.out, "alignment", payload, markdown(summary, settings, command))
+    write_section(args.out, args.section, payload, markdown(summary, settings, command))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,15 @@ brainfm does not download weights. :func:`sample_encoder` returns, in order:
    2-core CPU for the default 200 steps.
 
 The cache lives in ``$BRAINFM_HOME/pretrained/`` and is keyed by steps and seed.
+
+:func:`recipe_encoder` returns the encoder of the CPU recipe
+(``configs/pretrain/small-10s.yaml``, seed 0), shipped in the repository with its SHA-256
+because it takes about 40 minutes to rebuild: the benchmarks of issue #12 use it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -27,6 +32,30 @@ from brainfm.tasks.pretrain import PretrainModule
 
 #: EEGMAT subjects kept out of demo pretraining (CBraMod's test split).
 HELD_OUT = ["eegmat32", "eegmat33", "eegmat34", "eegmat35"]
+
+#: The recipe's encoder: ``brainfm fit --config configs/pretrain/small-10s.yaml`` (seed 0, 4000 steps,
+#: EEGMAT 28-31 validation only and 32-35 never seen), as exported at the end of that run.
+RECIPE_ENCODER = Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "weights" / "small-10s-seed0.safetensors"
+RECIPE_SHA256 = "fef493a7fb71809430a190e16190df0f86a63ca3bba87bf4fc41c01b212d1d17"
+
+
+def recipe_encoder() -> Path:
+    """Path of the shipped ``small-10s`` recipe encoder, checked against its SHA-256.
+
+    Raises
+    ------
+    FileNotFoundError
+        Not in a source checkout (the weights live in ``configs/pretrain/weights/``).
+    ValueError
+        The file's hash differs from :data:`RECIPE_SHA256`.
+    """
+    if not RECIPE_ENCODER.is_file():
+        raise FileNotFoundError(f"{RECIPE_ENCODER} is missing: the recipe encoder ships with a source checkout of "
+                                "brainfm; rebuild it with brainfm fit --config configs/pretrain/small-10s.yaml")
+    digest = hashlib.sha256(RECIPE_ENCODER.read_bytes()).hexdigest()
+    if digest != RECIPE_SHA256:
+        raise ValueError(f"{RECIPE_ENCODER} has SHA-256 {digest}, expected {RECIPE_SHA256}: not the shipped recipe encoder")
+    return RECIPE_ENCODER
 
 
 def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, progress: bool = False) -> Path:

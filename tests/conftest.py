@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from brainfm.data.root import data_root
 
@@ -79,3 +80,19 @@ def small_sample(tmp_path_factory, shared_data) -> tuple[Path, Path]:
     store, report = build_sample(dest, workers=2, progress=False, **SMALL_SAMPLE)
     assert report.ok, report.failed
     return dest / "bids", store
+
+
+@pytest.fixture(scope="module")
+def one_thread_reference_kernels():
+    """Reference kernels on CPU (not the Triton interpreter, which tests/kernels switches on),
+    and one intra-op thread: on this 2-core machine, 2 threads under any other load ran the
+    tiny model 20x slower than one. Deploy test modules use it for all their tests."""
+    threads, interpret = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
+    torch.set_num_threads(1)
+    os.environ["TRITON_INTERPRET"] = "0"
+    yield
+    torch.set_num_threads(threads)
+    if interpret is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = interpret

@@ -46,19 +46,8 @@ BOUNDS = {"w8a8": (40.0, 1.0, 0.98), "w4a16": (25.0, 2.0, 0.95)}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_reference_kernels():
-    """Reference kernels on CPU (not the Triton interpreter, which tests/kernels switches on),
-    and one intra-op thread: on this 2-core machine, 2 threads under any other load ran the
-    tiny model 20x slower than one."""
-    threads, interpret = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
-    torch.set_num_threads(1)
-    os.environ["TRITON_INTERPRET"] = "0"
-    yield
-    torch.set_num_threads(threads)
-    if interpret is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = interpret
+def _one_thread_reference_kernels(one_thread_reference_kernels):
+    """One thread, CPU reference kernels (tests/conftest.py) for every test here."""
 
 
 def _batches(store: str, subjects: list[str], stride_s: float) -> list[dict]:

@@ -185,3 +185,18 @@ def test_hybrid_fine_tune_on_real_windows(small_sample, tmp_path):
     reloaded = DecodeModule(init_from=str(tmp_path / "decoder.safetensors"), mode="reset")
     assert reloaded.feature_spec is not None
     torch.testing.assert_close(reloaded.decoder.feature_mean, module.decoder.feature_mean)
+
+
+# -- the shipped recipe encoder ---------------------------------------------------------
+def test_recipe_encoder_ships_with_its_hash():
+    from brainfm.models import load_pretrained
+    from brainfm.pretrained import recipe_encoder
+
+    encoder = load_pretrained(recipe_encoder())
+    config = encoder.config
+    assert (config.name, config.n_layers, config.d_model, config.log_spectrum) == ("small", 6, 128, True)
+    x = torch.randn(1, 19, 2000) * 10
+    geometry = torch.zeros(1, 19, 6)
+    geometry[0, :, 0] = torch.linspace(-0.08, 0.08, 19)
+    tokens = encoder.eval()(x, geometry, torch.zeros(1, 19, dtype=torch.long), torch.ones(1, 19, dtype=torch.bool))
+    assert tokens.shape == (1, 19, 10, 128) and bool(torch.isfinite(tokens).all())

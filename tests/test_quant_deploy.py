@@ -27,17 +27,8 @@ KEYS = ("x", "sensor_geometry", "sensor_type", "channel_mask")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _reference_kernels():
-    """CPU reference kernels (tests/kernels switches the Triton interpreter on) and one thread."""
-    threads, interpret = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
-    torch.set_num_threads(1)
-    os.environ["TRITON_INTERPRET"] = "0"
-    yield
-    torch.set_num_threads(threads)
-    if interpret is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = interpret
+def _reference_kernels(one_thread_reference_kernels):
+    """One thread, CPU reference kernels (tests/conftest.py) for every test here."""
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from brainfm.data.datamodule import DecodingDataModule
+from brainfm.pretrained import sample_encoder
+from brainfm.tasks.decode import DecodeModule
+
 LABELS = {"rest": 0, "arithmetic": 1}
 TRAIN = [f"eegmat{i:02d}" for i in range(28)]
 VAL = ["eegmat28", "eegmat29", "eegmat30", "eegmat31"]
@@ -22,14 +30,6 @@ TEST = ["eegmat32", "eegmat33", "eegmat34", "eegmat35"]
 
 def finetune(store: str, out: Path, epochs: int = 20, seed: int = 0) -> Path:
     """Fine-tune and return ``out / 'decoder.safetensors'`` (reused when present)."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from brainfm.data.datamodule import DecodingDataModule
-    from brainfm.pretrained import sample_encoder
-    from brainfm.tasks.decode import DecodeModule
-
     dest = out / "decoder.safetensors"
     if dest.is_file():
         return dest

@@ -28,6 +28,7 @@ from brainfm.pipelines import bold
 from brainfm.pipelines.convert import convert
 from brainfm.pipelines.fmri_sample import build_fmri_sample
 from brainfm.signal import SensorSpec
+from brainfm.tasks.fmri import hrf
 from brainfm.tasks.fmri import (bold_patches, bold_spec_for_model, event_windows, lss_betas,
                                 masked_reconstruction, mixed_batch, volumes_of)
 
@@ -269,7 +270,6 @@ def test_reset_tuning_changes_only_the_new_subject():
 
 def test_lss_betas_recover_amplitudes():
     """Synthetic check of the GLM maths: events of known amplitude, no noise."""
-    from brainfm.tasks.fmri import hrf  # noqa: PLC0415
 
     onsets = np.arange(5, 200, 12)
     amp = np.linspace(1, 3, len(onsets))

@@ -17,8 +17,9 @@ from brainfm.data.artifacts import AMPLITUDE, FLAT, LINE, RejectionCriteria, lin
 from brainfm.data.datamodule import DecodingDataModule, PretrainDataModule
 from brainfm.data.dataset import FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.store import ShardStore
-from brainfm.models import BrainDecoder, ModelConfig, load_decoder, resolve_config
+from brainfm.models import BrainDecoder, ModelConfig, load_decoder, load_pretrained, resolve_config, save_decoder
 from brainfm.models.tokenizer import LOG_POWER_SCALE, PatchEmbedding
+from brainfm.pretrained import recipe_encoder
 from brainfm.tasks import DecodeModule, PretrainModule
 from brainfm.tasks.pretrain import mean_baseline, neighbour_baseline, random_patch_mask, type_balanced_mse
 
@@ -153,8 +154,6 @@ def test_configs_without_the_field_load_as_the_older_architecture():
 
 # -- the hybrid head --------------------------------------------------------------------
 def test_hybrid_decoder_needs_features_and_round_trips(tmp_path):
-    from brainfm.models import save_decoder
-
     decoder = BrainDecoder(ModelConfig.from_name("tiny"), 2, n_features=3, hybrid={"features": ["hjorth"]}).eval()
     b, c, t = 2, 4, 400
     args = (torch.randn(b, c, t) * 20, torch.rand(b, c, 6) * 0.05, torch.zeros(b, c, dtype=torch.long),
@@ -189,9 +188,6 @@ def test_hybrid_fine_tune_on_real_windows(small_sample, tmp_path):
 
 # -- the shipped recipe encoder ---------------------------------------------------------
 def test_recipe_encoder_ships_with_its_hash():
-    from brainfm.models import load_pretrained
-    from brainfm.pretrained import recipe_encoder
-
     encoder = load_pretrained(recipe_encoder())
     config = encoder.config
     assert (config.name, config.n_layers, config.d_model, config.log_spectrum) == ("small", 6, 128, True)

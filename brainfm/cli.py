@@ -133,6 +133,8 @@ def _detector_args(cmd: argparse.ArgumentParser) -> None:
                           "first --calibration-s of the session)")
     cmd.add_argument("--line-freq", type=float, default=50.0, help="mains frequency, 0 for no notch (default: 50)")
     cmd.add_argument("--min-dwell-s", type=float, default=2.0, help="minimum dwell time in s (default: 2)")
+    cmd.add_argument("--decoder-weight", type=float, default=None,
+                     help="the decoder's share of the engagement axis with --model (default: DetectorConfig's)")
     cmd.add_argument("--threads", type=int, default=1, help="inference threads (default: 1)")
 
 
@@ -162,6 +164,8 @@ def _detector_config(args: argparse.Namespace):
     kwargs = {}
     if args.states:
         kwargs["states"] = StateModel.from_file(args.states)
+    if args.decoder_weight is not None:
+        kwargs["decoder_weight"] = args.decoder_weight
     return DetectorConfig(window_s=args.window_s, hop_s=args.hop_s, calibration_s=args.calibration_s,
                           line_freq=args.line_freq or None, min_dwell_s=args.min_dwell_s, **kwargs)
 

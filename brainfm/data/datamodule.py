@@ -11,17 +11,20 @@ pipelines. Batches are the dicts of :func:`brainfm.data.dataset.collate_windows`
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from brainfm.data.artifacts import RejectionCounts, RejectionCriteria
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.normalize import SubjectNormalizer, check_method, fit_normalizer
-from brainfm.data.sampling import evenly_spaced, window_loader
+from brainfm.data.sampling import EpochWindows, evenly_spaced, window_loader
 from brainfm.data.splits import SubjectSplit, calibration_spans, eegmat_cbramod, random_split
 from brainfm.data.store import ShardStore
 from brainfm.data.summary import DataSummary
@@ -89,11 +92,18 @@ def _match_target_set(store: ShardStore, hp: Any) -> str | None:
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader over :class:`ShuffledWindows` that Lightning can resume mid-epoch.
+    """A DataLoader over :class:`ShuffledWindows` or :class:`EpochWindows` that Lightning can
+    resume mid-epoch (it saves :meth:`state_dict` in the checkpoint and restores it).
 
-    Its state is the epoch being iterated and the batches already yielded; restoring
-    it replays that epoch's (seeded) order and skips those batches, so a resumed run
-    sees exactly the windows the interrupted one had not seen yet.
+    Its state is the epoch being iterated and the batches already consumed; restoring it
+    resumes that epoch's (seeded) order after those batches, so a resumed run sees exactly
+    the windows the interrupted one had not seen yet. An :class:`EpochWindows` skips them
+    without reading; a :class:`ShuffledWindows` replays and drops them.
+
+    Lightning fetches one batch ahead of the training step. So that a checkpoint counts
+    only the batches trained on, :class:`PretrainDataModule` calls :meth:`consumed` for each
+    training batch and the state then counts those; without such calls, every batch
+    yielded counts.
     """
 
     def __init__(self, *args, **kwargs):
@@ -101,25 +111,40 @@ class ResumableLoader(DataLoader):
         # The dataset advances its epoch on each iteration, in the main process or in
         # each persistent worker; this counter mirrors it from the main process.
         self._next_epoch = self.dataset.epoch
-        self._epoch, self._yielded, self._skip = self._next_epoch, 0, 0
+        self._epoch, self._yielded, self._skip, self._resume_at = self._next_epoch, 0, 0, 0
+        self._consumed, self._counting = 0, False  # batches trained on, once a consumer reports them
 
     def __iter__(self):
-        self._epoch, self._yielded = self._next_epoch, 0
-        self._next_epoch += 1
+        self._epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        offset, self._resume_at = self._resume_at, 0
         skip, self._skip = self._skip, 0
-        for k, batch in enumerate(super().__iter__()):
+        if isinstance(self.dataset, EpochWindows):
+            # A fresh worker (not persistent, or the first epoch) copies this state; persistent
+            # workers advance their own copies in step.
+            self.dataset.resume(self._epoch, offset)
+        self._yielded = self._consumed = offset
+        for k, batch in enumerate(super().__iter__(), start=offset):
             self._yielded = k + 1
             if k >= skip:
                 yield batch
 
+    def consumed(self) -> None:
+        """Count one more batch as trained on (called from the training loop's batch hook)."""
+        self._consumed, self._counting = self._consumed + 1, True
+
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "batches": self._yielded}
+        batches = self._consumed if self._counting else self._yielded
+        return {"epoch": self._epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if self._iterator is not None:
             raise RuntimeError("restore a ResumableLoader before iterating it")
-        self.dataset.set_epoch(state["epoch"])
-        self._next_epoch, self._skip = state["epoch"], state["batches"]
+        self._next_epoch = state["epoch"]
+        if isinstance(self.dataset, EpochWindows):
+            self._resume_at = state["batches"]
+        else:
+            self.dataset.set_epoch(state["epoch"])
+            self._skip = state["batches"]
 
 
 class BrainDataModule(L.LightningDataModule):
@@ -163,7 +188,10 @@ class PretrainDataModule(BrainDataModule):
     window_s, stride_s : float
         Window length and stride (seconds).
     batch_size, num_workers : int
-        DataLoader settings (workers are persistent).
+        DataLoader settings (workers are persistent). Training batches come from
+        :class:`~brainfm.data.sampling.EpochWindows`: under DDP every training window is
+        seen once per epoch across ranks, in full batches, except fewer than ranks x
+        ``batch_size`` windows left out of each epoch (a different tail each epoch).
     val_subjects : list of str, optional
         Validation subjects; default: a seeded random ``val_fraction`` of subjects.
     exclude_subjects : list of str, optional
@@ -189,6 +217,11 @@ class PretrainDataModule(BrainDataModule):
         for EEG, flat channels, line noise), a dict of
         :class:`~brainfm.data.artifacts.RejectionCriteria` fields to change them, null for
         none. Counts per recording are logged and kept in ``rejections``.
+    window_log : str, optional
+        Directory where each rank appends, per training batch it trains on, one JSON line
+        ``{"epoch", "batch", "rank", "windows": [[recording, start], ...]}`` to
+        ``windows.rank{R}.jsonl`` (an audit of who saw which window; see
+        ``tests/test_distributed.py``).
     """
 
     def __init__(
@@ -208,6 +241,7 @@ class PretrainDataModule(BrainDataModule):
         seed: int = 0,
         target_set: str | None = None,
         reject: dict[str, Any] | bool | None = None,
+        window_log: str | None = None,
     ):
         super().__init__()
         self.criteria = RejectionCriteria.resolve(reject)  # validate at construction
@@ -216,6 +250,7 @@ class PretrainDataModule(BrainDataModule):
         self.train_set: ShuffledWindows | None = None
         self.val_set: FixedWindows | None = None
         self.test_set: FixedWindows | None = None
+        self._train_loader: ResumableLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -259,12 +294,38 @@ class PretrainDataModule(BrainDataModule):
         return FixedWindows(self.train_set.store, hp.window_s, hp.stride_s, recordings=self.train_set.recordings,
                             channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
 
+    def _rank(self) -> tuple[int, int]:
+        """(rank, world size) of the trainer, or of torch.distributed without one."""
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def train_dataloader(self) -> DataLoader:
-        w = self.hparams.num_workers
-        return ResumableLoader(
-            self.train_set, batch_size=self.hparams.batch_size, num_workers=w, collate_fn=collate_windows,
-            persistent_workers=w > 0, drop_last=True,
+        w, bs = self.hparams.num_workers, self.hparams.batch_size
+        rank, world = self._rank()
+        self._train_loader = ResumableLoader(
+            EpochWindows(self.train_set, bs, rank, world), batch_size=bs, num_workers=w,
+            collate_fn=collate_windows, persistent_workers=w > 0, drop_last=True,
         )
+        return self._train_loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count each training batch as consumed (for mid-epoch checkpoints) and log its windows."""
+        loader = self._train_loader
+        if loader is None or self.trainer is None or not self.trainer.training:
+            return batch
+        loader.consumed()
+        if self.hparams.window_log:
+            rank, _ = self._rank()
+            line = {"epoch": loader.state_dict()["epoch"], "batch": loader.state_dict()["batches"] - 1, "rank": rank,
+                    "windows": [[r, int(s)] for r, s in zip(batch["recording"], batch["start"].tolist())]}
+            path = Path(self.hparams.window_log) / f"windows.rank{rank}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return _loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers)

@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 ALL_NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 #: Notebooks executed by a test file of their own, with their own checks (run once, not twice).
-OWN_TEST = {"05_fmri.ipynb": "tests/test_fmri_notebook.py"}
+OWN_TEST = {"05_fmri.ipynb": "tests/test_fmri_notebook.py", "04_attention_state.ipynb": "tests/test_attention_notebook.py"}
 NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.name not in OWN_TEST]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from brainfm.cli import main
 from brainfm.data import FixedWindows, ShardStore, ShuffledWindows, collate_windows
 from brainfm.data.datamodule import PretrainDataModule, ResumableLoader
 from brainfm.data.sampling import EpochWindows
@@ -84,6 +85,7 @@ def _torchrun(store: Path, exclude: list[str], cwd: Path, log: Path, extra: list
 
 
 def _logged(log: Path, rank: int) -> list[tuple[int, list[tuple[str, int]]]]:
+    """Rank ``rank``'s ``(batch, windows)`` from its window log, in training order."""
     lines = [json.loads(line) for line in (log / f"windows.rank{rank}.jsonl").read_text().splitlines()]
     assert all(line["rank"] == rank and line["epoch"] == 0 for line in lines)
     return [(line["batch"], [(r, s) for r, s in line["windows"]]) for line in lines]
@@ -111,7 +113,9 @@ def test_two_nodes_see_every_window_once_and_resume_mid_epoch(small_sample, tmp_
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     _torchrun(store, exclude, tmp_path, tmp_path / "run2", [f"--ckpt_path={ckpt}"])
     second = [_logged(tmp_path / "run2", r) for r in (0, 1)]
-    print(f"2 nodes x 1 process, {STOP_AT} + {10 - STOP_AT} steps in two launches: {time.perf_counter() - t0:.1f} s")
+    times = [json.loads(line)["time"] for line in (tmp_path / "run2/windows.rank0.jsonl").read_text().splitlines()]
+    print(f"2 nodes x 1 process, {STOP_AT} + {10 - STOP_AT} steps in two launches: {time.perf_counter() - t0:.1f} s; "
+          f"resumed run {(len(times) - 1) / (times[-1] - times[0]):.2f} steps/s")
 
     seen = []
     for rank in (0, 1):
@@ -133,6 +137,7 @@ def test_epoch_plan_once_per_epoch_and_resumable(small_sample, num_workers):
     windows = ShuffledWindows(store, 4.0, 2.0, recordings=store.select([TRAIN]), block_s=30.0, buffer_size=16, seed=3)
     everything = _all_windows(windows)
     plans = [EpochWindows(windows, 7, rank, 3) for rank in range(3)]
+    assert plans[0].batches == 5  # 120 windows: 3 ranks x 5 batches x 7, and 15 left out
     for epoch in (0, 1):
         seen = [w for p in plans for w in p.window_ids(epoch, num_workers)]
         dropped = plans[0].dropped(epoch)
@@ -148,10 +153,13 @@ def test_epoch_plan_once_per_epoch_and_resumable(small_sample, num_workers):
     assert _ids(full) == plans[1].window_ids(0, num_workers)
     assert _ids(full) == plans[1].window_ids(1, num_workers)
     resumed = loader()
-    resumed.load_state_dict({"epoch": 1, "batches": 5})
-    assert _ids(resumed) == plans[1].window_ids(1, num_workers)[5 * 7:]
+    resumed.load_state_dict({"epoch": 1, "batches": 2})
+    assert _ids(resumed) == plans[1].window_ids(1, num_workers)[2 * 7:]
     assert resumed.state_dict() == {"epoch": 1, "batches": plans[1].batches}
     assert _ids(resumed) == plans[1].window_ids(2, num_workers)
+    at_end = loader()  # a checkpoint after an epoch's last batch resumes at the next epoch's start
+    at_end.load_state_dict({"epoch": 1, "batches": plans[1].batches})
+    assert _ids(at_end) == plans[1].window_ids(2, num_workers)
 
 
 def test_epoch_windows_clear_errors(small_sample):
@@ -161,3 +169,15 @@ def test_epoch_windows_clear_errors(small_sample):
         EpochWindows(windows, 1000, 0, 2)
     with pytest.raises(ValueError, match="cannot resume at batch"):
         EpochWindows(windows, 3).resume(0, 10_000)
+
+
+def test_fsdp_config_parses(capsys, monkeypatch):
+    """FSDP needs CUDA in Lightning, so ``fsdp-base.yaml`` only parses here: the strategy, its
+    wrap policy over the criss-cross blocks and the ``base`` model resolve."""
+    monkeypatch.setattr(sys, "argv", ["brainfm"])
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(ROOT / "configs/distributed/fsdp-base.yaml"), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = capsys.readouterr().out
+    for key in ("FSDPStrategy", "ModuleWrapPolicy", "CrissCrossBlock", "model: base", "num_nodes: 2"):
+        assert key in printed

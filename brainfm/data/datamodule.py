@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -139,12 +140,15 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if self._iterator is not None:
             raise RuntimeError("restore a ResumableLoader before iterating it")
-        self._next_epoch = state["epoch"]
+        epoch, batches = state["epoch"], state["batches"]
+        if batches >= len(self):  # saved after the epoch's last batch: the next epoch starts afresh
+            epoch, batches = epoch + 1, 0
+        self._next_epoch = epoch
         if isinstance(self.dataset, EpochWindows):
-            self._resume_at = state["batches"]
+            self._resume_at = batches
         else:
-            self.dataset.set_epoch(state["epoch"])
-            self._skip = state["batches"]
+            self.dataset.set_epoch(epoch)
+            self._skip = batches
 
 
 class BrainDataModule(L.LightningDataModule):
@@ -219,7 +223,7 @@ class PretrainDataModule(BrainDataModule):
         none. Counts per recording are logged and kept in ``rejections``.
     window_log : str, optional
         Directory where each rank appends, per training batch it trains on, one JSON line
-        ``{"epoch", "batch", "rank", "windows": [[recording, start], ...]}`` to
+        ``{"epoch", "batch", "rank", "time", "windows": [[recording, start], ...]}`` to
         ``windows.rank{R}.jsonl`` (an audit of who saw which window; see
         ``tests/test_distributed.py``).
     """
@@ -319,7 +323,8 @@ class PretrainDataModule(BrainDataModule):
         loader.consumed()
         if self.hparams.window_log:
             rank, _ = self._rank()
-            line = {"epoch": loader.state_dict()["epoch"], "batch": loader.state_dict()["batches"] - 1, "rank": rank,
+            state = loader.state_dict()
+            line = {"epoch": state["epoch"], "batch": state["batches"] - 1, "rank": rank, "time": time.time(),
                     "windows": [[r, int(s)] for r, s in zip(batch["recording"], batch["start"].tolist())]}
             path = Path(self.hparams.window_log) / f"windows.rank{rank}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)

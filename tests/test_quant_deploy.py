@@ -90,7 +90,7 @@ def test_bundle_round_trip_with_adalog(scheme, setup, tmp_path):
         assert model.encoder.blocks[0].ff.linear1.activation == "gelu"  # fused into the W6A8 epilogue
     out = save_bundle(model, tmp_path / scheme)
     cfg = read_config(out)
-    assert cfg["format_version"] == 2 and cfg["scheme"] == scheme
+    assert cfg["format_version"] == 3 and cfg["scheme"] == scheme
     assert set(cfg["attn_quant"]) == {"encoder.blocks.0", "encoder.blocks.1"}
     assert cfg["attn_quant"]["encoder.blocks.0"]["spatial"]["bits"] == 4
     assert set(cfg["act_quant"]) == {"encoder.blocks.0.ff.activation", "encoder.blocks.1.ff.activation"}

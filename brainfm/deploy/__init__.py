@@ -10,6 +10,8 @@
 ``export_onnx(decoder, path)``         fp32 ONNX (dynamic batch, channels, window)
 ``quantize_onnx(src, dst, mode)``      int8 ONNX for onnxruntime CPU
 ``load_checkpoint(path)``              decoder from ``decoder.safetensors`` or a ``.ckpt``
+``read_normalization(path)``           subject-normalisation statistics of a decoder file,
+                                       bundle or ONNX model (:mod:`~brainfm.deploy.normalization`)
 =====================================  ===================================================
 
 Command line: ``brainfm quantize`` and ``brainfm export`` (:mod:`brainfm.deploy.commands`).
@@ -19,7 +21,7 @@ from brainfm.data.sampling import calibration_batches
 from brainfm.deploy.adalog import QuantActivation, QuantAttentionBlock, TableQuantizer
 from brainfm.deploy.bundle import load, read_config, save_bundle
 from brainfm.deploy.calibrate import LinearStats, calibrate
-from brainfm.deploy.checkpoint import load_checkpoint
+from brainfm.deploy.checkpoint import load_checkpoint, read_normalization
 from brainfm.deploy.export import DecoderGraph, export_onnx, onnx_session, quantize_onnx, run_onnx
 from brainfm.deploy.qlinear import QuantLinear, W4A16Linear, W6A8Linear, W8A8Linear
 from brainfm.deploy.quantize import quantizable_linears, quantize
@@ -28,5 +30,5 @@ __all__ = [
     "DecoderGraph", "LinearStats", "QuantActivation", "QuantAttentionBlock", "QuantLinear", "TableQuantizer",
     "W4A16Linear", "W6A8Linear", "W8A8Linear", "calibrate", "calibration_batches",
     "export_onnx", "load", "load_checkpoint", "onnx_session", "quantizable_linears", "quantize", "quantize_onnx",
-    "read_config", "run_onnx", "save_bundle",
+    "read_config", "read_normalization", "run_onnx", "save_bundle",
 ]

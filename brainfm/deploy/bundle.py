@@ -1,6 +1,6 @@
 """Quantized-model bundles: safetensors weights plus a validated JSON config, never pickle.
 
-Layout (``brainfm-quantized`` format, version 2; version 1 bundles still load): a directory holding
+Layout (``brainfm-quantized`` format, version 3; versions 1 and 2 still load): a directory holding
 
 ``weights.safetensors``
     The quantized decoder's state dict: float tensors of the layers kept in float, and for
@@ -23,7 +23,10 @@ Layout (``brainfm-quantized`` format, version 2; version 1 bundles still load): 
     ``attn_quant`` (criss-cross block name to its ``spatial`` and ``temporal`` probability
     quantizers) and ``act_quant`` (feed-forward activation name to its quantizer), each a
     :meth:`~brainfm.deploy.adalog.TableQuantizer.spec`, ``weights`` (file name and SHA-256),
-    ``extra`` and ``brainfm_version``.
+    ``extra``, ``brainfm_version`` and, for a decoder trained on subject-normalised windows,
+    ``normalization`` (version 3: the method and per-subject statistics as one JSON document,
+    :mod:`brainfm.deploy.normalization`; :func:`load` attaches them as ``model.normalization``,
+    the attribute :func:`brainfm.models.load_decoder` sets).
 
 :func:`load` rebuilds the float decoder from the config, swaps the listed layers for empty
 quantized ones after checking that each name is an ``nn.Linear`` of the stated shape,
@@ -54,14 +57,15 @@ from torch import nn
 
 from brainfm import __version__
 from brainfm.deploy.adalog import install_from_config
+from brainfm.deploy.normalization import from_json, to_json
 from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, build_quant_linear
 from brainfm.deploy.quantize import set_module
 from brainfm.kernels.reference import ACTIVATIONS
 from brainfm.models import BrainDecoder, ModelConfig
 
 FORMAT = "brainfm-quantized"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 CONFIG_NAME = "bundle.json"
 WEIGHTS_NAME = "weights.safetensors"
 _MAX_CONFIG_BYTES = 16 * 2**20
@@ -109,6 +113,9 @@ def save_bundle(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any]
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "decoder": model.metadata(),
            "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(path / WEIGHTS_NAME)},
            "extra": extra or {}, "brainfm_version": __version__}
+    normalization = getattr(model, "normalization", None)
+    if normalization is not None:
+        doc["normalization"] = to_json(normalization)
     (path / CONFIG_NAME).write_text(json.dumps(doc, indent=1))
     return path
 
@@ -158,6 +165,9 @@ def validate_config(doc: Any) -> dict[str, Any]:
              "decoder must hold config and n_classes")
     unknown = set(dec) - _DECODER_FIELDS
     _require(not unknown, f"unknown decoder fields {sorted(unknown)}")
+    if doc.get("normalization") is not None:
+        _require(doc["format_version"] >= 3, "normalization needs format_version 3")
+        from_json(doc["normalization"], "bundle.json")  # raises ValueError naming the problem
     weights = doc.get("weights")
     _require(isinstance(weights, dict) and weights.get("file") == WEIGHTS_NAME
              and isinstance(weights.get("sha256"), str), f"weights must name {WEIGHTS_NAME} and its sha256")
@@ -267,5 +277,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     if bad:
         raise ValueError(f"{weights}: wrong dtype for {bad[:5]}")
     model.load_state_dict(state, strict=True)
-    model.deploy_config = {k: v for k, v in doc.items() if k not in ("format", "format_version", "decoder", "weights")}
+    model.deploy_config = {k: v for k, v in doc.items()
+                           if k not in ("format", "format_version", "decoder", "weights", "normalization")}
+    model.normalization = None if doc.get("normalization") is None else from_json(doc["normalization"], str(path / CONFIG_NAME))
     return model.to(map_location).eval()

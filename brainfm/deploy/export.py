@@ -21,6 +21,11 @@ name                shape                        dtype
 with batch, channels and the number of patches ``S`` (1 to ``max_patches``) dynamic;
 output ``logits`` (batch, n_classes).
 
+A decoder trained on subject-normalised windows takes windows normalised the same way
+(:mod:`brainfm.data.normalize`); the file carries the method and statistics in its
+``metadata_props`` (:mod:`brainfm.deploy.normalization`, key ``brainfm.normalization``), and
+:func:`quantize_onnx` copies them into the int8 file.
+
 Int8. :func:`quantize_onnx` runs onnxruntime's post-training quantization on the weight
 GEMMs only (``MatMul``/``Gemm`` nodes with a constant weight; attention's activation x
 activation products, convolutions, norms and the DFT stay float), with the same
@@ -56,6 +61,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+
+from brainfm.deploy.normalization import read_onnx, write_onnx
 
 INPUT_NAMES = ("x", "sensor_geometry", "sensor_type", "channel_mask")
 OUTPUT_NAME = "logits"
@@ -126,6 +133,9 @@ def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(os.fspath(path), external_data=False)
+    normalization = getattr(decoder, "normalization", None)
+    if normalization is not None:
+        write_onnx(path, normalization)
     return path
 
 
@@ -211,6 +221,9 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "d
         else:
             quantize_static(pre, os.fspath(dst), _reader(calib_batches, n_windows), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, **common)
+    normalization = read_onnx(src)
+    if normalization is not None:  # onnxruntime's quantizers drop metadata_props
+        write_onnx(dst, normalization)
     return dst
 
 

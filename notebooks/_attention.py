@@ -26,7 +26,8 @@ os.environ.setdefault("LSLAPICFG", str(Path(__file__).resolve().with_name("lsl_a
 ENGAGED = ("Focused", "Hyperfocused")
 
 
-def scored_windows(t: np.ndarray, switch: float, calibration_s: float, window_s: float) -> tuple[np.ndarray, np.ndarray]:
+def scored_windows(t: np.ndarray, switch: float, calibration_s: float,
+                   window_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the windows scored against the labels: rest after the baseline span, and
     arithmetic windows that lie entirely after the switch (as ``benchmarks/bench_attention.py``)."""
     return (t >= calibration_s + window_s) & (t <= switch), t - window_s >= switch

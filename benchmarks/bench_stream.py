@@ -170,13 +170,15 @@ def wait_for_stream(name: str, timeout: float = 120.0):
 
 def soak(name: str, model: EngagementModel, args, config: DetectorConfig) -> dict:
     """Run the live detector on the stream for ``args.soak_s``; percentiles after warm-up."""
+    # calibrate first, then connect: on a loaded machine, samples that queue in the inlet while the
+    # baseline is computed would otherwise reach the detector minutes late
+    calib = read_session([str(data_root() / f"eegmat/Subject{args.subject:02d}_1.edf")])
+    detector = AttentionDetector(calib.spec, config, model).calibrate_on(
+        calib.signal[:, :int(64 * calib.spec.sfreq)], "causal")
     stream = wait_for_stream(name)
     try:
         source = check_stream(stream, name, model, config.window_s)
-        calib = read_session([str(data_root() / f"eegmat/Subject{args.subject:02d}_1.edf")])
         assert calib.spec.ch_names == source.spec.ch_names, "calibration and stream channels differ"
-        detector = AttentionDetector(source.spec, config, model).calibrate_on(
-            calib.signal[:, :int(64 * calib.spec.sfreq)], "causal")
         pulls: list[float] = []
         get_data = stream.get_data
 

@@ -6,7 +6,10 @@ What is read, per run (every file resolved inside the BIDS root before it is ope
   ``*_atlas-<name>_timeseries.tsv`` (one column per ROI, one row per volume; BIDS-derivatives
   time series) with its ``.json`` (``RepetitionTime``, optional ``Units`` ``"percent"``,
   ``ROICentroids`` in mm and ``Space``);
-* the run's JSON sidecar: ``RepetitionTime`` (s), ``SliceTiming`` (recorded, not corrected);
+* the run's JSON sidecar: ``RepetitionTime`` (s); ``SliceTiming`` (s) with
+  ``SliceEncodingDirection`` (default ``k``), used for slice-timing correction of NIfTI runs
+  (:func:`brainfm.pipelines.bold.slice_time_correct`: Fourier shift to the middle of the
+  acquisition range, as fMRIPrep's default reference), unless ``SliceTimingCorrected`` is true;
 * ``*_events.tsv`` (``onset``, ``duration``, ``trial_type`` or ``value``);
 * ``*_desc-confounds_timeseries.tsv`` (fMRIPrep) beside the run, when present;
 * ``*_desc-brain_mask.nii[.gz]`` beside the run, when present and the preset names no mask;
@@ -28,6 +31,10 @@ no sidecar TR                                   the header's, warned; none usabl
 NaN / inf voxels                                left out of the mask (ROI means: of the mean),
                                                 counted in a warning
 truncated or unreadable NIfTI                   refused naming the file; the others convert
+``SliceTiming`` in ms (max > TR, max/1000 < TR)   read as milliseconds, warned
+``SliceTiming`` of the wrong length, outside     not corrected, warned (the run converts; the
+``[0, TR)``, or not numbers                      manifest says ``corrected: false`` and why)
+``SliceTiming`` on an ROI-table run              not corrected (already averaged), warned
 too few volumes for the regression              cleaned with the mean only, warned
 ==============================================  ==================================================
 """
@@ -265,6 +272,47 @@ def read_confounds(path: FuncPath, wanted: tuple[str, ...], n_volumes: int,
     return values, used, safe_relative(f, path.root)
 
 
+_AXES = {"i": 0, "j": 1, "k": 2}
+
+
+def slice_timing(name: str, sidecar: dict[str, Any], shape: tuple[int, ...], tr: float,
+                 notes: list[str]) -> tuple[np.ndarray | None, int, dict[str, Any] | None]:
+    """The sidecar's ``SliceTiming`` as acquisition times (s) in array order along the slice
+    axis, that axis, and the manifest record; ``(None, axis, record)`` when the run is not to be
+    corrected (the record then says why; ``None`` without any ``SliceTiming``)."""
+    raw = sidecar.get("SliceTiming")
+    if raw is None:
+        return None, 2, None
+    direction = str(sidecar.get("SliceEncodingDirection", "k"))
+
+    def skip(reason: str) -> tuple[None, int, dict[str, Any]]:
+        notes.append(f"{name}: {reason}; slice timing not corrected")
+        return None, 2, {"corrected": False, "reason": reason}
+
+    if sidecar.get("SliceTimingCorrected") is True:
+        return None, 2, {"corrected": False, "reason": "SliceTimingCorrected is true in the sidecar"}
+    if direction.rstrip("-") not in _AXES or len(direction) > 2:
+        return skip(f"SliceEncodingDirection {direction!r} is not one of i, j, k, i-, j-, k-")
+    axis = _AXES[direction[0]]
+    try:
+        times = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        return skip("SliceTiming is not a list of numbers")
+    if times.ndim != 1 or len(times) != shape[axis]:
+        return skip(f"SliceTiming has {times.size} entries for {shape[axis]} slices along {direction[0]}")
+    unit = "s"
+    if times.max() >= tr and times.max() / 1000.0 < tr:
+        notes.append(f"{name}: SliceTiming up to {times.max():g} exceeds the TR {tr:g} s; read as milliseconds")
+        times, unit = times / 1000.0, "ms"
+    if times.min() < 0 or times.max() >= tr:
+        return skip(f"SliceTiming spans [{times.min():g}, {times.max():g}] s, outside [0, TR = {tr:g} s)")
+    if direction.endswith("-"):  # BIDS: the first entry is the slice of the highest index
+        times = times[::-1]
+    record = {"corrected": True, "method": "fourier (mirror-extended)", "axis": direction,
+              "reference_s": bold.slice_reference(times), "n_slices": int(len(times)), "source_unit": unit}
+    return times, axis, record
+
+
 # --------------------------------------------------------------------------------------
 # conversion
 # --------------------------------------------------------------------------------------
@@ -358,11 +406,22 @@ def convert_func_recording(bids_root: str, path: FuncPath, store_url: str, prese
         if path.kind == "nifti":
             img, data = load_nifti(path.fpath)
             tr, tr_source = repetition_time(path.fpath.name, sidecar, img.header, notes)
+            times, axis, stc = slice_timing(path.fpath.name, sidecar, data.shape, tr, notes)
+            if times is not None and getattr(preset, "slice_timing", True):
+                finite = np.isfinite(data).all(axis=-1, keepdims=True)  # NaN voxels stay NaN (masked out later)
+                data = np.where(finite, bold.slice_time_correct(np.where(finite, data, 0.0), times, tr, axis), data)
+            elif times is not None:
+                stc = {"corrected": False, "reason": "the preset turns slice-timing correction off"}
             pick = _rois if preset.representation == "roi" else _voxels
             series, names, pos_mm, extra, mask = pick(path, img, data, preset, notes)
             signal_units = "raw"
         else:
             tr, tr_source = repetition_time(path.fpath.name, sidecar, None, notes)
+            stc = None
+            if sidecar.get("SliceTiming") is not None:
+                notes.append(f"{path.fpath.name}: SliceTiming on an ROI table (already averaged over slices); "
+                             "slice timing not corrected")
+                stc = {"corrected": False, "reason": "ROI-table run"}
             series, names, pos_mm, extra, mask = _roi_table(path, sidecar)
             signal_units = "percent" if str(sidecar.get("Units", "")).lower() in ("percent", "%", "psc") else "raw"
         n = series.shape[1]
@@ -394,7 +453,8 @@ def convert_func_recording(bids_root: str, path: FuncPath, store_url: str, prese
             "representation": "roi" if preset.representation == "roi" or path.kind == "roi" else "voxel",
             "units": "percent signal change" if stored_units == "%" else "z within run",
             "tr": tr, "tr_source": tr_source, "n_volumes": n, "slice_timing": sidecar.get("SliceTiming"),
-            "slice_timing_corrected": False, "space": space, "position_unit": "m (world mm / 1000)",
+            "slice_timing_corrected": bool(stc and stc["corrected"]), "slice_timing_correction": stc,
+            "space": space, "position_unit": "m (world mm / 1000)",
             "affine": None if img is None else np.asarray(img.affine).tolist(), "mask": mask,
             "regressors": regressors, "source_units": signal_units,
         }
@@ -412,6 +472,7 @@ def convert_func_recording(bids_root: str, path: FuncPath, store_url: str, prese
                                       quality={"flags": flags, "warnings": notes})
         entry["bold"] = {k: bold_attrs[k] for k in ("representation", "units", "tr", "space")}
         entry["bold"]["regressors"] = regressors
+        entry["bold"]["slice_timing"] = stc
         return {"ok": True, "id": rid, "entry": entry, "warnings": notes}
     except Exception as err:  # noqa: BLE001 - reported, the run goes on
         msg = str(err) if isinstance(err, ConversionError) else f"{type(err).__name__}: {short(err)}"

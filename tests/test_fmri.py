@@ -74,7 +74,7 @@ def test_sample_converts_every_run_and_records_preprocessing(sample):
     assert entry["datatype"] == "func" and entry["ch_type_counts"] == {"bold": entry["n_channels"]}
     assert entry["bold"] == {"representation": "voxel", "units": "percent signal change", "tr": 1.35, "space": "scanner",
                              "regressors": {"detrend": 1, "n_cosines": 1, "high_pass": 0.01, "confounds": [],
-                                            "confounds_file": None}}
+                                            "confounds_file": None}, "slice_timing": None}
     assert store.preset["kind"] == "fmri" and store.preset["high_pass"] == 0.01
     rec = store.recording(NITIME)
     assert rec.sfreq == pytest.approx(1 / 1.35) and rec.n_samples == 40 and set(rec.spec.units) == {"%"}

@@ -8,8 +8,9 @@ A token covers ``k`` volumes (TRs). The model's patch has ``P`` samples (1 s at 
 EEG), so each ``k``-volume patch is linearly interpolated to ``P`` samples
 (:func:`bold_patches`) and predictions are read back at the volumes (:func:`volumes_of`).
 One batch can then hold EEG, MEG and BOLD windows with the same number of patches,
-padded along channels (:func:`mixed_batch`), which is what joint fMRI/EEG/MEG pretraining
-(Brain-OF, 2026) needs.
+padded along channels, which is what joint fMRI/EEG/MEG pretraining (Brain-OF, 2026) needs:
+:class:`brainfm.data.mixed.MixedDataModule` serves such batches from stores to
+:class:`brainfm.tasks.PretrainModule`; :func:`mixed_batch` builds one from tensors in hand.
 
 **Event-locked data** for decoding: :func:`event_windows` cuts windows after each event
 of a stored recording; :func:`lss_betas` is the GLM-style baseline (least-squares-separate
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import gamma
 
+from brainfm.data.mixed import at_rate, bold_to_patches
 from brainfm.data.store import Recording
 from brainfm.signal import SensorSpec, collate_sensors
 from brainfm.tasks.pretrain import masked_mse
@@ -32,14 +34,8 @@ from brainfm.tasks.pretrain import masked_mse
 
 def bold_patches(x: torch.Tensor, k: int, patch_size: int) -> torch.Tensor:
     """``(B, C, S·k)`` volumes -> ``(B, C, S·P)``: each ``k``-volume patch linearly interpolated
-    to ``P`` samples (its first and last volume on its first and last sample)."""
-    b, c, t = x.shape
-    if t % k:
-        raise ValueError(f"{t} volumes are not a whole number of {k}-volume patches")
-    s = t // k
-    flat = x.reshape(b * c * s, 1, k)  # (B*C*S, 1, k)
-    up = F.interpolate(flat, size=patch_size, mode="linear", align_corners=True)  # (B*C*S, 1, P)
-    return up.reshape(b, c, s * patch_size)  # (B, C, S*P)
+    to ``P`` samples (:func:`brainfm.data.mixed.bold_to_patches`, which the mixed DataModule uses)."""
+    return bold_to_patches(x, k, patch_size)
 
 
 def volumes_of(patches: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,7 +73,7 @@ def masked_reconstruction(encoder: torch.nn.Module, head: torch.nn.Module, batch
 
 def bold_spec_for_model(spec: SensorSpec, model_sfreq: float) -> SensorSpec:
     """The recording's BOLD spec relabelled at the model's rate (patches are resampled)."""
-    return SensorSpec(spec.ch_names, spec.ch_types, spec.loc, model_sfreq, spec.units)
+    return at_rate(spec, model_sfreq)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The live detector on a real replay: mne-lsl PlayerLSL on loopback -> StreamLSL -> brainfm.live.
 
 The replay is EEGMAT subject 34 (a CBraMod test subject), the last 24 s of rest then the first
-24 s of mental arithmetic joined as one session, with its EDF channel names (``EEG Fp1``, ...,
+24 s of mental arithmetic joined as one session, after a 12-s lead-in of the rest just before
+those 24 s (the inlet joins a running player; on a loaded machine it joined 6 s late, and the
+scored rest must not depend on when it does), with its EDF channel names (``EEG Fp1``, ...,
 ``EEG A2-A1``, ``ECG ECG``) so the stream goes through the documented channel mapping.
 """
 
@@ -20,6 +22,7 @@ from brainfm.live import LiveDetector, check_stream, open_stream
 
 SUBJECT = 34
 REST_S = ARITH_S = 24.0
+LEAD_S = 12.0  # replayed before the scored rest, so a late-joining inlet still sees all of it
 CONFIG = DetectorConfig(calibration_s=60.0, min_dwell_s=1.0)
 
 
@@ -34,12 +37,12 @@ def replay_raw(shared_data) -> tuple[mne.io.BaseRaw, float]:
     """The joined session as a Raw in volts, and the time of the rest -> arithmetic switch."""
     raws = [mne.io.read_raw_edf(shared_data / f"eegmat/Subject{SUBJECT}_{k}.edf", preload=True, verbose="error")
             for k in (1, 2)]
-    rest = raws[0].crop(raws[0].times[-1] - REST_S, None, include_tmax=False)
+    rest = raws[0].crop(raws[0].times[-1] - REST_S - LEAD_S, None, include_tmax=False)
     arith = raws[1].crop(0, ARITH_S, include_tmax=False)
     raw = mne.concatenate_raws([rest, arith], verbose="error")
     raw.set_channel_types({"ECG ECG": "ecg"}, verbose="error")
     raw.set_annotations(None)
-    return raw, REST_S
+    return raw, LEAD_S + REST_S
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +78,10 @@ def replay(shared_data):
 
         live._pull = recording_pull
         tic = time.monotonic()
-        while time.monotonic() - tic < REST_S + ARITH_S + 6:
+        while time.monotonic() - tic < LEAD_S + REST_S + ARITH_S + 6:
             live.poll()
             time.sleep(0.01)
-            if records and records[-1]["quality"]["reasons"] == ["no-data"] and time.monotonic() - tic > 40:
+            if records and records[-1]["quality"]["reasons"] == ["no-data"] and time.monotonic() - tic > LEAD_S + 40:
                 break
         stream.disconnect()
     finally:
@@ -119,7 +122,10 @@ def test_switch_is_detected_with_its_delay(replay):
     # the replay started before the inlet joined, at file sample `offset`
     switch = replay["switch_s"] * 500 - replay["offset"]  # the switch, in samples received
     engaged = ("Focused", "Hyperfocused")
-    before = [r for r in windows if r["sample"] <= switch]
+    # scored rest: windows that lie entirely in the 24 s after the lead-in, wherever the inlet joined
+    assert replay["offset"] < LEAD_S * 500, f"the inlet joined the replay {replay['offset'] / 500:.1f} s late"
+    first = LEAD_S * 500 + CONFIG.window_s * 500 - replay["offset"]
+    before = [r for r in windows if first <= r["sample"] <= switch]
     after = [r for r in windows if r["sample"] > switch]
     assert before and after
     # detected: the first window after the switch from which the state stays engaged to the end

@@ -55,7 +55,6 @@ from pathlib import Path
 
 import mne
 import numpy as np
-import psutil
 import torch
 
 from brainfm.attention import AttentionDetector, DetectorConfig, EngagementModel, read_session
@@ -142,18 +141,22 @@ def forward_times(model: EngagementModel, anchor: torch.nn.Module, spec, reps: i
 
 # ---------------------------------------------------------------- one soak
 
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux ``/proc/self/statm``)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class Sampler(threading.Thread):
-    """CPU time and RSS of this process, every ``period`` s."""
+    """CPU time (``os.times``: user + system, all threads) and RSS of this process, every ``period`` s."""
 
     def __init__(self, period: float = 1.0):
         super().__init__(daemon=True)
         self.period, self.samples, self.stop = period, [], threading.Event()
-        self.proc = psutil.Process()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            t = self.proc.cpu_times()
-            self.samples.append((time.monotonic(), t.user + t.system, self.proc.memory_info().rss))
+            t = os.times()
+            self.samples.append((time.monotonic(), t.user + t.system, rss_bytes()))
             self.stop.wait(self.period)
 
 

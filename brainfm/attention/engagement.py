@@ -8,8 +8,8 @@ One interface over the three runtimes of :mod:`brainfm.deploy`:
 
 Its output for a window is the log-odds of the *engaged* class (by default the class named
 ``arithmetic``, ``task`` or ``engaged``, else the last one): ``logit_k - logsumexp(others)``.
-A decoder trained on subject-normalised windows (``normalization`` in its file) gets the same
-normalisation with the *current user's* statistics from the calibration span
+A decoder trained on subject-normalised windows (``normalization`` in its file, bundle or ONNX
+metadata) gets the same normalisation with the *current user's* statistics from the calibration span
 (:class:`brainfm.data.normalize.RunningMoments`), the deploy-time path of issue #12.
 """
 
@@ -24,6 +24,7 @@ import torch
 from brainfm.data.normalize import RunningMoments, SubjectNormalizer, population_scale
 from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
+from brainfm.deploy.normalization import read_onnx
 from brainfm.models import load_decoder
 from brainfm.signal import SensorSpec
 
@@ -49,7 +50,6 @@ class EngagementModel:
         if not path.exists():
             raise FileNotFoundError(f"no such model: {path}")
         self.path, self.threads = path, threads
-        self.normalize_method: str | None = None
         if path.suffix == ".onnx":
             self.kind, self.session, self.model = "onnx", onnx_session(path, threads), None
             classes = None
@@ -57,9 +57,9 @@ class EngagementModel:
             self.kind = "bundle" if path.is_dir() else "fp32"
             self.model = load_bundle(path) if path.is_dir() else load_decoder(path)
             classes = getattr(self.model, "classes", None)
-            norm = getattr(self.model, "normalization", None)
-            if norm is not None:
-                self.normalize_method = json.loads(norm[1])["method"]
+        # every deployed form carries the decoder's normalisation (brainfm.deploy.normalization)
+        norm = read_onnx(self.session) if self.kind == "onnx" else getattr(self.model, "normalization", None)
+        self.normalize_method: str | None = None if norm is None else json.loads(norm[1])["method"]
         self.sfreq = float(getattr(getattr(self.model, "config", None), "sfreq", MODEL_SFREQ))
         self.classes = list(classes) if classes else None
         self.engaged = self._engaged_index(engaged_class)

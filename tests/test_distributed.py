@@ -51,7 +51,7 @@ def _all_windows(windows: ShuffledWindows) -> set[tuple[str, int]]:
     return {(fixed.recordings[int(i)], int(s)) for i, s in zip(fixed.rec_index, fixed.starts)}
 
 
-def _torchrun(store: Path, exclude: list[str], cwd: Path, log: Path, extra: list[str], timeout: float = 150) -> None:
+def _torchrun(store: Path, exclude: list[str], cwd: Path, log: Path, extra: list[str], timeout: float = 400) -> None:
     """Launch node 0 and node 1 (one process each) and wait for both."""
     port = _free_port()
     args = [

@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert a BIDS dataset into a shard store")
-    c.add_argument("bids_root", help="root of the BIDS dataset")
-    c.add_argument("store", help="output store (local path or fsspec URL)")
+    c.add_argument("bids_root", help="root of the BIDS dataset (with --upgrade: the store)")
+    c.add_argument("store", nargs="?", help="output store (local path or fsspec URL)")
     c.add_argument("--preset", default="eeg-fm", help="preprocessing preset (default: eeg-fm)")
     c.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: CPUs)")
     c.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="check the SHA-256 of every stored recording before skipping it (default: sizes only)")
     c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run's lock on the store (default: fail at once)")
+    c.add_argument("--upgrade", action="store_true",
+                   help="`brainfm convert --upgrade STORE`: rewrite the store's older-format recordings in the "
+                        "current format (same signal; no BIDS dataset needed)")
 
     v = sub.add_parser("verify", help="check every recording of a store against its recorded hashes")
     v.add_argument("store")
@@ -313,9 +316,27 @@ def _check_convert_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--report {args.report} is not writable")
 
 
+def _upgrade(store: str) -> int:
+    from brainfm.data.store import upgrade_store  # noqa: PLC0415
+
+    outcomes = upgrade_store(store)
+    damaged = {rid: why for rid, why in outcomes.items() if why != "upgraded"}
+    print(f"upgraded {len(outcomes) - len(damaged)} recording(s) of {store} to the current format"
+          + (f"; {len(damaged)} damaged, left as they are" if damaged else ""))
+    for rid, why in damaged.items():
+        print(f"DAMAGED {rid}: {why}", file=sys.stderr)
+    return 1 if damaged else 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from brainfm.pipelines.convert import convert  # noqa: PLC0415
 
+    if args.upgrade:
+        if args.store is not None:
+            raise UsageError("--upgrade takes only the store: brainfm convert --upgrade STORE")
+        return _upgrade(args.bids_root)
+    if args.store is None:
+        raise UsageError("convert needs BIDS_ROOT and STORE (or --upgrade STORE)")
     _check_convert_args(args)
     logging.getLogger("brainfm.pipelines").setLevel(logging.CRITICAL)  # the summary below says it all
     report = convert(args.bids_root, args.store, args.preset, args.workers, args.scheduler, not args.no_progress,

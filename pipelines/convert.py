@@ -180,7 +180,9 @@ def _client(workers: int, scheduler: str | None):
     # the page faults made conversion 1.5x slower (measured, bench_convert.py).
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+        # ":0": the scheduler's HTTP routes on a free port; with None they still try 8787 and warn
+        # (an error under pytest) when another cluster on the machine holds it
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0",
         silence_logs=logging.ERROR,
     )
     return Client(cluster), cluster

@@ -16,7 +16,7 @@ def test_info_json(small_sample, capsys):
     _, store = small_sample
     assert main(["info", str(store), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format_version"] == 2 and info["preset"] == "eeg-fm" and info["sfreq"] == 200.0
+    assert info["format_version"] == 3 and info["preset"] == "eeg-fm" and info["sfreq"] == 200.0
     assert info["subjects"] == 11 and info["recordings"] == 16
     assert info["channel_type_counts"]["mag"] > 0 and info["total_hours"] > 0.1
 

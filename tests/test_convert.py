@@ -46,7 +46,7 @@ def test_every_format_converts(small_sample):
     assert EXPECTED_FORMATS <= sources
     assert set(store.recording_ids) == {recording_id(p) for p in discover(bids)}
     summary = store.summary()
-    assert summary["sfreq"] == 200.0 and summary["format_version"] == 2
+    assert summary["sfreq"] == 200.0 and summary["format_version"] == 3
     assert {"eeg", "mag", "grad"} <= set(summary["channel_type_counts"])
 
 

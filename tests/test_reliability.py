@@ -25,7 +25,8 @@ from fsspec.implementations.local import LocalFileSystem
 from mne_bids import BIDSPath, read_raw_bids, write_raw_bids
 
 from brainfm.data import FixedWindows
-from brainfm.data.store import ShardStore, StoreError, StoreLocked, commit, store_fs, store_lock, verify_store
+from brainfm.data.store import (ShardStore, StoreError, StoreLocked, commit, rewrite_recording, store_fs, store_lock,
+                                 verify_store)
 from brainfm.deploy import load, quantize, save_bundle
 from brainfm.models import BrainDecoder, ModelConfig
 from brainfm.pipelines.bids_io import (ConversionError, discover, recording_id, referenced_files, source_checksum,
@@ -198,9 +199,9 @@ def _one_line(err: str) -> str:
 def test_missing_chunk_is_an_error_verify_names_it_and_convert_remakes_it(eeg, tmp_path):
     store = tmp_path / "store"
     before = _converted(eeg, store)
-    chunk = store / "recordings" / REST / "data/c/0/2"
+    chunk = store / "recordings" / REST / "data/c/0/0"  # format 3: the recording's one shard
     chunk.unlink()
-    with pytest.raises(StoreError, match=r"recordings/sub-eegmat00_task-rest_eeg/data/c/0/2: missing"):
+    with pytest.raises(StoreError, match=r"recordings/sub-eegmat00_task-rest_eeg/data/c/0/0: missing"):
         ShardStore(store).recording(REST).read(0, ShardStore(store).entry(REST)["n_samples"])
     out = _cli("verify", str(store))
     assert out.returncode == 1
@@ -211,7 +212,7 @@ def test_missing_chunk_is_an_error_verify_names_it_and_convert_remakes_it(eeg, t
     for rid, signal in others.items():  # the others read as before
         np.testing.assert_array_equal(s.recording(rid).read_all(), signal)
     report = convert(eeg, store, workers=1, progress=False)
-    assert report.converted == [REST] and "c/0/2: missing" in report.remade[REST][0]
+    assert report.converted == [REST] and "c/0/0: missing" in report.remade[REST][0]
     _same(store, before)  # re-made bit-identical
     assert _cli("verify", str(store)).returncode == 0
 
@@ -219,9 +220,9 @@ def test_missing_chunk_is_an_error_verify_names_it_and_convert_remakes_it(eeg, t
 def test_corrupt_chunk_names_the_file_and_convert_verify_remakes_it(eeg, tmp_path):
     store = tmp_path / "store"
     before = _converted(eeg, store)
-    chunk = store / "recordings" / REST / "data/c/0/1"
+    chunk = store / "recordings" / REST / "data/c/0/0"
     chunk.write_bytes(b"\xff" * chunk.stat().st_size)  # same size: only the hash can tell
-    with pytest.raises(StoreError, match=r"data/c/0/1: cannot be decoded .*brainfm verify"):
+    with pytest.raises(StoreError, match=r"data/c/0/0: cannot be decoded .*brainfm verify"):
         ShardStore(store).recording(REST).read_all()
     assert _cli("verify", str(store), "--quick").returncode == 0  # sizes match
     out = _cli("verify", str(store))
@@ -253,6 +254,7 @@ def test_format1_recording_still_reads_and_a_missing_chunk_is_an_error(eeg, tmp_
     """A format-1 recording (no hashes, fill value 0) reads; verify says what it checked."""
     store = tmp_path / "store"
     before = _converted(eeg, store)
+    rewrite_recording(str(store), REST, format_version=2)  # one object per chunk, as format 1 had
     group = store / "recordings" / REST
     meta = json.loads((group / "zarr.json").read_text())
     for key in ("files", "quality", "dropped_channels"):

@@ -9,8 +9,13 @@ Three ways to cut a store into samples, all yielding the same sample dict::
   labels (e.g. EEGMAT rest vs arithmetic from the BIDS ``task``).
 * :class:`EventWindows` — map-style, event-locked labelled windows.
 * :class:`ShuffledWindows` — iterable, for pretraining: visits chunk-aligned blocks in
-  random order, reads each block with one store call, and mixes windows through a
-  shuffle buffer, instead of one random seek per window.
+  random order, reads each block with one store call (the next ``read_ahead`` blocks in
+  flight on reader threads), and mixes windows through a shuffle buffer, instead of one
+  random seek per window.
+
+The map-style sets implement ``__getitems__``: a DataLoader with a batch size hands them a
+whole batch of indices, and the chunks the batch needs are read concurrently
+(:func:`brainfm.data.store.prefetch`) before the windows are cut.
 
 Channels without a known position are dropped by default (``positioned_only``): the
 sensor tokenizer cannot embed them. Recordings left with no channel are skipped.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -38,7 +44,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from brainfm.data.artifacts import RejectionCounts, RejectionCriteria, summarize, window_codes
-from brainfm.data.store import Recording, ShardStore
+from brainfm.data.shard_codec import read_pool
+from brainfm.data.store import Recording, ShardStore, prefetch
 from brainfm.signal import SensorSpec, collate_sensors
 
 log = logging.getLogger(__name__)
@@ -183,7 +190,22 @@ class _StoreWindows:
         return sample
 
 
-class FixedWindows(_StoreWindows, Dataset):
+class _MapWindows(_StoreWindows, Dataset):
+    """Map-style windows ``(rec_index[k], starts[k], window)``: batched reads for DataLoaders."""
+
+    rec_index: np.ndarray
+    starts: np.ndarray
+    window: int
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Windows ``indices`` (a DataLoader batch), their missing chunks read concurrently first."""
+        ks = [int(k) for k in indices]
+        prefetch((self._recording(int(self.rec_index[k])), int(self.starts[k]), int(self.starts[k]) + self.window)
+                 for k in ks)
+        return [self[k] for k in ks]
+
+
+class FixedWindows(_MapWindows):
     """Fixed-length windows with a stride, optionally labelled per recording.
 
     Parameters
@@ -248,7 +270,7 @@ class FixedWindows(_StoreWindows, Dataset):
         return self._sample(i, block, start, int(self.labels[k]) if self.labelled else None)
 
 
-class EventWindows(_StoreWindows, Dataset):
+class EventWindows(_MapWindows):
     """Event-locked windows ``[onset + tmin, onset + tmax)`` labelled by event label.
 
     Parameters
@@ -307,13 +329,18 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
 
     With ``reject`` (:class:`~brainfm.data.artifacts.RejectionCriteria`) every recording is
     read once at construction and the windows that break a rule are skipped in every epoch.
+
+    ``read_ahead`` blocks beyond the one being cut are read on the process's reader threads
+    (:func:`brainfm.data.shard_codec.read_pool`), so reads overlap each other and the
+    consumer: on object storage, that is what hides request latency. 0 reads in line.
     """
 
     def __init__(self, store, window_s: float, stride_s: float | None = None, recordings=None,
                  channel_types=None, positioned_only: bool = True, block_s: float = 60.0,
                  buffer_size: int = 512, seed: int = 0, targets: str | None = None,
-                 reject: RejectionCriteria | None = None):
+                 reject: RejectionCriteria | None = None, read_ahead: int = 4):
         super().__init__(store, recordings, channel_types, positioned_only, targets)
+        self.read_ahead = read_ahead
         self.window = _samples(window_s, self.sfreq, "window")
         self.stride = _samples(stride_s or window_s, self.sfreq, "stride")
         self._check_targets(self.window, self.stride)
@@ -377,15 +404,38 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
     def _windows(self, epoch: int, shard: int, n_shards: int) -> Iterator[dict[str, Any]]:
         """Windows of this shard's blocks, block by block (one read per block)."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
-        for b in order[shard::n_shards]:
-            i, first, stop = (int(v) for v in self.blocks[b])
-            block = self._recording(i).read(first, stop - 1 + self.window)
+        for i, first, stop, block in self._blocks_read_ahead(order[shard::n_shards]):
             rejected = self._rejected.get(i)
             for start in range(first, stop, self.stride):
                 if rejected is not None and _contains(rejected, start):
                     continue
                 off = start - first
                 yield self._sample(i, block[:, off : off + self.window], start, None)
+
+    def _blocks_read_ahead(self, order: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """``(recording index, first start, stop, signal)`` of blocks ``order``, in that order,
+        with up to :attr:`read_ahead` further blocks being read meanwhile."""
+        pending: deque = deque()
+        todo = iter(order)
+
+        def submit(b: int) -> None:
+            i, first, stop = (int(v) for v in self.blocks[b])
+            rec = self._recording(i)
+            if self.read_ahead > 0:
+                pending.append((i, first, stop, read_pool().submit(rec.read, first, stop - 1 + self.window)))
+            else:
+                pending.append((i, first, stop, rec.read(first, stop - 1 + self.window)))
+
+        for b in todo:
+            submit(int(b))
+            if len(pending) > self.read_ahead:
+                break
+        while pending:
+            i, first, stop, block = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                submit(int(nxt))
+            yield i, first, stop, block if isinstance(block, np.ndarray) else block.result()
 
 
 def _contains(sorted_values: np.ndarray, value: int) -> bool:

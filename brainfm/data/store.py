@@ -1,6 +1,6 @@
 """The brainfm shard store: format specification, reader and atomic writer.
 
-Format version 2
+Format version 3
 ================
 
 A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ...)::
@@ -13,8 +13,9 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
       recordings/
         <recording id>/          one Zarr v3 group per completely written recording
           zarr.json              group attributes (below)
-          data/                  Zarr v3 array, float16, shape (C, N), chunks (C, chunk),
-                                 fill value NaN, every chunk of the extent written
+          data/                  Zarr v3 array, float16, shape (C, N), chunks (C, chunk)
+                                 grouped into shards (C, S) (see "Shards"), fill value
+                                 NaN, every chunk of the extent written
           targets-<key>/         optional Zarr v3 array, float32, shape (n_windows, K): one
                                  precomputed target set (below)
           channel_loc/           optional Zarr v3 array, float64, shape (C, 12): the channel
@@ -26,7 +27,7 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
 
 ``manifest.json``::
 
-    {"format": "brainfm-shards", "format_version": 2,
+    {"format": "brainfm-shards", "format_version": 3,
      "preset": {...preset fields...}, "preset_hash": "<sha256[:16]>",
      "recordings": {"<id>": {"path": "recordings/<id>", "subject": ..., "session": ...,
                              "task": ..., "run": ..., "datatype": "eeg"|"meg"|"ieeg"|"func",
@@ -35,8 +36,9 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
                              "positions": "recorded"|"montage:<name>"|"none",
                              "source": "<path relative to the BIDS root>",
                              "source_sha256": "...", "preset_hash": "...",
-                             "format_version": 2, "group_sha256": "<sha256 of zarr.json>",
-                             "n_chunks": K, "flagged_channels": {"<name>": ["flat"]},
+                             "format_version": 3, "group_sha256": "<sha256 of zarr.json>",
+                             "n_chunks": K, "n_shards": M,          (n_shards: format 3)
+                             "flagged_channels": {"<name>": ["flat"]},
                              "n_warnings": W,
                              "bold": {...}}},                 (func only; see "BOLD")
      "targets": {"<key>": {...target set entry, below...}}}          (only when a set exists)
@@ -53,21 +55,37 @@ Recording group attributes (``zarr.json``)::
     channels: {names, types, units, loc (C x 12, null where unknown), scale (C),
                bads (names), coil_types}
     events:   {onset (s from the first stored sample), duration (s), label}
-    quality:  {flags: {"<channel>": [reasons]}, warnings: [messages]}      (format 2)
-    files:    {"data/zarr.json": [bytes, sha256], "data/c/0/<k>": [bytes, sha256], ...}
-              every file of the ``data`` array as written                (format 2)
+    quality:  {flags: {"<channel>": [reasons]}, warnings: [messages]}      (format >= 2)
+    files:    {"data/zarr.json": [bytes, sha256], "data/c/0/<s>": [bytes, sha256], ...}
+              every file of the ``data`` array as written (format 3: one per shard;
+              format 2: one per chunk)                                   (format >= 2)
     dropped_channels: {"<name>": "<type>"}  channels of types the preset does not keep
 
 The manifest's ``group_sha256`` is the SHA-256 of the group's ``zarr.json``, so the manifest
 pins the attributes, and the attributes pin every byte of the signal (``files``).
 
+Shards
+------
+Format 3 stores ``data`` with Zarr v3's ``sharding_indexed`` codec: chunks of ``chunk``
+samples (the preset's ``chunk_seconds``, Blosc zstd level 1, byte shuffle), grouped into
+shards of ``S`` samples, each shard one object ``data/c/0/<s>`` that holds its chunks
+followed by its index (per chunk, little-endian uint64 offset and length; then a CRC-32C of
+the index). ``S`` (:func:`shard_samples`) is the largest whole number of chunks whose decoded
+float32 signal fits :data:`READ_AHEAD_BYTES` (8 MiB; at least one chunk): an EEGMAT
+recording (19 channels, up to 180 s at 200 Hz) is one shard. Readers fetch a whole shard with
+one request and decode it (:mod:`brainfm.data.shard_codec`; many shards at once for a batch),
+which is what a cold read costs: one object per recording or per 8 MiB of signal instead of
+one per chunk. Any Zarr v3 reader reads the array as it is.
+
 Integrity
 ---------
 * **On read**, a missing chunk inside a recording's extent is an error
-  (:class:`StoreError` naming the chunk file): format-2 arrays have fill value NaN and every
-  chunk written (``write_empty_chunks``), and the signal can never be NaN (:func:`encode_signal`
-  refuses it), so a NaN read back is a missing chunk. A chunk that does not decode is an
-  error naming its file, and so is a manifest that is not JSON.
+  (:class:`StoreError` naming the chunk file, or for format 3 the shard file and the chunk):
+  format-2 and format-3 arrays have fill value NaN and every chunk written
+  (``write_empty_chunks``), and the signal can never be NaN (:func:`encode_signal` refuses
+  it), so a NaN read back is a missing chunk; the format-3 fast path also refuses a shard whose
+  index fails its CRC-32C or lists no chunk where the extent needs one. A chunk or shard that
+  does not decode is an error naming its file, and so is a manifest that is not JSON.
 * :func:`verify_store` (``brainfm verify STORE``) checks every listed recording: the group
   exists, its ``zarr.json`` hashes to ``group_sha256``, and every file of ``files`` exists with
   its size and SHA-256; every listed target set has its array in every recording.
@@ -80,8 +98,10 @@ Integrity
   recordings it does not occur); :func:`verify_store` checks that every chunk exists and
   decodes and reports ``format 1: no recorded hashes`` for each. ``brainfm convert`` keeps
   format-1 recordings that pass that check (re-making a whole store under readers that use it
-  would be worse), writes new ones in format 2 and a format-2 manifest; an entry without
-  ``format_version`` is format 1. Convert into a new store to have hashes for all.
+  would be worse), writes new ones in the current format and a current manifest; an entry
+  without ``format_version`` is format 1. ``brainfm convert --upgrade STORE``
+  (:func:`upgrade_store`) rewrites every older recording in format 3 from its stored float16
+  (bit-identical signal, no BIDS source needed), each atomically, after checking it.
 
 Signal quality
 --------------
@@ -152,7 +172,7 @@ The measured maximum on real data is recorded in ``docs/benchmarks.md``.
 BOLD (fMRI, ``datatype: "func"``)
 ---------------------------------
 A BIDS ``func`` run (:mod:`brainfm.pipelines.bids_func`) is stored like any recording, with
-these meanings, all backwards compatible (format 2; readers that ignore them still work):
+these meanings, all backwards compatible (formats 2 and 3; readers that ignore them still work):
 
 * every channel has type ``bold``; a channel is a voxel (named ``v<i>-<j>-<k>``, its voxel
   indices) or an ROI (named by the atlas label or the table column);
@@ -186,9 +206,13 @@ Quality rules for BOLD are those of :mod:`brainfm.pipelines.bids_func` (header q
 voxels, short runs); the EEG/MEG amplitude rules above do not apply. BOLD's float16 error
 is the same bound: percent signal change of a few % is far from float16's limits.
 
-Format version 1
-----------------
-As version 2 without ``files``, ``quality``, ``dropped_channels`` and the manifest's
+Older formats
+-------------
+Format 2 is format 3 without shards: ``data`` has one object per chunk, ``data/c/0/<k>``,
+and the manifest entry has no ``n_shards``. Readers read it through Zarr, one aligned group
+of chunks (up to :data:`READ_AHEAD_BYTES`) per call.
+
+Format 1 is format 2 without ``files``, ``quality``, ``dropped_channels`` and the manifest's
 ``format_version``/``group_sha256``/``n_chunks``/``flagged_channels``/``n_warnings`` per entry;
 ``data`` has fill value 0 and chunks equal to it are not written. Read as described under
 "Integrity".
@@ -217,12 +241,15 @@ import torch
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
+from brainfm.data.shard_codec import MissingInnerChunk, ShardDecodeError, decode_shard, read_pool, shard_layout
 from brainfm.signal import SensorSpec
 
 FORMAT = "brainfm-shards"
-FORMAT_VERSION = 2
-#: Format versions this brainfm reads (see "Format version 1" above).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Format versions this brainfm reads (see "Older formats" above).
+READABLE_VERSIONS = (1, 2, 3)
+#: Format versions :func:`write_recording` writes (2 only to make older stores, e.g. in tests).
+WRITABLE_VERSIONS = (2, 3)
 LOCK = ".lock"
 LOCK_OWNER = ".lock.json"
 #: Object-store lease: the holder rewrites its heartbeat this often (s) ...
@@ -247,7 +274,8 @@ FP16_SAFE_MAX = 32768.0
 FP16_MAX_REL_ERROR = 2.0**-11
 #: Recordings with more channels than this keep their ``loc`` table in an array (see "BOLD").
 LOC_ARRAY_CHANNELS = 2048
-#: Readers decode chunks in aligned groups of at most this many bytes, one Zarr call each.
+#: Readers decode chunks in aligned groups of at most this many bytes (float32), one request
+#: each; format 3 writes one shard per such group.
 READ_AHEAD_BYTES = 8 * 2**20
 
 
@@ -287,13 +315,25 @@ def encode_signal(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return encoded, scale
 
 
+#: Elements per torch cast in :func:`decode_signal`: at or below torch's parallel grain size
+#: (32768) each cast runs in the calling thread.
+CAST_SLICE = 32768
+
+
 def decode_signal(encoded: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode_signal` (float32).
 
-    The float16 to float32 cast runs through torch, whose vectorised conversion is
-    about 5x faster than numpy's element-wise one on this hot path.
+    The float16 to float32 cast runs through torch, whose vectorised conversion is about 10x
+    faster than numpy's element-wise one, in slices of :data:`CAST_SLICE` elements so that
+    torch never hands it to its intra-op thread pool. On 2 cores shared with other jobs
+    the pool is a trap: one 19 x 36000 cast took a median 24 ms with 2 torch threads,
+    0.15 ms sliced (numpy: 1.5 ms).
     """
-    out = torch.from_numpy(np.ascontiguousarray(encoded)).float().numpy()
+    encoded = np.ascontiguousarray(encoded)
+    out = np.empty(encoded.shape, dtype=np.float32)
+    src, dst = torch.from_numpy(encoded.reshape(-1)), torch.from_numpy(out.reshape(-1))
+    for a in range(0, src.numel(), CAST_SLICE):
+        dst[a : a + CAST_SLICE].copy_(src[a : a + CAST_SLICE])
     out *= np.asarray(scale, dtype=np.float32)[:, None]
     return out
 
@@ -311,6 +351,21 @@ class Events:
 
     def __len__(self) -> int:
         return len(self.onset)
+
+
+#: Per (process, filesystem token): the filesystem instance re-made in that process.
+_CHILD_FS: dict[tuple[int, str], fsspec.AbstractFileSystem] = {}
+
+
+def _fork_safe(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem:
+    """``fs``, or in a process forked after it was made, one new instance of it per process
+    (shared by every recording: creating an S3 client costs tens of ms)."""
+    if isinstance(fs, LocalFileSystem):
+        return fs
+    key = (os.getpid(), fs._fs_token)
+    if key not in _CHILD_FS:
+        _CHILD_FS[key] = type(fs)(**fs.storage_options, skip_instance_cache=True)
+    return _CHILD_FS[key]
 
 
 class _ChunkCache:
@@ -355,8 +410,10 @@ class Recording:
     Reads are aligned to the array's time chunks: :meth:`read` decodes whole chunks
     and slices in numpy, and keeps decoded chunks in a process-wide LRU cache, so many
     windows from one chunk cost one read. A miss decodes the aligned group of chunks
-    around it, up to :data:`READ_AHEAD_BYTES`, in one Zarr call: each call costs 1-2 ms
-    however small, so a short recording is read whole at its first window.
+    around it, up to :data:`READ_AHEAD_BYTES`, with one request: in format 3 that group is
+    one shard, fetched whole and decoded directly (:mod:`brainfm.data.shard_codec`); older
+    formats go through one Zarr call, which costs 1-2 ms however small. A short recording is
+    read whole at its first window; :func:`prefetch` reads many groups at once.
     """
 
     def __init__(self, group: zarr.Group, recording_id: str, location: str | None = None,
@@ -365,6 +422,7 @@ class Recording:
         #: Where the group lies (for messages; with ``fs``, format-1 reads check chunk files there).
         self.location = location or f"recording {recording_id!r}"
         self._fs = fs
+        self._fs_pid = os.getpid()
         self._group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.format_version = self.attrs.get("format_version")
@@ -389,7 +447,9 @@ class Recording:
                 {"ch_names": ch["names"], "ch_types": ch["types"], "loc": loc,
                  "sfreq": self.attrs["sfreq"], "units": ch["units"]}
             )
-        self.chunk = int(self._data.chunks[1])
+        self.chunk = int(self._data.chunks[1])  # inner chunks for format 3
+        #: Format 3 with the codecs :mod:`brainfm.data.shard_codec` decodes: read shards directly.
+        self._layout = shard_layout(self._data.metadata) if self.format_version >= 3 else None
         self._missing: set[int] | None = None  # format 1: chunk files absent, listed at the first read
         # Cache keys are unique per Recording object (never id(), which Python reuses after
         # garbage collection); its chunks leave the cache when the object goes.
@@ -476,18 +536,37 @@ class Recording:
         Groups hold as many chunks as fit in :data:`READ_AHEAD_BYTES` decoded (a whole
         short recording), so random access reads each group once, not once per chunk.
         """
+        first, last = self.group_of(k)
+        self._cache_group(first, self._decode(first, last))
+
+    def group_of(self, k: int) -> tuple[int, int]:
+        """The aligned group ``[first, last)`` of chunks that one read decodes with chunk ``k``
+        (format 3: its shard)."""
         n_chunks = -(-self.n_samples // self.chunk)
-        per_group = max(1, READ_AHEAD_BYTES // (4 * self.spec.n_channels * self.chunk))
+        if self._layout is not None:
+            per_group = self._layout.chunks_per_shard
+        else:
+            per_group = max(1, READ_AHEAD_BYTES // (4 * self.spec.n_channels * self.chunk))
         first = (k // per_group) * per_group
-        last = min(n_chunks, first + per_group)
-        block = self._decode(first, last)
-        for j in range(first, last):
+        return first, min(n_chunks, first + per_group)
+
+    def cached(self, k: int) -> bool:
+        """Whether chunk ``k`` is decoded in the cache."""
+        return CHUNK_CACHE.get((self._cache_id, k)) is not None
+
+    def _cache_group(self, first: int, block: np.ndarray) -> None:
+        for j in range(first, first + -(-block.shape[1] // self.chunk)):
             a = (j - first) * self.chunk
             CHUNK_CACHE.put((self._cache_id, j), block[:, a : a + self.chunk])
 
     def chunk_file(self, k: int) -> str:
-        """Location of time chunk ``k`` of the signal (for messages)."""
-        return f"{self.location}/data/{self._data.metadata.encode_chunk_key((0, k))}"
+        """Location of the file holding time chunk ``k`` of the signal (format 3: its shard)."""
+        return f"{self.location}/data/{self._data.metadata.encode_chunk_key((0, self._object_of(k)))}"
+
+    def _object_of(self, k: int) -> int:
+        """Index of the stored object (chunk file, or shard) that holds chunk ``k``."""
+        shards = getattr(self._data, "shards", None)
+        return k // (int(shards[1]) // self.chunk) if shards else k
 
     def _damaged(self, k: int, what: str) -> StoreError:
         return StoreError(f"{self.chunk_file(k)}: {what}; the store is damaged: run `brainfm verify STORE`, "
@@ -498,6 +577,14 @@ class Recording:
         or does not decode (see "Integrity" in the module docstring)."""
         if self.format_version == 1 and self._fs is not None:
             self._check_chunk_files(first, last)
+        if self._layout is not None and self._fs is not None and self._object_of(first) == self._object_of(last - 1):
+            path = self.chunk_file(first)
+            try:
+                # start=0: one ranged GET; without a range s3fs first asks for the size (a HEAD)
+                body = self._filesystem().cat_file(path, start=0)
+            except FileNotFoundError:
+                raise self._damaged(first, "missing") from None
+            return self._decode_shard_bytes(first, last, body)
         lo, hi = first * self.chunk, min(last * self.chunk, self.n_samples)
         try:
             encoded = self._data[:, lo:hi]
@@ -516,6 +603,27 @@ class Recording:
                     raise self._damaged(j, "missing (its samples read back as the fill value)")
         return block
 
+    def _filesystem(self) -> fsspec.AbstractFileSystem:
+        """The store's filesystem; in a forked process (a DataLoader worker) a new instance of it,
+        since async filesystems such as s3fs refuse to run in a child of the process that made them."""
+        if self._fs_pid != os.getpid():
+            self._fs, self._fs_pid = _fork_safe(self._fs), os.getpid()
+        return self._fs
+
+    def _decode_shard_bytes(self, first: int, last: int, body: bytes) -> np.ndarray:
+        """Chunks ``[first, last)``, all in one shard whose bytes are ``body``, decoded (float32)."""
+        layout = self._layout
+        s = self._object_of(first)
+        skip = first - s * layout.chunks_per_shard
+        try:
+            encoded = decode_shard(body, layout, skip + last - first)[:, skip * self.chunk :]
+        except MissingInnerChunk as err:
+            raise self._damaged(first, f"missing ({err})") from None
+        except ShardDecodeError as err:
+            raise self._damaged(first, f"cannot be decoded ({err})") from None
+        hi = min(last * self.chunk, self.n_samples) - first * self.chunk
+        return decode_signal(encoded[:, :hi], self.scale)
+
     def _check_chunk_files(self, first: int, last: int) -> None:
         """Format 1 (fill value 0): list the chunk files once and refuse a missing one."""
         if self._missing is None:
@@ -532,6 +640,32 @@ class Recording:
 
     def __repr__(self) -> str:
         return f"Recording({self.id!r}, {self.spec!r}, {self.n_samples / self.sfreq:.1f} s)"
+
+
+def prefetch(spans: Iterable[tuple[Recording, int, int]]) -> int:
+    """Decode into the chunk cache every chunk group that the sample spans ``(recording,
+    start, stop)`` need and the cache lacks, all at once from :func:`~brainfm.data.shard_codec.read_pool`;
+    return the number of groups read.
+
+    A batch of random windows then costs one round of concurrent requests instead of one
+    request after another: on local disk reads overlap decoding, on object storage
+    requests overlap each other's latency. Errors are those of :meth:`Recording.read`.
+    """
+    todo: dict[tuple[str, int], tuple[Recording, int, int]] = {}
+    for rec, start, stop in spans:
+        for k in range(start // rec.chunk, max(start, stop - 1) // rec.chunk + 1):
+            if not rec.cached(k):
+                first, last = rec.group_of(k)
+                todo.setdefault((rec._cache_id, first), (rec, first, last))
+    groups = list(todo.values())
+    if len(groups) == 1:
+        rec, first, last = groups[0]
+        rec._cache_group(first, rec._decode(first, last))
+    elif groups:
+        futures = [read_pool().submit(rec._decode, first, last) for rec, first, last in groups]
+        for (rec, first, _), future in zip(groups, futures):
+            rec._cache_group(first, future.result())
+    return len(groups)
 
 
 class ShardStore:
@@ -662,6 +796,8 @@ def write_recording(
     chunk_seconds: float = 30.0,
     extra_channel_attrs: Mapping[str, Any] | None = None,
     quality: Mapping[str, Any] | None = None,
+    format_version: int = FORMAT_VERSION,
+    keep_targets: bool = False,
 ) -> dict[str, Any]:
     """Write one recording atomically and return its manifest entry.
 
@@ -669,7 +805,13 @@ def write_recording(
     ``files`` attribute, and renamed to ``recordings/<id>`` only when complete. The caller adds
     the returned entry to the manifest (:func:`commit`); until then readers do not see the
     recording. ``quality`` is ``{"flags": {channel: [reasons]}, "warnings": [...]}``.
+    ``format_version`` 3 (the default) shards ``data`` as :func:`shard_samples` says; 2 writes
+    one object per chunk (to make a store that older brainfm reads). ``keep_targets`` copies the
+    target arrays of the group being replaced into the new one before the rename (for
+    :func:`rewrite_recording`, which keeps the signal).
     """
+    if format_version not in WRITABLE_VERSIONS:
+        raise ValueError(f"format_version {format_version} is not one of {list(WRITABLE_VERSIONS)}")
     if "/" in recording_id or recording_id.startswith("."):
         raise ValueError(f"invalid recording id {recording_id!r}")
     if data.shape != (spec.n_channels, data.shape[1]):
@@ -694,7 +836,7 @@ def write_recording(
     group_attrs = {
         **dict(attrs),
         "recording_id": recording_id,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "sfreq": spec.sfreq,
         "n_samples": int(data.shape[1]),
         "channels": channels,
@@ -710,10 +852,12 @@ def write_recording(
     def write() -> None:
         fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
         group = zarr.open_group(zarr_store(fs, tmp), mode="w", zarr_format=3, attributes=group_attrs)
+        inner = (encoded.shape[0], min(chunk, max(1, encoded.shape[1])))
         arr = group.create_array(
             "data",
             shape=encoded.shape,
-            chunks=(encoded.shape[0], min(chunk, max(1, encoded.shape[1]))),
+            chunks=inner,
+            shards=(inner[0], shard_samples(inner[0], inner[1])) if format_version >= 3 else None,
             dtype="float16",
             fill_value=np.nan,  # a missing chunk reads as NaN, which the signal never is
             config={"write_empty_chunks": True},  # every chunk of the extent exists
@@ -726,10 +870,16 @@ def write_recording(
                                        compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"))
             table[...] = spec.loc
             files_of.append("channel_loc")
+        if keep_targets and fs.exists(final):
+            for old in fs.ls(final, detail=False):
+                if _name(old).startswith(TARGETS_PREFIX):
+                    fs.copy(old, f"{tmp}/{_name(old)}", recursive=True)
         fs.invalidate_cache()
         group.attrs.update({"files": {k: v for a in files_of for k, v in _file_hashes(fs, tmp, a).items()}})
         written["group_sha256"] = hashlib.sha256(fs.cat_file(f"{tmp}/zarr.json")).hexdigest()
         written["n_chunks"] = -(-encoded.shape[1] // arr.chunks[1]) if encoded.shape[1] else 0
+        if format_version >= 3:
+            written["n_shards"] = -(-encoded.shape[1] // arr.shards[1]) if encoded.shape[1] else 0
 
     _write_atomically(fs, tmp, final, write)
     counts: dict[str, int] = {}
@@ -744,11 +894,83 @@ def write_recording(
         "sfreq": spec.sfreq,
         "ch_type_counts": counts,
         "n_events": len(events),
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         **written,
         "flagged_channels": quality["flags"],
         "n_warnings": len(quality["warnings"]),
     }
+
+
+#: Group attributes :func:`write_recording` sets itself (the rest are the caller's ``attrs``).
+_WRITER_ATTRS = ("recording_id", "format_version", "sfreq", "n_samples", "channels", "events", "quality", "files")
+_CHANNEL_ATTRS = ("names", "types", "units", "loc", "scale")
+
+
+def rewrite_recording(store_url: str, recording_id: str, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """Rewrite a listed recording in ``format_version`` from its stored signal, atomically, and
+    list the new group in the manifest; return its entry.
+
+    The float16 signal is bit-identical (checked before the manifest changes), as are the
+    attributes, events, quality and target arrays. Call it under :func:`store_lock`.
+    """
+    store = ShardStore(store_url)
+    entry = store.entry(recording_id)
+    rec = store.recording(recording_id)
+    signal = rec.read_all()
+    attrs = {k: v for k, v in rec.attrs.items() if k not in _WRITER_ATTRS}
+    channels = rec.attrs["channels"]
+    new = write_recording(
+        store_url, recording_id, signal, rec.spec, attrs, rec.events, chunk_seconds=rec.chunk / rec.sfreq,
+        extra_channel_attrs={k: v for k, v in channels.items() if k not in _CHANNEL_ATTRS},
+        quality=rec.attrs.get("quality"), format_version=format_version, keep_targets=True,
+    )
+    again = ShardStore(store_url)  # the manifest still lists the entry; the group is the new one
+    if not np.array_equal(again.recording(recording_id).read_all(), signal):
+        raise StoreError(f"{store_url}/{entry['path']}: rewritten signal differs from the original")
+    manifest = read_manifest(store_url)
+    merged = {**entry, **new}
+    if format_version < 3:
+        merged.pop("n_shards", None)
+    manifest["recordings"][recording_id] = merged
+    commit(store_url, manifest)
+    return merged
+
+
+def upgrade_store(store_url: str, progress: Callable[[str, str], None] | None = None) -> dict[str, str]:
+    """``brainfm convert --upgrade``: rewrite every recording older than :data:`FORMAT_VERSION`
+    in the current format (:func:`rewrite_recording`), under the writer's lock.
+
+    Each recording is checked first (:func:`verify_recording`); a damaged one is left as it is
+    and reported. Returns ``{recording id: "upgraded" | "damaged: <problems>"}``; recordings
+    already current are not listed. ``progress(recording_id, outcome)`` is called for each.
+    """
+    with store_lock(store_url, command="convert --upgrade"):
+        manifest = read_manifest(store_url)
+        if manifest is None:
+            raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
+        out: dict[str, str] = {}
+        for rid, entry in sorted(manifest["recordings"].items()):
+            if entry.get("format_version", 1) >= FORMAT_VERSION:
+                continue
+            problems, _ = verify_recording(store_url, rid, entry)
+            if problems:
+                out[rid] = "damaged: " + "; ".join(problems)
+            else:
+                rewrite_recording(store_url, rid)
+                out[rid] = "upgraded"
+            if progress is not None:
+                progress(rid, out[rid])
+        if out:
+            manifest = read_manifest(store_url)
+            manifest["format_version"] = FORMAT_VERSION
+            commit(store_url, manifest)
+        return out
+
+
+def shard_samples(n_channels: int, chunk: int) -> int:
+    """Samples per format-3 shard: as many whole chunks as fit in :data:`READ_AHEAD_BYTES`
+    decoded (float32), at least one; one shard is what a reader fetches at a time."""
+    return chunk * max(1, READ_AHEAD_BYTES // (4 * n_channels * chunk))
 
 
 def _file_hashes(fs: fsspec.AbstractFileSystem, group: str, array: str) -> dict[str, list]:

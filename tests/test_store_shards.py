@@ -1,0 +1,145 @@
+"""Format 3 (sharded signal): the fast shard reader against Zarr, its integrity errors, batched
+and read-ahead reads, and the upgrade of older stores (``brainfm convert --upgrade``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import pytest
+import zarr
+from torch.utils.data import DataLoader
+
+from brainfm.cli import main
+from brainfm.data import FixedWindows, ShuffledWindows, collate_windows
+from brainfm.data.shard_codec import shard_layout
+from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, ShardStore, StoreError, add_target_set, prefetch,
+                                read_manifest, rewrite_recording, store_lock, upgrade_store, verify_store,
+                                write_target_table)
+
+REST = "sub-eegmat00_task-rest_eeg"
+
+
+@pytest.fixture
+def store(small_sample, tmp_path) -> Path:
+    """A private copy of the small sample store (real EEG and MEG recordings, format 3)."""
+    dest = tmp_path / "store"
+    shutil.copytree(small_sample[1], dest)
+    return dest
+
+
+def _zarr_signal(group: Path, scale: np.ndarray) -> np.ndarray:
+    """A recording's signal read by plain Zarr (the reference for the fast path)."""
+    data = zarr.open_array(zarr.storage.LocalStore(group / "data"), mode="r")[...]
+    return data.astype(np.float32) * scale[:, None]
+
+
+def test_convert_writes_one_shard_per_recording_and_the_fast_path_matches_zarr(store):
+    s = ShardStore(store)
+    assert s.manifest["format_version"] == FORMAT_VERSION == 3
+    for rid in s.recording_ids:
+        rec, entry = s.recording(rid), s.entry(rid)
+        assert rec.format_version == 3 and rec._layout is not None, rid
+        assert entry["n_shards"] == len(list((store / entry["path"] / "data/c/0").iterdir()))
+        np.testing.assert_array_equal(rec.read_all(), _zarr_signal(store / entry["path"], rec.scale), err_msg=rid)
+    assert s.entry(REST)["n_shards"] == 1 and s.entry(REST)["n_chunks"] > 1
+
+
+def test_unsupported_codecs_fall_back_to_zarr(store):
+    meta = json.loads((store / "recordings" / REST / "data/zarr.json").read_text())
+    meta["codecs"][0]["configuration"]["index_location"] = "start"
+    assert shard_layout(zarr.core.metadata.ArrayV3Metadata.from_dict(meta)) is None
+
+
+def test_missing_inner_chunk_and_truncated_shard_name_the_shard(store):
+    shard = store / "recordings" / REST / "data/c/0/0"
+    body = shard.read_bytes()
+    s = ShardStore(store)
+    rec = s.recording(REST)
+    m = rec._layout.chunks_per_shard
+    index = np.frombuffer(body[len(body) - 16 * m - 4 : -4], dtype="<u8").copy().reshape(m, 2)
+    index[1] = 2**64 - 1  # chunk 1 not written
+    raw = index.tobytes()
+    shard.write_bytes(body[: len(body) - 16 * m - 4] + raw + google_crc32c.value(raw).to_bytes(4, "little"))
+    with pytest.raises(StoreError, match=rf"{REST}/data/c/0/0: missing \(inner chunk 1 missing"):
+        ShardStore(store).recording(REST).read_all()
+    shard.write_bytes(body[:100])
+    with pytest.raises(StoreError, match=r"data/c/0/0: cannot be decoded \(.*shorter than its index"):
+        ShardStore(store).recording(REST).read_all()
+
+
+def test_batched_reads_equal_single_reads(store):
+    ds = FixedWindows(str(store), 5.0)
+    idx = np.random.default_rng(0).permutation(len(ds))[:80]
+    CHUNK_CACHE.__init__()
+    batch = ds.__getitems__(idx)
+    CHUNK_CACHE.__init__()
+    single = [FixedWindows(str(store), 5.0)[int(k)] for k in idx]
+    for a, b in zip(batch, single):
+        assert a["recording"] == b["recording"] and a["start"] == b["start"]
+        np.testing.assert_array_equal(a["x"].numpy(), b["x"].numpy())
+    CHUNK_CACHE.__init__()
+    spans = [(ds._recording(int(ds.rec_index[k])), int(ds.starts[k]), int(ds.starts[k]) + ds.window) for k in idx]
+    assert prefetch(spans) == len({(r.id, r.group_of(a // r.chunk)[0]) for r, a, _ in spans})
+    assert prefetch(spans) == 0  # all cached now
+    loader = DataLoader(ds, batch_size=16, collate_fn=collate_windows)  # uses __getitems__
+    assert sum(len(b["x"]) for b in loader) == len(ds)
+
+
+def test_read_ahead_yields_the_same_windows(store):
+    def windows(read_ahead: int) -> list[tuple[str, int, float]]:
+        ds = ShuffledWindows(str(store), 5.0, seed=3, read_ahead=read_ahead)
+        return [(w["recording"], w["start"], float(w["x"].sum())) for w in ds]
+
+    inline, ahead = windows(0), windows(4)
+    assert inline == ahead and len(inline) == len(FixedWindows(str(store), 5.0))
+
+
+def test_upgrade_rewrites_older_recordings_bit_identical_and_keeps_targets(store, capsys):
+    s = ShardStore(store)
+    before = {rid: s.recording(rid).read_all() for rid in s.recording_ids}
+    with store_lock(str(store)):
+        for rid in s.recording_ids[:3]:
+            rewrite_recording(str(store), rid, format_version=2)
+    old = ShardStore(store)
+    assert [old.entry(r)["format_version"] for r in old.recording_ids[:4]] == [2, 2, 2, 3]
+    assert "n_shards" not in old.entry(old.recording_ids[0])
+    for rid in old.recording_ids:  # format 2 reads as before
+        np.testing.assert_array_equal(old.recording(rid).read_all(), before[rid], err_msg=rid)
+    rid0 = old.recording_ids[0]
+    write_target_table(old, rid0, "k1", np.arange(6, dtype=np.float32).reshape(3, 2))
+    assert main(["convert", "--upgrade", str(store)]) == 0
+    assert "upgraded 3 recording(s)" in capsys.readouterr().out
+    new = ShardStore(store)
+    assert {new.entry(r)["format_version"] for r in new.recording_ids} == {3}
+    for rid in new.recording_ids:
+        np.testing.assert_array_equal(new.recording(rid).read_all(), before[rid], err_msg=rid)
+    np.testing.assert_array_equal(new.recording(rid0).read_targets("k1").numpy(), np.arange(6).reshape(3, 2))
+    assert verify_store(str(store)).ok
+    assert upgrade_store(str(store)) == {}  # nothing left to do
+
+
+def test_upgrade_leaves_a_damaged_recording_and_says_so(store, capsys):
+    with store_lock(str(store)):
+        rewrite_recording(str(store), REST, format_version=2)
+    (store / "recordings" / REST / "data/c/0/1").unlink()
+    assert main(["convert", "--upgrade", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert f"DAMAGED {REST}: damaged: " in err and "data/c/0/1: missing" in err
+    assert read_manifest(str(store))["recordings"][REST]["format_version"] == 2
+
+
+def test_convert_usage_errors(capsys):
+    assert main(["convert", "only-one-path"]) == 2
+    assert main(["convert", "--upgrade", "a", "b"]) == 2
+
+
+def test_target_set_api_unchanged_on_format3(store):
+    s = ShardStore(store)
+    for rid in s.recording_ids:
+        write_target_table(s, rid, "k2", np.ones((2, 1), dtype=np.float32))
+    add_target_set(str(store), "k2", spec={}, window_s=5.0, stride_s=5.0, names=["a"])
+    assert verify_store(str(store)).ok

@@ -22,6 +22,6 @@ def test_fmri_notebook_executes(tmp_path, monkeypatch):
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
-    assert "unit is wrong" in text and "types [0, 3]" in text
+    assert "unit is wrong" in text and "types [0, 1, 3]" in text
     assert "shared and source layers unchanged by reset-tuning: True" in text
     assert [o for o in outputs if "image/png" in o.get("data", {})]

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, encoder: Path) -> list[dict[str, Any]]:
             for variant in args.variants:
                 t0 = time.perf_counter()
                 pl.seed_everything(seed, workers=True)
-                module = brainfm_module(variant, encoder)
+                module = brainfm_module(variant, encoder, args.token_stats_source)
                 add(VARIANTS[variant], normalize, seed, fit_test(module, dm, epochs=args.epochs, select=True)[0], t0)
     return rows
 
@@ -146,20 +146,28 @@ def run(args: argparse.Namespace, encoder: Path) -> list[dict[str, Any]]:
 #: brainfm rows: method name per ``--variants`` entry.
 VARIANTS = {
     "pretrained": "brainfm pretrained + full fine-tune",
+    "pretrained-equal-lr": "brainfm pretrained + full fine-tune, encoder at the head's learning rate",
     "hybrid": "brainfm pretrained + full fine-tune, hybrid head",
     "scratch": "brainfm from scratch (same architecture)",
     "scratch-hybrid": "brainfm from scratch, hybrid head",
+    "pretrained-tokens": "brainfm pretrained + full fine-tune, label-free token statistics",
+    "scratch-tokens": "brainfm from scratch, label-free token statistics",
 }
 
 
-def brainfm_module(variant: str, encoder: Path) -> DecodeModule:
+def brainfm_module(variant: str, encoder: Path, token_source: str = "session") -> DecodeModule:
     """A decoding task for one ``--variants`` entry: fine-tuned from ``encoder``, or its
-    architecture from random weights; ``hybrid`` adds the neurodynamics features to the head."""
+    architecture from random weights; ``hybrid`` adds the neurodynamics features to the head,
+    ``tokens`` the label-free token statistics (``token_source`` for evaluation subjects)."""
     hybrid = variant.endswith("hybrid") or None
+    tokens = {"token_stats": variant.endswith("tokens"), "token_stats_source": token_source}
     if variant.startswith("scratch"):
         config = read_weights(encoder).config
-        return DecodeModule(model=config, mode="full", classes=list(LABELS), hybrid=hybrid)
-    return DecodeModule(init_from=str(encoder), mode="full", classes=list(LABELS), hybrid=hybrid)
+        return DecodeModule(model=config, mode="full", classes=list(LABELS), hybrid=hybrid, **tokens)
+    lr_factor = 1.0 if variant.endswith("equal-lr") else 0.2  # DecodeModule's default encoder_lr_factor: 0.2
+    return DecodeModule(init_from=str(encoder), mode="full", classes=list(LABELS), hybrid=hybrid,
+                        encoder_lr_factor=lr_factor, **tokens)
+
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -222,6 +230,8 @@ def main() -> None:
     ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table (default: the alignment notes)")
     ap.add_argument("--variants", nargs="+", default=["pretrained"], choices=list(VARIANTS),
                     help="brainfm rows: fine-tuned from --encoder, with the hybrid head, or from scratch")
+    ap.add_argument("--token-stats-source", default="session", choices=["session", "calibration"],
+                    help="token statistics of validation/test subjects (variants *-tokens)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     ap.add_argument("--no-write", action="store_true")

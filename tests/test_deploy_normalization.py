@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from brainfm.attention.engagement import EngagementModel
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.data.normalize import SubjectNormalizer
 from brainfm.deploy import export_onnx, load, quantize, quantize_onnx, read_normalization, save_bundle
@@ -63,6 +64,7 @@ def test_decoder_file_and_bundle_carry_the_statistics(decoder, tmp_path):
     _assert_same(read_normalization(tmp_path / "bundle"), model.normalization)
     loaded = load(tmp_path / "bundle")
     _assert_same(loaded.normalization, model.normalization)
+    assert EngagementModel(tmp_path / "bundle").normalize_method == "align"  # the live path normalises
     # the bundle's statistics normalise a real window exactly as the training data module did
     norm = SubjectNormalizer.from_tensors(*loaded.normalization)
     reference = SubjectNormalizer.from_tensors(*model.normalization)
@@ -92,6 +94,7 @@ def test_onnx_fp32_and_int8_carry_the_statistics(decoder, tmp_path):
     session = onnxruntime.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     assert ONNX_KEY in session.get_modelmeta().custom_metadata_map
     _assert_same(read_onnx(session), model.normalization)
+    assert EngagementModel(int8).normalize_method == "align"  # the live path normalises ONNX input too
 
 
 def test_decoder_without_normalisation_deploys_without_statistics(tmp_path):

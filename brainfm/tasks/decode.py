@@ -36,6 +36,12 @@ Subject-adaptive normalisation (``DecodingDataModule(normalize=...)``,
 kept on ``decoder.normalization``, in checkpoints and in ``decoder.safetensors`` (with the
 method and source in its ``extra`` metadata). A decoder trained with one method must be
 evaluated or reset-tuned on data normalised the same way; a mismatch fails in ``setup``.
+
+Label-free token statistics (``token_stats=True``, :mod:`brainfm.tasks.token_stats`): every
+subject's FiLM layer is set, without labels, to standardise its own encoder tokens (AdaBN,
+Li et al. 2018), for the training subjects at each epoch start and for every validation,
+test and prediction subject before its loader runs (``token_stats_source``: ``session`` or
+``calibration``). The subjects' layers, and so their statistics, are saved with the decoder.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from brainfm.models.decoder import BrainDecoder
 from brainfm.models.serialization import read_weights, save_decoder
 from brainfm.targets import TargetNormalizer, TargetSpec, compute_targets, target_names
 from brainfm.tasks.classify import ClassifierModule
+from brainfm.tasks.token_stats import SOURCES as TOKEN_STATS_SOURCES
+from brainfm.tasks.token_stats import adapt_dataset
 
 MODES = ("full", "linear", "reset")
 
@@ -104,6 +112,14 @@ class DecodeModule(ClassifierModule):
         docstring). A decoder given as ``init_from`` keeps its own setting.
     feature_stats_windows : int
         Training windows the hybrid features' mean and std are fitted on.
+    token_stats : bool
+        Label-free per-subject token standardisation (see the module docstring).
+    token_stats_source : {'session', 'calibration'}
+        Where validation, test and prediction subjects' token statistics come from.
+    token_stats_seconds : float
+        Calibration length of ``token_stats_source='calibration'``.
+    token_stats_windows : int
+        Windows per training subject that its statistics are re-estimated on each epoch.
     lr, weight_decay, warmup_steps, min_lr_factor, class_weights, label_smoothing
         See :class:`~brainfm.tasks.classify.ClassifierModule` and :class:`~brainfm.tasks.base.BrainTask`.
     """
@@ -129,10 +145,19 @@ class DecodeModule(ClassifierModule):
         label_smoothing: float = 0.0,
         hybrid: bool | dict[str, Any] | None = None,
         feature_stats_windows: int = 2048,
+        token_stats: bool = False,
+        token_stats_source: str = "session",
+        token_stats_seconds: float = 60.0,
+        token_stats_windows: int = 64,
     ) -> None:
         super().__init__(n_classes, class_weights)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if token_stats and (subject_layers or mode == "reset"):
+            raise ValueError("token_stats sets the subject layers from statistics; it excludes subject_layers "
+                             "and mode='reset', which train them")
+        if token_stats_source not in TOKEN_STATS_SOURCES:
+            raise ValueError(f"token_stats_source must be one of {TOKEN_STATS_SOURCES}, got {token_stats_source!r}")
         if mode == "reset" and init_from is None and not subject_channels:
             raise ValueError("mode='reset' adapts a fine-tuned decoder: give init_from")
         if isinstance(model, ModelConfig):
@@ -204,6 +229,7 @@ class DecodeModule(ClassifierModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)  # the handshake and class weights
         self._connect_normalization()
+        self._add_token_stats_layers()
         if stage != "fit":
             return
         hp = self.hparams
@@ -258,7 +284,44 @@ class DecodeModule(ClassifierModule):
             tensors, meta = self.decoder.normalization
             checkpoint["normalization"] = {"tensors": dict(tensors), "metadata": meta}
 
+    def _add_token_stats_layers(self) -> None:
+        """Identity layers for every subject of the data module, before any loop runs: Lightning
+        records each module's train/eval mode when a loop starts, and a layer created inside a
+        loop would keep the loop's eval mode afterwards."""
+        if not self.hparams.token_stats:
+            return
+        for dataset in getattr(getattr(self.trainer, "datamodule", None), "sets", {}).values():
+            if dataset is None:
+                continue
+            for i, subject in enumerate(dataset.subjects):
+                self.decoder.subjects.add(subject, int(dataset.specs[i].n_channels), reset=False).requires_grad_(False)
+        self.hparams.subject_channels = dict(self.decoder.subjects.channels) or None
+
+    def _adapt_tokens(self, part: str, training: bool = False) -> None:
+        """Set the FiLM of every subject of ``part``'s windows from its token statistics."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "sets", {}).get(part)
+        if not self.hparams.token_stats or dataset is None:
+            return
+        hp = self.hparams
+        subjects = adapt_dataset(self.decoder, dataset, "session" if training else hp.token_stats_source,
+                                 hp.token_stats_seconds, hp.token_stats_windows if training else None,
+                                 device=self.device, seed=self.current_epoch)
+        self.hparams.subject_channels = dict(self.decoder.subjects.channels)  # checkpoints rebuild the layers
+        if not training:
+            rank_zero_info(f"token statistics ({hp.token_stats_source}) for {part} subjects {subjects}")
+
+    def on_validation_epoch_start(self) -> None:
+        self._adapt_tokens("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._adapt_tokens("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._adapt_tokens("test")  # the data modules predict on their test windows
+
     def on_train_epoch_start(self) -> None:
+        self._adapt_tokens("train", training=True)
         if self.hparams.mode != "full":
             self.decoder.encoder.eval()  # frozen trunk: no dropout
             if self.hparams.mode == "reset":

@@ -1,0 +1,100 @@
+"""Label-free token statistics (brainfm.tasks.token_stats, issue #12 item 1): on real EEGMAT
+windows, every subject's tokens come out standardised, the statistics never read labels or
+other subjects, the calibration source stays inside the first seconds, and a decoder trained
+with them saves and reloads its subjects' layers."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from brainfm.data import collate_windows
+from brainfm.data.datamodule import DecodingDataModule
+from brainfm.data.splits import calibration_spans
+from brainfm.models import BrainDecoder, ModelConfig, load_decoder
+from brainfm.tasks import DecodeModule
+from brainfm.tasks.token_stats import adapt_dataset, token_moments, window_indices
+
+LABELS = {"rest": 0, "arithmetic": 1}
+SPLIT = {"train": ["eegmat00", "eegmat01"], "val": ["eegmat28"], "test": ["eegmat32"]}
+
+
+def _dm(store, **kwargs) -> DecodingDataModule:
+    dm = DecodingDataModule(store=str(store), batch_size=16, **{"split": SPLIT, "label_map": LABELS, **kwargs})
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def data(small_sample):
+    return _dm(small_sample[1])
+
+
+def _decoder() -> BrainDecoder:
+    torch.manual_seed(0)
+    return BrainDecoder(ModelConfig.from_name("tiny"), 2).eval()
+
+
+def test_adapted_tokens_are_standardised_per_subject(data):
+    decoder = _decoder()
+    ds = data.sets["train"]
+    subjects = adapt_dataset(decoder, ds)
+    assert subjects == ["eegmat00", "eegmat01"]
+    loader = DataLoader(ds, batch_size=32, collate_fn=collate_windows)
+    with torch.no_grad():
+        for subject in subjects:
+            adapter = decoder.subjects.get(subject)
+            before = token_moments(decoder.encoder, (b for b in loader))[subject]
+            mean, std = before.mean_std()
+            # FiLM applied to the raw moments: mean 0 and std 1 in every feature
+            torch.testing.assert_close(mean * adapter.token_scale + adapter.token_shift, torch.zeros_like(mean),
+                                       atol=1e-4, rtol=0)
+            torch.testing.assert_close(std * adapter.token_scale, torch.ones_like(std), atol=1e-4, rtol=0)
+            assert not adapter.token_scale.requires_grad
+
+
+def test_statistics_ignore_labels_and_other_subjects(small_sample, data):
+    flipped = _dm(small_sample[1], label_map={"rest": 1, "arithmetic": 0})
+    alone = _dm(small_sample[1], split={"train": ["eegmat01"], "val": ["eegmat28"], "test": ["eegmat32"]})
+    a, b, c = _decoder(), _decoder(), _decoder()
+    adapt_dataset(a, data.sets["train"])
+    adapt_dataset(b, flipped.sets["train"])
+    adapt_dataset(c, alone.sets["train"])
+    for other in (b, c):
+        torch.testing.assert_close(other.subjects.get("eegmat01").token_scale, a.subjects.get("eegmat01").token_scale)
+        torch.testing.assert_close(other.subjects.get("eegmat01").token_shift, a.subjects.get("eegmat01").token_shift)
+
+
+def test_calibration_source_uses_only_the_first_seconds(data):
+    ds = data.sets["test"]
+    idx = window_indices(ds, "calibration", seconds=40.0)["eegmat32"]
+    durations = {rid: ds.store.entry(rid)["n_samples"] / ds.sfreq for rid in ds.recordings}
+    calib, _ = calibration_spans(durations, 40.0)
+    for k in idx:
+        rid = ds.recordings[ds.rec_index[k]]
+        assert (ds.starts[k] + ds.window) / ds.sfreq <= calib[rid][1] + 1e-9
+    assert 0 < len(idx) < len(window_indices(ds, "session")["eegmat32"])
+    with pytest.raises(ValueError, match="source"):
+        window_indices(ds, "running")
+
+
+def test_decoder_trained_with_token_statistics_round_trips(data, tmp_path):
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    trainer.fit(module, data)
+    scores = trainer.test(module, data, verbose=False)[0]
+    assert np.isfinite(scores["test/balanced_accuracy"])
+    assert sorted(module.decoder.subjects.channels) == ["eegmat00", "eegmat01", "eegmat28", "eegmat32"]
+    path = tmp_path / "decoder.safetensors"
+    module.export_safetensors(path)
+    decoder = load_decoder(path)
+    for subject in module.decoder.subjects.channels:
+        torch.testing.assert_close(decoder.subjects.get(subject).token_scale,
+                                   module.decoder.subjects.get(subject).token_scale)
+    with pytest.raises(ValueError, match="token_stats"):
+        DecodeModule(model="tiny", token_stats=True, subject_layers=True)

@@ -98,3 +98,15 @@ def test_decoder_trained_with_token_statistics_round_trips(data, tmp_path):
                                    module.decoder.subjects.get(subject).token_scale)
     with pytest.raises(ValueError, match="token_stats"):
         DecodeModule(model="tiny", token_stats=True, subject_layers=True)
+
+
+def test_validate_before_fit_does_not_break_the_metrics(data):
+    """trainer.validate (inference mode) before trainer.fit used to leave inference-tensor metric
+    states, and fit's first validation failed with an in-place update error (notebooks 01-03)."""
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS))
+    kwargs = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, limit_val_batches=1)
+    pl.Trainer(**kwargs).validate(module, data, verbose=False)
+    pl.Trainer(max_steps=1, inference_mode=False, **kwargs).fit(module, data)
+    assert "val/balanced_accuracy" in pl.Trainer(**kwargs).validate(module, data, verbose=False)[0]

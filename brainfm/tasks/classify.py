@@ -115,6 +115,24 @@ class ClassifierModule(BrainTask):
         self.log(f"{prefix}loss", self.loss(logits, batch["label"]), batch_size=len(batch["label"]))
         metrics.update(torch.softmax(logits, dim=-1), batch["label"])
 
+    def _fresh_outside_inference(self, metrics: MetricCollection, prefix: str) -> MetricCollection:
+        """``metrics``, or new ones when its states are inference tensors used outside inference
+        mode: a ``trainer.validate`` (inference mode) before ``trainer.fit`` (validation under
+        ``no_grad``) left them so, and the first in-place update then failed."""
+        if torch.is_inference_mode_enabled():
+            return metrics
+        states = [t for metric in metrics.values() for v in metric.metric_state.values()
+                  for t in (v if isinstance(v, list) else [v]) if isinstance(t, torch.Tensor)]
+        if not any(t.is_inference() for t in states):
+            return metrics
+        return classification_metrics(self.n_classes, prefix).to(self.device)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics = self._fresh_outside_inference(self.val_metrics, "val/")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics = self._fresh_outside_inference(self.test_metrics, "test/")
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val/")
 

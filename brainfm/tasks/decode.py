@@ -312,9 +312,11 @@ class DecodeModule(ClassifierModule):
             rank_zero_info(f"token statistics ({hp.token_stats_source}) for {part} subjects {subjects}")
 
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self._adapt_tokens("val")
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._adapt_tokens("test")
 
     def on_predict_epoch_start(self) -> None:

@@ -192,7 +192,10 @@ these meanings, all backwards compatible (formats 2 and 3; readers that ignore t
 * ``events`` come from ``events.tsv`` (onsets in s from the first volume);
 * group attribute ``bold``: ``representation`` (``voxel``/``roi``), ``units`` (in words),
   ``tr`` (s) and ``tr_source`` (``sidecar``/``header``), ``n_volumes``, ``slice_timing``
-  (the sidecar's ``SliceTiming``; recorded, not corrected), ``space``, ``affine``, ``mask``
+  (the sidecar's ``SliceTiming`` list), ``slice_timing_corrected`` and
+  ``slice_timing_correction`` (``{corrected, method, axis, reference_s, n_slices,
+  source_unit}``, ``{corrected: false, reason}`` or null; the manifest's ``bold`` adds
+  ``slice_timing``), ``space``, ``affine``, ``mask``
   (``{"kind": "intensity", "fraction", "percentile", "n_voxels"}``, ``{"kind": "explicit",
   "file"}``, ``{"kind": "atlas", "file", "labels"}`` or ``{"kind": "table"}``),
   ``regressors`` (``detrend`` order, ``n_cosines``, ``high_pass`` Hz, ``confounds`` used and

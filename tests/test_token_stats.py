@@ -110,3 +110,21 @@ def test_validate_before_fit_does_not_break_the_metrics(data):
     pl.Trainer(**kwargs).validate(module, data, verbose=False)
     pl.Trainer(max_steps=1, inference_mode=False, **kwargs).fit(module, data)
     assert "val/balanced_accuracy" in pl.Trainer(**kwargs).validate(module, data, verbose=False)[0]
+
+
+def test_checkpoint_without_the_test_subjects_still_tests(data, tmp_path):
+    """`brainfm test --ckpt_path` on a checkpoint saved before the test subjects had layers."""
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=1)
+    trainer.fit(module, data)
+    path = tmp_path / "fit.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "s_eegmat32" not in k}
+    torch.save(ckpt, path)
+    fresh = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True)
+    tester = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    scores = tester.test(fresh, data, ckpt_path=path, verbose=False)[0]
+    assert np.isfinite(scores["test/balanced_accuracy"]) and "eegmat32" in fresh.decoder.subjects

@@ -277,6 +277,13 @@ class DecodeModule(ClassifierModule):
         norm = checkpoint.get("normalization")
         if norm is not None:
             self.decoder.normalization = (norm["tensors"], norm["metadata"])
+        if self.hparams.token_stats and "state_dict" in checkpoint:
+            # token-statistics layers of subjects the checkpoint never saw (e.g. the test subjects
+            # of `brainfm test --ckpt_path`) keep theirs: they are set from data, not trained
+            state = checkpoint["state_dict"]
+            for key, value in self.state_dict().items():
+                if key.startswith("decoder.subjects.adapters.") and key not in state:
+                    state[key] = value
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints carry the per-subject normalisation statistics (tensors and a JSON string)."""

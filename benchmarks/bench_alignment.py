@@ -164,9 +164,8 @@ def brainfm_module(variant: str, encoder: Path, token_source: str = "session") -
     if variant.startswith("scratch"):
         config = read_weights(encoder).config
         return DecodeModule(model=config, mode="full", classes=list(LABELS), hybrid=hybrid, **tokens)
-    lr_factor = 1.0 if variant.endswith("equal-lr") else 0.2  # DecodeModule's default encoder_lr_factor: 0.2
-    return DecodeModule(init_from=str(encoder), mode="full", classes=list(LABELS), hybrid=hybrid,
-                        encoder_lr_factor=lr_factor, **tokens)
+    lr = {"encoder_lr_factor": 1.0} if variant.endswith("equal-lr") else {}  # else DecodeModule's default, 0.2
+    return DecodeModule(init_from=str(encoder), mode="full", classes=list(LABELS), hybrid=hybrid, **lr, **tokens)
 
 
 

@@ -20,6 +20,9 @@ from brainfm.tasks.token_stats import adapt_dataset, token_moments, window_indic
 
 LABELS = {"rest": 0, "arithmetic": 1}
 SPLIT = {"train": ["eegmat00", "eegmat01"], "val": ["eegmat28"], "test": ["eegmat32"]}
+#: A quiet CPU trainer (plus max_steps for fitting).
+QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+             enable_model_summary=False, limit_val_batches=1)
 
 
 def _dm(store, **kwargs) -> DecodingDataModule:
@@ -84,8 +87,7 @@ def test_calibration_source_uses_only_the_first_seconds(data):
 def test_decoder_trained_with_token_statistics_round_trips(data, tmp_path):
     pl.seed_everything(0)
     module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+    trainer = pl.Trainer(max_steps=2, **QUIET)
     trainer.fit(module, data)
     scores = trainer.test(module, data, verbose=False)[0]
     assert np.isfinite(scores["test/balanced_accuracy"])
@@ -105,19 +107,16 @@ def test_validate_before_fit_does_not_break_the_metrics(data):
     states, and fit's first validation failed with an in-place update error (notebooks 01-03)."""
     pl.seed_everything(0)
     module = DecodeModule(model="tiny", classes=list(LABELS))
-    kwargs = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False, limit_val_batches=1)
-    pl.Trainer(**kwargs).validate(module, data, verbose=False)
-    pl.Trainer(max_steps=1, inference_mode=False, **kwargs).fit(module, data)
-    assert "val/balanced_accuracy" in pl.Trainer(**kwargs).validate(module, data, verbose=False)[0]
+    pl.Trainer(**QUIET).validate(module, data, verbose=False)
+    pl.Trainer(max_steps=1, inference_mode=False, **QUIET).fit(module, data)
+    assert "val/balanced_accuracy" in pl.Trainer(**QUIET).validate(module, data, verbose=False)[0]
 
 
 def test_checkpoint_without_the_test_subjects_still_tests(data, tmp_path):
     """`brainfm test --ckpt_path` on a checkpoint saved before the test subjects had layers."""
     pl.seed_everything(0)
     module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=1)
+    trainer = pl.Trainer(max_steps=1, **QUIET)
     trainer.fit(module, data)
     path = tmp_path / "fit.ckpt"
     trainer.save_checkpoint(path)
@@ -125,6 +124,5 @@ def test_checkpoint_without_the_test_subjects_still_tests(data, tmp_path):
     ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if "s_eegmat32" not in k}
     torch.save(ckpt, path)
     fresh = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True)
-    tester = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    scores = tester.test(fresh, data, ckpt_path=path, verbose=False)[0]
+    scores = pl.Trainer(**QUIET).test(fresh, data, ckpt_path=path, verbose=False)[0]
     assert np.isfinite(scores["test/balanced_accuracy"]) and "eegmat32" in fresh.decoder.subjects

@@ -54,6 +54,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from brainfm.data.normalize import SubjectNormalizer
+from brainfm.data.summary import DataSummary
 from brainfm.models.config import ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.serialization import read_weights, save_decoder
@@ -300,8 +301,8 @@ class DecodeModule(ClassifierModule):
         for dataset in getattr(getattr(self.trainer, "datamodule", None), "sets", {}).values():
             if dataset is None:
                 continue
-            for i, subject in enumerate(dataset.subjects):
-                self.decoder.subjects.add(subject, int(dataset.specs[i].n_channels), reset=False).requires_grad_(False)
+            for subject, n in DataSummary.of(dataset).subject_channels().items():
+                self.decoder.subjects.add(subject, n, reset=False).requires_grad_(False)
         self.hparams.subject_channels = dict(self.decoder.subjects.channels) or None
 
     def _adapt_tokens(self, part: str, training: bool = False) -> None:
@@ -314,7 +315,6 @@ class DecodeModule(ClassifierModule):
         subjects = adapt_dataset(self.decoder, dataset, "session" if training else hp.token_stats_source,
                                  hp.token_stats_seconds, hp.token_stats_windows if training else None,
                                  device=self.device, seed=self.current_epoch)
-        self.hparams.subject_channels = dict(self.decoder.subjects.channels)  # checkpoints rebuild the layers
         if not training:
             rank_zero_info(f"token statistics ({hp.token_stats_source}) for {part} subjects {subjects}")
 

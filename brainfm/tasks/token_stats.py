@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from brainfm.data.dataset import collate_windows
 from brainfm.data.splits import calibration_spans
+from brainfm.data.summary import DataSummary
 
 SOURCES = ("session", "calibration")
 #: Floor on σ_s (tokens are layer-normalised, so features have order-one spread).
@@ -140,9 +141,7 @@ def adapt_dataset(decoder, dataset, source: str = "session", seconds: float = 60
         for subject, idx in window_indices(dataset, source, seconds, max_windows, seed).items():
             loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=batch_size, collate_fn=collate_windows)
             moments.update(token_moments(decoder.encoder, loader, device))
-        counts = {s: int(dataset.specs[i].n_channels) for s, i in
-                  ((dataset.subjects[i], i) for i in range(len(dataset.recordings)))}
-        return match_subjects(decoder, moments, counts)
+        return match_subjects(decoder, moments, DataSummary.of(dataset).subject_channels())
     finally:
         for module, training in modes.items():
             module.train(training)

@@ -138,15 +138,26 @@ def as_2d(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-# Combine functions for `tl.reduce`, passed to kernels as `tl.constexpr` arguments.
-# Kernels here call only Triton builtins, never the `@triton.jit` helpers of
-# triton.language.standard (tl.max, tl.sum, tl.sigmoid, tl.cdiv, tl.zeros) by name: those
-# are built once, when triton is imported, for whichever mode TRITON_INTERPRET selected
-# then, and a helper built for the other mode fails ("Cannot call @triton.jit'd outside of
-# the scope of a kernel" in the interpreter, "Unsupported function referenced" in the
-# compiler). Compiled kernels get explicit JITFunctions below; the interpreter gets the
-# standard library's own combine functions, which it recognizes by identity and maps to
-# numpy reductions (any other combine function falls back to a per-element Python loop).
+# Combine functions for `tl.reduce`. Kernels here call only Triton builtins, never the
+# `@triton.jit` helpers of triton.language.standard (tl.max, tl.sum, tl.sigmoid, tl.cdiv,
+# tl.zeros) by name: those are built once, when triton is imported, for whichever mode
+# TRITON_INTERPRET selected then, and a helper built for the other mode fails ("Cannot call
+# @triton.jit'd outside of the scope of a kernel" in the interpreter, "Unsupported function
+# referenced" in the compiler). Each reduction therefore branches on the `INTERPRET`
+# constexpr, so that each backend only ever sees its own branch:
+#
+#     if INTERPRET:
+#         s = tl.reduce(x, 1, SUM_FN)       # the standard library's function, by identity
+#     else:
+#         s = tl.reduce(x, 1, SUM_COMBINE)  # this module's explicit JITFunction, a global
+#
+# The interpreter recognizes the standard library's combine functions by identity and maps
+# them to numpy reductions (any other function falls back to a per-element Python loop), so
+# they come in as `SUM_FN` / `MAX_FN` arguments (`combine_fns`). The compiler needs a
+# JITFunction it can resolve as a *global*: handed in as an argument, it arrives wrapped in a
+# `tl.constexpr` that `tl.reduce` does not unwrap ("'constexpr' object has no attribute
+# 'fn'", first seen on an H200; `tests/kernels/test_compile.py` now compiles every kernel for
+# sm_90 on any machine).
 def _max_combine(a, b):
     return tl.maximum(a, b)
 
@@ -155,11 +166,16 @@ def _add_combine(a, b):
     return a + b
 
 
-_COMPILED_COMBINE = {"MAX_FN": JITFunction(_max_combine), "SUM_FN": JITFunction(_add_combine)}
+MAX_COMBINE = JITFunction(_max_combine)
+SUM_COMBINE = JITFunction(_add_combine)
 
 
 def combine_fns(backend: Backend) -> dict[str, Any]:
-    """``MAX_FN`` / ``SUM_FN`` constexpr arguments for ``tl.reduce`` on ``backend``."""
+    """``MAX_FN`` / ``SUM_FN`` constexpr arguments: the interpreter's combine functions.
+
+    The compiled branch of each kernel ignores them (see the note above), so any placeholder
+    does for ``backend='triton'``; ``None`` keeps one compiled variant.
+    """
     if backend == "interpret":
         return {"MAX_FN": tl.standard._elementwise_max, "SUM_FN": tl.standard._sum_combine}
-    return dict(_COMPILED_COMBINE)
+    return {"MAX_FN": None, "SUM_FN": None}

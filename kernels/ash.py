@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import reference as ref
-from ._launch import as_2d, backend_for, combine_fns, dual_jit, store_dtype
+from ._launch import SUM_COMBINE, as_2d, backend_for, combine_fns, dual_jit, store_dtype
 from .configs import interpret_row_meta, row_meta
 
 MAX_D = 16384  # whole rows live in registers
@@ -34,16 +34,23 @@ MAX_D = 16384  # whole rows live in registers
 
 @dual_jit()
 def _ash_fwd_kernel(x_ptr, y_ptr, mu_ptr, sig_ptr, alpha_ptr, z_ptr, M, D, stride_xm, stride_ym, eps,
-                    SUM_FN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                    SUM_FN: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < M
     mask = row_ok[:, None] & (cols[None, :] < D)
     rows64 = rows.to(tl.int64)
     x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mu = tl.reduce(x, 1, SUM_FN) / D
+    if INTERPRET:  # each backend its own combine function: see _launch.combine_fns
+        mu = tl.reduce(x, 1, SUM_FN) / D
+    else:
+        mu = tl.reduce(x, 1, SUM_COMBINE) / D
     xc = tl.where(mask, x - mu[:, None], 0.0)
-    sigma = tl.sqrt(tl.reduce(xc * xc, 1, SUM_FN) / D + eps)
+    if INTERPRET:
+        var = tl.reduce(xc * xc, 1, SUM_FN) / D
+    else:
+        var = tl.reduce(xc * xc, 1, SUM_COMBINE) / D
+    sigma = tl.sqrt(var + eps)
     alpha = tl.load(alpha_ptr).to(tl.float32)
     z = tl.load(z_ptr).to(tl.float32)
     gate = 1.0 / (1.0 + tl.exp(-alpha * (xc - z * sigma[:, None])))
@@ -56,7 +63,7 @@ def _ash_fwd_kernel(x_ptr, y_ptr, mu_ptr, sig_ptr, alpha_ptr, z_ptr, M, D, strid
 @dual_jit()
 def _ash_bwd_kernel(gy_ptr, x_ptr, mu_ptr, sig_ptr, alpha_ptr, z_ptr, gx_ptr, ga_ptr, gz_ptr, M, D,
                     stride_gym, stride_xm, stride_gxm,
-                    SUM_FN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                    SUM_FN: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < M
@@ -73,12 +80,17 @@ def _ash_bwd_kernel(gy_ptr, x_ptr, mu_ptr, sig_ptr, alpha_ptr, z_ptr, gx_ptr, ga
     u = xc - z * sigma[:, None]
     s = 1.0 / (1.0 + tl.exp(-alpha * u))
     g = gy * x * s * (1.0 - s)  # dL/d(alpha * u); masked lanes load gy = x = 0, so g = 0
-    sum_g = tl.reduce(g, 1, SUM_FN)
+    if INTERPRET:  # each backend its own combine function: see _launch.combine_fns
+        sum_g = tl.reduce(g, 1, SUM_FN)
+        sum_gu = tl.reduce(g * u, 1, SUM_FN)
+    else:
+        sum_g = tl.reduce(g, 1, SUM_COMBINE)
+        sum_gu = tl.reduce(g * u, 1, SUM_COMBINE)
     mean_g = sum_g / D
     xhat = xc / sigma[:, None]
     gx = gy * s + alpha * (g - mean_g[:, None] - z * xhat * mean_g[:, None])
     tl.store(gx_ptr + rows64[:, None] * stride_gxm + cols[None, :], gx.to(gx_ptr.dtype.element_ty), mask=mask)
-    tl.store(ga_ptr + rows64, tl.reduce(g * u, 1, SUM_FN), mask=row_ok)
+    tl.store(ga_ptr + rows64, sum_gu, mask=row_ok)
     tl.store(gz_ptr + rows64, -alpha * sigma * sum_g, mask=row_ok)
 
 
@@ -106,7 +118,7 @@ def ash_fwd(x: torch.Tensor, alpha: torch.Tensor, z: torch.Tensor,
         cpu, gpu = _metas(m, d)
         _ash_fwd_kernel.launch(backend, lambda META: (triton.cdiv(m, META["BLOCK_M"]),),
                                x2, y, mu, sigma, alpha, z, m, d, x2.stride(0), y.stride(0), eps,
-                               SUM_FN=combine_fns(backend)["SUM_FN"],
+                               SUM_FN=combine_fns(backend)["SUM_FN"], INTERPRET=backend == "interpret",
                                interpret_meta=cpu, gpu_meta=gpu)
     return y.to(x.dtype).view(x.shape), mu, sigma
 
@@ -138,7 +150,8 @@ def ash_bwd(gy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, z: torch.Ten
         _ash_bwd_kernel.launch(backend, lambda META: (triton.cdiv(m, META["BLOCK_M"]),),
                                gy2, x2, mu, sigma, alpha, z, gx, ga, gz, m, d,
                                gy2.stride(0), x2.stride(0), gx.stride(0),
-                               SUM_FN=combine_fns(backend)["SUM_FN"], interpret_meta=cpu, gpu_meta=gpu)
+                               SUM_FN=combine_fns(backend)["SUM_FN"], INTERPRET=backend == "interpret",
+                               interpret_meta=cpu, gpu_meta=gpu)
     return gx.to(x.dtype).view(x.shape), ga.sum(), gz.sum()
 
 

@@ -25,7 +25,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from . import reference as ref
-from ._launch import as_2d, backend_for, combine_fns, dual_jit, store_dtype
+from ._launch import MAX_COMBINE, as_2d, backend_for, combine_fns, dual_jit, store_dtype
 from .configs import interpret_row_meta, row_meta
 
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds fp32 half to even
@@ -42,13 +42,19 @@ def _quantize_rowwise_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     if ONE_PASS:
         mask = row_ok[:, None] & (cols[None, :] < K)
         x = tl.load(x_ptr + rows64[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        absmax = tl.reduce(tl.abs(x), 1, MAX_FN)
+        if INTERPRET:  # each backend its own combine function: see _launch.combine_fns
+            absmax = tl.reduce(tl.abs(x), 1, MAX_FN)
+        else:
+            absmax = tl.reduce(tl.abs(x), 1, MAX_COMBINE)
     else:
         absmax = tl.full([BLOCK_M], 0.0, tl.float32)
         for k0 in range(0, K, BLOCK_K):
             mask = row_ok[:, None] & (k0 + cols[None, :] < K)
             xk = tl.load(x_ptr + rows64[:, None] * stride_xm + k0 + cols[None, :], mask=mask, other=0.0)
-            absmax = tl.maximum(absmax, tl.reduce(tl.abs(xk.to(tl.float32)), 1, MAX_FN))
+            if INTERPRET:
+                absmax = tl.maximum(absmax, tl.reduce(tl.abs(xk.to(tl.float32)), 1, MAX_FN))
+            else:
+                absmax = tl.maximum(absmax, tl.reduce(tl.abs(xk.to(tl.float32)), 1, MAX_COMBINE))
 
     nonzero = absmax > 0.0
     safe = tl.where(nonzero, absmax, 1.0)

@@ -1,0 +1,196 @@
+"""EEGMAT, true leave-one-subject-out over all 36 subjects (issue #12, item 5).
+
+Fold ``k`` tests on subject ``k`` alone, selects on the four subjects after it (``k+1`` …
+``k+4``, modulo 36: hyperparameters and the best epoch are chosen on them, never on the
+test subject) and trains on the other 31. Every fold is deterministic, so a re-run, or a
+run on other seeds, sees the same splits.
+
+Rows per fold (``--methods``):
+
+``classical``
+    log band power + logistic regression (C chosen on the fold's validation subjects) on
+    the windows as stored, on z-scored + Euclidean-aligned windows (He & Wu 2019), and with
+    each subject's features z-scored over its own unlabelled windows (the issue's
+    reference). Deterministic: one run per fold.
+``brainfm``
+    ``--variants`` of :mod:`bench_alignment` (default ``scratch-tokens``: the ``small``
+    architecture from random weights with label-free token statistics, so no pretraining
+    can have seen the held-out subject), fully fine-tuned ``--epochs`` epochs, best
+    validation epoch kept, under each ``--normalize`` setting, one run per seed.
+
+Every normalisation statistic of a subject comes from that subject's own unlabelled
+session (``stats_source='session'``), for the test subject too: this is the transductive
+setting, and no label of the test subject is used anywhere.
+
+Rows are appended to ``--runs-log`` as they come, and a re-run skips the (fold, method,
+normalize, seed) rows already there, so an interrupted run resumes. The summary is the mean
+± std over subjects (per-subject scores averaged over seeds first)::
+
+    python benchmarks/bench_loso.py --store STORE --runs-log benchmarks/notes/loso-runs.jsonl
+    python benchmarks/bench_loso.py --from-runs benchmarks/notes/loso-runs.jsonl   # section only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is deprecated")
+
+import lightning.pytorch as pl  # noqa: E402
+import numpy as np  # noqa: E402
+
+from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
+from bench_decoding import LABELS, METRICS, fit_test  # noqa: E402
+from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
+from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_ENCODER = ROOT / "configs" / "pretrain" / "weights" / "small-10s-seed0.safetensors"
+SUBJECTS = [f"eegmat{i:02d}" for i in EEGMAT_SUBJECTS]
+N_VAL = 4
+
+
+def fold_split(k: int) -> dict[str, list[str]]:
+    """Test subject ``k``, validation the next four (cyclic), training the rest."""
+    n = len(SUBJECTS)
+    val = [SUBJECTS[(k + j) % n] for j in range(1, N_VAL + 1)]
+    return {"train": [s for s in SUBJECTS if s != SUBJECTS[k] and s not in val], "val": val, "test": [SUBJECTS[k]]}
+
+
+def _datamodule(store: str, split: dict[str, list[str]], normalize: str) -> DecodingDataModule:
+    dm = DecodingDataModule(store=store, split=split, window_s=5.0, label_map=LABELS, batch_size=32,
+                            normalize=None if normalize == "none" else normalize, stats_source="session")
+    dm.setup()
+    return dm
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    done = set()
+    if args.runs_log and args.runs_log.exists():
+        for line in args.runs_log.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["subject"], r["method"], r["normalize"], r["seed"]))
+    rows: list[dict[str, Any]] = []
+
+    def add(subject: str, method: str, normalize: str, seed: int | None, scores: dict, t0: float) -> None:
+        rows.append({"subject": subject, "method": method, "normalize": normalize, "seed": seed,
+                     **{k: scores[k] for k in METRICS}, "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        if args.runs_log:
+            with open(args.runs_log, "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+
+    classical = {("log band power + LR", "none", False), ("log band power + LR", "align", False),
+                 ("log band power + LR, per-subject feature z-score", "none", True)}
+    for k in args.folds:
+        split, subject = fold_split(k), SUBJECTS[k]
+        dms: dict[str, DecodingDataModule] = {}
+
+        def dm_for(normalize: str) -> DecodingDataModule:
+            if normalize not in dms:
+                dms[normalize] = _datamodule(args.store, split, normalize)
+            return dms[normalize]
+
+        if "classical" in args.methods:
+            for method, normalize, feature_z in sorted(classical):
+                if (subject, method, normalize, None) in done:
+                    continue
+                t0 = time.perf_counter()
+                add(subject, method, normalize, None, classical_rows(dm_for(normalize), normalize, feature_z), t0)
+        if "brainfm" not in args.methods:
+            continue
+        for seed in args.seeds:
+            for normalize in args.normalize:
+                for variant in args.variants:
+                    if (subject, VARIANTS[variant], normalize, seed) in done:
+                        continue
+                    t0 = time.perf_counter()
+                    pl.seed_everything(seed, workers=True)
+                    module = brainfm_module(variant, args.encoder)
+                    add(subject, VARIANTS[variant], normalize, seed,
+                        fit_test(module, dm_for(normalize), epochs=args.epochs, select=True)[0], t0)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean ± std over subjects of each (method, normalize); seeds averaged within a subject first."""
+    per_subject: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        per_subject.setdefault(f"{r['method']} | {r['normalize']}", {}).setdefault(r["subject"], []).append(r)
+    out = {}
+    for key, subjects in per_subject.items():
+        means = {k: [float(np.mean([r[k] for r in rs])) for rs in subjects.values()] for k in METRICS}
+        seeds = sorted({r["seed"] for rs in subjects.values() for r in rs if r["seed"] is not None})
+        out[key] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in means.items()} | {
+            "n_subjects": len(subjects), "seeds": seeds,
+            "at_least_0.80": int(sum(v >= 0.80 for v in means["balanced_accuracy"]))}
+    return out
+
+
+def markdown(summary: dict[str, Any], command: str, date: str, epochs: int) -> str:
+    def cell(v) -> str:
+        return f"{v[0]:.3f} ± {v[1]:.3f}"
+
+    lines = [
+        "## EEGMAT, leave-one-subject-out over 36 subjects (issue #12, item 5)",
+        "",
+        f"Command: `{command}` (2-core CPU, no GPU; {date}). Fold k tests on subject k alone, chooses C or the best "
+        "epoch on the 4 subjects after it (cyclic) and trains on the other 31. 19 EEG channels, 200 Hz, 5-s "
+        "windows; normalisation statistics from each subject's own unlabelled session (transductive, no test "
+        "label used). brainfm rows: the `small` architecture of `configs/pretrain/small-10s.yaml` from random "
+        f"weights (no pretraining, so nothing saw the held-out subject), full fine-tune {epochs} epochs. Mean ± std "
+        "over subjects; seeds averaged within a subject first.",
+        "",
+        "| method | normalize | subjects | seeds | balanced accuracy | subjects ≥ 0.80 | Cohen's κ | weighted F1 | AUROC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, s in summary.items():
+        method, normalize = key.split(" | ")
+        seeds = ", ".join(map(str, s["seeds"])) or "-"
+        lines.append(f"| {method} | {normalize} | {s['n_subjects']} | {seeds} | {cell(s['balanced_accuracy'])} | "
+                     f"{s['at_least_0.80']} | {cell(s['kappa'])} | {cell(s['f1_weighted'])} | {cell(s['auroc'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", help="the sample store (brainfm sample-data), all 36 EEGMAT subjects")
+    ap.add_argument("--folds", type=int, nargs="+", default=list(range(len(SUBJECTS))), help="test subject indices")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--methods", nargs="+", default=["classical", "brainfm"], choices=["classical", "brainfm"])
+    ap.add_argument("--variants", nargs="+", default=["scratch-tokens"], choices=list(VARIANTS))
+    ap.add_argument("--normalize", nargs="+", default=["align"], choices=["none", "zscore", "align"])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--encoder", type=Path, default=RECIPE_ENCODER,
+                    help="weights file: the architecture of scratch variants, the start of pretrained ones")
+    ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
+    ap.add_argument("--from-runs", type=Path, nargs="+", default=None, help="only write the section from these rows")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if args.from_runs:
+        rows = [json.loads(line) for p in args.from_runs for line in p.read_text().splitlines() if line.strip()]
+    else:
+        if not args.store:
+            ap.error("--store is needed unless --from-runs is given")
+        run(args)
+        rows = [json.loads(line) for line in args.runs_log.read_text().splitlines()] if args.runs_log else []
+    summary = summarise(rows)
+    print(json.dumps(summary, indent=1))
+    if args.no_write:
+        return
+    command = ("python benchmarks/bench_loso.py --store STORE --runs-log benchmarks/notes/loso-runs.jsonl"
+               f" --epochs {args.epochs}")
+    date = time.strftime("%Y-%m-%d")
+    write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
+                                     "summary": summary, "runs": rows}, markdown(summary, command, date, args.epochs))
+
+
+if __name__ == "__main__":
+    main()

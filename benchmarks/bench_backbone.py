@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -40,8 +41,10 @@ CASES = {
     # name: (model, n_channels, seconds, mode)
     "brainfm_train": ("brainfm", 19, 30.0, "train"),
     "brainfm_dropout_train": ("brainfm+dropout", 19, 30.0, "train"),
+    "brainfm_dropout_compile_train": ("brainfm+dropout+compile", 19, 30.0, "train"),
     "cbramod_train": ("cbramod", 19, 30.0, "train"),
     "brainfm_latency": ("brainfm", 19, 4.0, "latency"),
+    "brainfm_compile_latency": ("brainfm+compile", 19, 4.0, "latency"),
     "cbramod_latency": ("cbramod", 19, 4.0, "latency"),
     "brainfm_meg_train": ("brainfm", 306, 10.0, "train"),
 }
@@ -76,8 +79,11 @@ def _build(torch, model: str, c: int, t: int):
         from brainfm.models import BrainEncoder, ModelConfig
 
         # "+dropout": CBraMod's dropout 0.1 on residuals, feed-forward and attention
-        p = 0.1 if model.endswith("+dropout") else 0.0
+        p = 0.1 if "+dropout" in model else 0.0
         net = BrainEncoder(ModelConfig.from_name("base", dropout=p, attn_dropout=p))
+        if "+compile" in model:  # torch.compile each block (inductor fuses dropout, residual and norm)
+            for block in net.blocks:
+                block.compile()
 
         def features(batch):
             return net(batch["x"], batch["sensor_geometry"], batch["sensor_type"], batch["channel_mask"])
@@ -121,15 +127,14 @@ def _worker(case: str, device: str, batch_size: int, steps: int, threads: int | 
         net.eval()
         times = []
         with torch.inference_mode():
-            for i in range(max(steps, 3) + 2):
+            for i in range(LATENCY_CALLS + 3):
                 sync()
                 t0 = time.perf_counter()
                 features(batch)
                 sync()
-                if i >= 2:  # two warm-up calls
-                    times.append(time.perf_counter() - t0)
-        times.sort()
-        return {"latency_ms": 1e3 * times[0]}
+                if i >= 3:  # three warm-up calls (the compiled case compiles in the first)
+                    times.append(1e3 * (time.perf_counter() - t0))
+        return {"latency_ms": times}
 
     head = torch.nn.Linear(200, PATCH).to(device)
     params = list(net.parameters()) + list(head.parameters())
@@ -164,14 +169,22 @@ def _worker(case: str, device: str, batch_size: int, steps: int, threads: int | 
 
 
 _BASE_RSS_KIB = 0
+#: Timed batch-1 calls per latency run; the parent pools them over ``--repeats`` runs.
+LATENCY_CALLS = 40
 
 
 def _best(results: list[dict]) -> dict:
-    """Best of repeated runs: highest throughput, lowest latency and memory."""
+    """Best of repeated runs for throughput and memory; latency pooled over every call of
+    every run: median, and the 10th-90th percentile spread."""
     best = {}
     for key in results[0]:
         vals = [r[key] for r in results]
-        best[key] = max(vals) if key == "samples_per_s" else min(vals)
+        if key == "latency_ms":
+            pooled = sorted(t for v in vals for t in v)
+            q = statistics.quantiles(pooled, n=10)
+            best[key], best["latency_p10"], best["latency_p90"] = statistics.median(pooled), q[0], q[-1]
+        else:
+            best[key] = max(vals) if key == "samples_per_s" else min(vals)
     return best
 
 
@@ -204,6 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=1, help="runs per case; the best is kept")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--cases", nargs="+", default=None, choices=list(CASES), help="run only these cases")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -221,33 +235,45 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # Alternate the cases and keep the best of --repeats runs: on a shared machine the
     # best run is the one least disturbed by other processes (as timeit does).
-    runs: dict[str, list[dict]] = {case: [] for case in CASES}
+    cases = [c for c in CASES if args.cases is None or c in args.cases]
+    runs: dict[str, list[dict]] = {case: [] for case in cases}
     for _ in range(args.repeats):
-        for case in CASES:
+        for case in cases:
             runs[case].append(_run_case(case, args))
     res = {case: _best(r) for case, r in runs.items()}
     b = args.batch_size
-    rows = [
-        _row(f"train throughput, 19ch x 30s, B={b} (defaults)", "samples/s",
-             res["brainfm_train"]["samples_per_s"], res["cbramod_train"]["samples_per_s"], True),
-        _row("  same, brainfm with CBraMod's dropout 0.1", "samples/s",
-             res["brainfm_dropout_train"]["samples_per_s"],
-             res["cbramod_train"]["samples_per_s"], True),
-        _row(f"train peak memory, 19ch x 30s, B={b}", "MiB",
-             res["brainfm_train"]["peak_mib"], res["cbramod_train"]["peak_mib"], False),
-        _row("inference latency, B=1, 19ch x 4s", "ms",
-             res["brainfm_latency"]["latency_ms"], res["cbramod_latency"]["latency_ms"], False),
-        _row(f"train throughput, MEG 306ch x 10s, B={b}", "samples/s",
-             res["brainfm_meg_train"]["samples_per_s"], None, True),
-        _row(f"train peak memory, MEG 306ch x 10s, B={b}", "MiB",
-             res["brainfm_meg_train"]["peak_mib"], None, False),
+    specs = [  # (name, unit, brainfm case, anchor case, key, higher is better)
+        (f"train throughput, 19ch x 30s, B={b} (defaults)", "samples/s", "brainfm_train", "cbramod_train",
+         "samples_per_s", True),
+        ("  same, brainfm with CBraMod's dropout 0.1", "samples/s", "brainfm_dropout_train", "cbramod_train",
+         "samples_per_s", True),
+        ("  same dropout, brainfm blocks torch.compile'd", "samples/s", "brainfm_dropout_compile_train",
+         "cbramod_train", "samples_per_s", True),
+        (f"train peak memory, 19ch x 30s, B={b}", "MiB", "brainfm_train", "cbramod_train", "peak_mib", False),
+        ("inference latency, B=1, 19ch x 4s (median)", "ms", "brainfm_latency", "cbramod_latency", "latency_ms", False),
+        ("  same, brainfm blocks torch.compile'd", "ms", "brainfm_compile_latency", "cbramod_latency", "latency_ms",
+         False),
+        (f"train throughput, MEG 306ch x 10s, B={b}", "samples/s", "brainfm_meg_train", None, "samples_per_s", True),
+        (f"train peak memory, MEG 306ch x 10s, B={b}", "MiB", "brainfm_meg_train", None, "peak_mib", False),
     ]
+    rows = []
+    for name, unit, ours, anchor, key, higher in specs:
+        if ours not in res or (anchor is not None and anchor not in res):
+            continue
+        row = _row(name, unit, res[ours][key], res[anchor][key] if anchor else None, higher)
+        if key == "latency_ms":  # spread of every pooled call, both sides
+            row["p10_p90"] = {"brainfm": [res[ours]["latency_p10"], res[ours]["latency_p90"]],
+                              "anchor": [res[anchor]["latency_p10"], res[anchor]["latency_p90"]]}
+        rows.append(row)
     print(f"device={args.device} batch={b} steps={args.steps} repeats={args.repeats} "
           "(anchor: braindecode CBraMod; ratio > 1: brainfm better)")
     print(f"{'row':45s} {'unit':>10s} {'brainfm':>10s} {'anchor':>10s} {'ratio':>7s}")
     for r in rows:
         print(f"{r['name']:45s} {r['unit']:>10s} {_fmt(r['brainfm']):>10s} {_fmt(r['anchor']):>10s} "
               f"{_fmt(r['ratio']):>7s}")
+        if "p10_p90" in r:
+            ours, anchor = r["p10_p90"]["brainfm"], r["p10_p90"]["anchor"]
+            print(f"{'    p10-p90':45s} {'':>10s} {ours[0]:.3g}-{ours[1]:.3g} {anchor[0]:.3g}-{anchor[1]:.3g}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -6,6 +6,8 @@
 * ``brainfm info STORE|BUNDLE [--json]`` — what a store holds, or how a bundle is quantized.
 * ``brainfm verify STORE [--quick]`` — check every recording against its recorded hashes.
 * ``brainfm sample-data [DEST]`` — build the bundled sample dataset and store.
+* ``brainfm import-hdf5 FILE.h5 STORE`` / ``brainfm export-hdf5 STORE FILE.h5`` — an HDF5 corpus in
+  the LaBraM layout into a store without MNE preprocessing, and back (:mod:`brainfm.data.hdf5`).
 * ``brainfm quantize --ckpt CKPT --scheme w8a8|w4a16|w6a8|auto --calib STORE --out BUNDLE`` — post-training
   quantization into a safetensors bundle (:mod:`brainfm.deploy`).
 * ``brainfm export --ckpt CKPT --onnx OUT.onnx [--int8]`` — ONNX for onnxruntime.
@@ -85,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--no-progress", action="store_true")
 
+    _hdf5_parsers(sub)
+
     q = sub.add_parser("quantize", help="quantize a fine-tuned decoder into a bundle (W8A8, W4A16, W6A8 or auto)")
     q.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
     q.add_argument("--scheme", required=True, choices=("w8a8", "w4a16", "w6a8", "auto"),
@@ -120,6 +124,32 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--no-progress", action="store_true")
     _attention_parsers(sub)
     return p
+
+
+def _hdf5_parsers(sub) -> None:
+    h = sub.add_parser("import-hdf5", help="import an HDF5 corpus in the LaBraM layout into a store (no MNE)")
+    h.add_argument("file", help="HDF5 file: one group per recording, a (channels, time) dataset in µV with "
+                   "attributes chOrder and rsFreq")
+    h.add_argument("store", help="output store (local path or fsspec URL)")
+    h.add_argument("--dataset", default="eeg", help="name of the signal dataset in each group (default: eeg)")
+    h.add_argument("--scale", type=float, default=1.0, help="factor to µV, e.g. 1e6 for a file in volts (default: 1)")
+    h.add_argument("--keep-unpositioned", action="store_true",
+                   help="keep channels whose names have no 10-05 montage position (default: fail their recording)")
+    h.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="time-chunk length in s (part of the store's preset; default: 30)")
+    h.add_argument("--skip-errors", action="store_true", help="exit 0 even if some recordings failed")
+    h.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run's lock on the store (default: fail at once)")
+    h.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    x = sub.add_parser("export-hdf5", help="write a store's recordings as HDF5 in the LaBraM layout")
+    x.add_argument("store", help="shard store")
+    x.add_argument("file", help="HDF5 file to write")
+    x.add_argument("--recordings", nargs="+", default=None, metavar="ID", help="recording ids (default: all)")
+    x.add_argument("--subjects", nargs="+", default=None, help="only recordings of these subjects")
+    x.add_argument("--task", default=None, help="only recordings of this BIDS task")
+    x.add_argument("--upper-names", action="store_true", help="upper-case channel names, as LaBraM's own files")
+    x.add_argument("--dataset", default="eeg", help="name of the signal dataset (default: eeg)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
 
 def _detector_args(cmd: argparse.ArgumentParser) -> None:
@@ -375,6 +405,44 @@ def _convert(args: argparse.Namespace) -> int:
     return 0 if report.ok or args.skip_errors else 1
 
 
+def _import_hdf5(args: argparse.Namespace) -> int:
+    from brainfm.pipelines.hdf5_import import import_hdf5  # noqa: PLC0415
+
+    if not (args.scale > 0 and args.chunk_seconds > 0 and args.wait >= 0):
+        raise UsageError("--scale and --chunk-seconds must be > 0, --wait >= 0")
+    logging.getLogger("brainfm.pipelines").setLevel(logging.CRITICAL)  # the summary below says it all
+    report = import_hdf5(args.file, args.store, args.dataset, args.scale, args.keep_unpositioned, args.chunk_seconds,
+                         wait=args.wait, progress=not args.no_progress)
+    print(f"imported {len(report.imported)}, skipped {len(report.skipped)} (up to date), failed {len(report.failed)} "
+          f"in {report.seconds:.1f} s")
+    for key in report.dropped_target_sets:
+        print(f"  target set {key!r} unlisted (recordings changed); recompute it with `brainfm convert --targets`")
+    for rid, messages in sorted(report.warnings.items()):
+        print(f"  {rid}: " + "; ".join(messages))
+    for f in report.failed:
+        print(f"  FAILED {f['error']}", file=sys.stderr)
+    return 0 if report.ok or args.skip_errors else 1
+
+
+def _export_hdf5(args: argparse.Namespace) -> int:
+    from brainfm.data.hdf5 import export_store  # noqa: PLC0415
+    from brainfm.data.store import ShardStore  # noqa: PLC0415
+
+    store = ShardStore(args.store)
+    ids = store.select(args.subjects, **({"task": args.task} if args.task else {}))
+    if args.recordings is not None:
+        unknown = sorted(set(args.recordings) - set(store.recording_ids))
+        if unknown:
+            raise UsageError(f"--recordings: {', '.join(unknown[:5])} not in {args.store}")
+        ids = [rid for rid in ids if rid in set(args.recordings)]
+    written = export_store(store, args.file, ids, upper_names=args.upper_names, dataset=args.dataset,
+                           overwrite=args.overwrite)
+    left_out = [rid for rid in ids if rid not in set(written)]
+    print(f"exported {len(written)} recording(s) of {args.store} to {args.file}"
+          + (f"; left out {len(left_out)} without EEG channels: {', '.join(left_out[:5])}" if left_out else ""))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from brainfm.data.store import verify_store  # noqa: PLC0415
 
@@ -490,7 +558,8 @@ def main(args: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         ns = _parser().parse_args(argv)
         handler = {"convert": _convert, "info": _info, "verify": _verify, "sample-data": _sample,
-                   "quantize": _deploy, "export": _deploy, "detect": _detect, "stream": _stream}[ns.command]
+                   "quantize": _deploy, "export": _deploy, "import-hdf5": _import_hdf5, "export-hdf5": _export_hdf5,
+                   "detect": _detect, "stream": _stream}[ns.command]
         return handler(ns)
     except UsageError as err:
         if debug:

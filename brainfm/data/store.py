@@ -24,6 +24,7 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
           .tmp-targets-<key>-<uuid>/  a target array being written (ignored by readers)
         .tmp-<id>-<uuid>/        a recording being written (ignored by readers)
       reports/convert-*.json     one report per conversion run
+      reports/import-hdf5-*.json one report per ``brainfm import-hdf5`` run
 
 ``manifest.json``::
 
@@ -60,6 +61,10 @@ Recording group attributes (``zarr.json``)::
               every file of the ``data`` array as written (format 3: one per shard;
               format 2: one per chunk)                                   (format >= 2)
     dropped_channels: {"<name>": "<type>"}  channels of types the preset does not keep
+
+Recordings imported from HDF5 (:mod:`brainfm.pipelines.hdf5_import`) have ``source``
+``<file name>::<group>`` and add ``hdf5``: {file, group, dataset, attrs, group_attrs, scale}
+(the file's own attributes), with ``filters`` as the file states them.
 
 The manifest's ``group_sha256`` is the SHA-256 of the group's ``zarr.json``, so the manifest
 pins the attributes, and the attributes pin every byte of the signal (``files``).

@@ -22,14 +22,15 @@ Layout
 LaBraM writes exactly this (``dataset_maker/make_h5dataset_for_pretrain.py``, with upper-case
 names such as ``FP1``). The reader also takes the rate as ``sFreq`` and looks for every attribute
 on the group when the dataset lacks it, as some LaBraM downstream files have it; another dataset
-name than ``eeg`` can be given. Integer-valued rates are written as integers, as LaBraM's own
-tools index with them.
+name than ``eeg`` can be given. Export writes an integer-valued rate as an integer, as LaBraM
+does (``rsFreq = 200``).
 
-Export adds group attributes LaBraM ignores, which import reads back: ``recording_id``,
-``subject``, ``session``, ``task``, ``run`` (those that are set), ``units`` (``uV``),
-``positions`` (where the store's positions came from), ``source`` and ``store`` (where the
-recording came from). Only EEG channels are exported (the layout has no channel types);
-the signal is the store's decoded float32, so exporting and importing again is bit-identical.
+Export adds group attributes LaBraM ignores: ``subject``, ``session``, ``task``, ``run``
+(those that are set; import reads them back as the recording's entities), ``recording_id``,
+``units`` (``uV``), ``positions`` (where the store's positions came from), ``source`` and
+``store`` (where the recording came from; import keeps them as provenance). Only EEG channels
+are exported (the layout has no channel types); the signal is the store's decoded float32, so
+exporting and importing again is bit-identical.
 """
 
 from __future__ import annotations

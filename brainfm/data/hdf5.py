@@ -178,6 +178,8 @@ def _check_group(path: str, name: str, node: Any, dataset: str) -> Hdf5Recording
     if n_samples == 0:
         raise Hdf5LayoutError(f"{where} holds no samples")
     l_freq, h_freq = (_number(_attr(dset, (a,)), a, where) for a in FILTER_ATTRS)
+    if l_freq and h_freq and l_freq >= h_freq:
+        raise Hdf5LayoutError(f"{where}: lFreq {l_freq:g} Hz is not below hFreq {h_freq:g} Hz")
     return Hdf5Recording(
         file=path, group=name, dataset=dataset, ch_names=tuple(names), sfreq=sfreq,
         l_freq=l_freq or None, h_freq=h_freq, shape=(int(n_channels), int(n_samples)),

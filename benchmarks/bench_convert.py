@@ -9,11 +9,17 @@ float32 preprocessed signal, on every recording.
 Usage::
 
     python benchmarks/bench_convert.py [--subjects 36] [--workdir DIR] [--json out.json]
+    python benchmarks/bench_convert.py --copies 4 --json scaling.json   # issue #15 item 3
+
+``--copies K`` converts the dataset K times over, each copy under new subject IDs
+(``sub-eegmat00c1`` ...; EDF files hard-linked, sidecars rewritten), so that worker start-up
+is amortised and the 1 -> 2 worker scaling is that of the conversion itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -27,6 +33,36 @@ from brainfm.pipelines.bids_io import discover, read_raw, recording_id
 from brainfm.pipelines.convert import convert
 from brainfm.pipelines.presets import get_preset
 from brainfm.pipelines.preprocess import preprocess, to_physical_units
+
+
+def repeat_bids(bids: Path, dest: Path, copies: int) -> Path:
+    """``bids`` plus ``copies - 1`` copies of every subject under new labels (``<label>c<k>``)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(bids, dest, copy_function=os.link)
+    subjects = sorted(p.name.removeprefix("sub-") for p in bids.glob("sub-*") if p.is_dir())
+    participants = dest / "participants.tsv"
+    extra_rows = []
+    for k in range(1, copies):
+        for label in subjects:
+            new = f"{label}c{k}"
+            for src in (bids / f"sub-{label}").rglob("*"):
+                target = dest / str(src.relative_to(bids)).replace(f"sub-{label}", f"sub-{new}")
+                if src.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif src.suffix in (".tsv", ".json"):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(src.read_text().replace(f"sub-{label}", f"sub-{new}"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(src, target)
+            extra_rows += [line.replace(f"sub-{label}", f"sub-{new}", 1) for line in
+                           participants.read_text().splitlines() if line.startswith(f"sub-{label}\t")]
+    if extra_rows:
+        participants.unlink()  # a hard link to the source: write a new file
+        lines = (bids / "participants.tsv").read_text().splitlines() + extra_rows
+        participants.write_text("\n".join(lines) + "\n")
+    return dest
 
 
 def time_brainfm(bids: Path, out: Path, workers: int) -> float:
@@ -51,7 +87,7 @@ def max_reconstruction_error(bids: Path, store_url: Path) -> tuple[float, float]
     rel, absolute = 0.0, 0.0
     for bp in discover(bids):
         raw, _ = read_raw(bp)
-        raw, _ = preprocess(raw, preset)
+        raw = preprocess(raw, preset)[0]
         x, _ = to_physical_units(raw)
         y = store.recording(recording_id(bp)).read_all()
         err = np.abs(y - x)
@@ -65,10 +101,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=36, help="EEGMAT subjects 0..N-1 (2 recordings each)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--copies", type=int, default=1, help="convert the dataset this many times over (new subject IDs)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="brainfm-bench-"))
     bids = eegmat_bids(work, range(args.subjects))
+    if args.copies > 1:
+        bids = repeat_bids(bids, work / f"eegmat_bids_x{args.copies}", args.copies)
     n = len(discover(bids))
     print(f"EEGMAT: {n} recordings under {bids}")
 
@@ -76,11 +115,12 @@ def main() -> None:
     t_bd2 = time_braindecode(bids, work / "bd_fif_2", 2)
     t_bf1 = time_brainfm(bids, work / "store_1", 1)
     t_bf2 = time_brainfm(bids, work / "store", 2)
+    print(f"times (s): braindecode n_jobs=1 {t_bd1:.1f}, n_jobs=2 {t_bd2:.1f}; brainfm 1 worker {t_bf1:.1f}, "
+          f"2 workers {t_bf2:.1f}", flush=True)
     rel, absolute = max_reconstruction_error(bids, work / "store")
-    print(f"times (s): braindecode n_jobs=1 {t_bd1:.1f}, n_jobs=2 {t_bd2:.1f}; brainfm 1 worker {t_bf1:.1f}, 2 workers {t_bf2:.1f}")
     print(f"stored signal: max relative error {rel:.3g} (|x| > 1 uV), max absolute error {absolute:.3g} uV")
     rows = [
-        row("convert EEGMAT, brainfm 2 workers vs bd n_jobs=1", "rec/s", n / t_bf2, n / t_bd1),
+        row(f"convert EEGMAT x{args.copies}, brainfm 2 workers vs bd n_jobs=1", "rec/s", n / t_bf2, n / t_bd1),
         row("convert EEGMAT, brainfm 2 workers vs bd n_jobs=2", "rec/s", n / t_bf2, n / t_bd2),
         row("convert EEGMAT, brainfm 1 worker vs bd n_jobs=1", "rec/s", n / t_bf1, n / t_bd1),
         row("brainfm scaling 1 -> 2 workers", "x", t_bf1 / t_bf2, 1.0),

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("bids_root", help="root of the BIDS dataset (with --upgrade: the store)")
     c.add_argument("store", nargs="?", help="output store (local path or fsspec URL)")
     c.add_argument("--preset", default="eeg-fm", help="preprocessing preset (default: eeg-fm)")
-    c.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: CPUs)")
+    c.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPUs)")
     c.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     c.add_argument("--skip-errors", action="store_true", help="exit 0 even if some recordings failed")
     c.add_argument("--report", default=None, help="also write the JSON conversion report here")

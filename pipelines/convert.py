@@ -1,9 +1,10 @@
-"""``brainfm convert``: a BIDS dataset to a shard store, in parallel with Dask.
+"""``brainfm convert``: a BIDS dataset to a shard store, in parallel.
 
 The driver (this process) discovers recordings, checksums their sources and skips
 those already in the store with the same checksum and preset hash. The rest are
-converted by Dask workers (a :class:`~distributed.LocalCluster` by default, or an
-existing cluster given by its scheduler address), each writing its recording
+converted in a local process pool (forked workers, see :func:`_pool_context`; one worker
+converts in this process), or on an existing Dask cluster given by its scheduler address,
+each writing its recording
 atomically (:func:`brainfm.data.store.write_recording`). As they finish, the driver
 adds them to the manifest and rewrites it atomically (at most once a second, and at the
 end), so a run killed at any point leaves a valid store that the next run completes.
@@ -29,10 +30,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -168,46 +172,68 @@ def mne_bids_path(fpath: str, bids_root: str):
     return path.update(root=bids_root, check=False)
 
 
-def _client(workers: int, scheduler: str | None):
-    import dask  # noqa: PLC0415
-    from distributed import Client, LocalCluster  # noqa: PLC0415
+def _dask_client(scheduler: str):
+    from distributed import Client  # noqa: PLC0415
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    if scheduler:
-        return Client(scheduler), None
-    # Dask sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which returns every freed
-    # buffer to the OS; MNE's filters allocate and free large arrays per recording, and
-    # the page faults made conversion 1.5x slower (measured, bench_convert.py).
-    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
-    cluster = LocalCluster(
-        # ":0": the scheduler's HTTP routes on a free port; with None they still try 8787 and warn
-        # (an error under pytest) when another cluster on the machine holds it
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
-    return Client(cluster), cluster
+    return Client(scheduler)
 
 
 def _run(todo, bids_root: str, store_url: str, preset: Preset, workers: int, scheduler: str | None):
-    """Yield conversion results as they finish: in this process for one local worker
-    (no cluster to start), else on a Dask cluster."""
+    """Yield conversion results as they finish: on a Dask cluster when ``scheduler`` names one,
+    in this process for one local worker, else in a local process pool."""
     if not todo:
         return
-    if workers == 1 and scheduler is None:
+    if scheduler is not None:
+        yield from _run_dask(todo, bids_root, store_url, preset, scheduler)
+    elif workers == 1:
         for fpath, checksum in todo:
             yield convert_recording(bids_root, fpath, store_url, preset, checksum)
-        return
-    from distributed import as_completed  # noqa: PLC0415
+    else:
+        yield from _run_pool(todo, bids_root, store_url, preset, workers)
 
-    client, cluster = _client(workers, scheduler)
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` on Linux when this process runs no other Python thread, else ``forkserver``.
+
+    Forked workers start with MNE, mne-bids and zarr already imported. On the 2-core CI
+    machine, 288 EEGMAT recordings (``bench_convert.py --copies 4``) took 16.9 s with two
+    forked workers, 23.7 s with two spawned ones (each re-imports the stack and warms its
+    caches), 28.5 s on a two-worker Dask ``LocalCluster`` and 27.3-29.6 s in one process.
+    Forking a process that runs other threads can deadlock, so then a forkserver is used.
+    """
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if sys.platform != "win32" else "spawn")
+
+
+def _pool_worker_init() -> None:
+    """Workers leave Ctrl-C to the driver (which stops between recordings) and run one thread each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if "torch" in sys.modules:  # a forked copy of an OpenMP pool is not safe to reuse, and cores are taken
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _run_pool(todo, bids_root: str, store_url: str, preset: Preset, workers: int):
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_pool_worker_init)
+    try:
+        futures = [pool.submit(convert_recording, bids_root, f, store_url, preset, c) for f, c in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:  # an early stop (Ctrl-C, an error) finishes the recordings in flight, starts no more
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_dask(todo, bids_root: str, store_url: str, preset: Preset, scheduler: str):
+    from distributed import as_completed as dask_completed  # noqa: PLC0415
+
+    client = _dask_client(scheduler)
     try:
         futures = [client.submit(convert_recording, bids_root, f, store_url, preset, c, pure=False) for f, c in todo]
-        for fut in as_completed(futures):
+        for fut in dask_completed(futures):
             yield fut.result()
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def convert(
@@ -233,11 +259,11 @@ def convert(
     preset : str or Preset
         Preprocessing preset (see :data:`brainfm.pipelines.presets.PRESETS`).
     workers : int, optional
-        Worker processes of the local cluster (default: CPU count, at most the
-        number of recordings to convert). With 1, recordings are converted in this
-        process and no cluster is started. Ignored with ``scheduler``.
+        Local worker processes (default: CPU count, at most the number of recordings to
+        convert). With 1, recordings are converted in this process. Ignored with ``scheduler``.
     scheduler : str, optional
-        Address of an existing Dask scheduler to use instead of a LocalCluster.
+        Address of an existing Dask scheduler (``tcp://host:8786``) to convert on instead of
+        local worker processes.
     progress : bool
         Show a progress bar.
     limit : callable, optional

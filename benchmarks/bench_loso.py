@@ -133,7 +133,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def markdown(summary: dict[str, Any], command: str, date: str, epochs: int) -> str:
+def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "") -> str:
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
 
@@ -155,7 +155,7 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int) -> s
         seeds = ", ".join(map(str, s["seeds"])) or "-"
         lines.append(f"| {method} | {normalize} | {s['n_subjects']} | {seeds} | {cell(s['balanced_accuracy'])} | "
                      f"{s['at_least_0.80']} | {cell(s['kappa'])} | {cell(s['f1_weighted'])} | {cell(s['auroc'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{notes}" if notes else "")
 
 
 def main() -> None:
@@ -171,6 +171,7 @@ def main() -> None:
                     help="weights file: the architecture of scratch variants, the start of pretrained ones")
     ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
     ap.add_argument("--from-runs", type=Path, nargs="+", default=None, help="only write the section from these rows")
+    ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -181,6 +182,9 @@ def main() -> None:
             ap.error("--store is needed unless --from-runs is given")
         run(args)
         rows = [json.loads(line) for line in args.runs_log.read_text().splitlines()] if args.runs_log else []
+    keys = {(r["method"], r["normalize"]) for r in rows}
+    common = set.intersection(*({r["subject"] for r in rows if (r["method"], r["normalize"]) == k} for k in keys))
+    rows = [r for r in rows if r["subject"] in common]  # a run stopped early: compare on the same subjects
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))
     if args.no_write:
@@ -189,7 +193,8 @@ def main() -> None:
                f" --epochs {args.epochs}")
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
-                                     "summary": summary, "runs": rows}, markdown(summary, command, date, args.epochs))
+                                     "summary": summary, "runs": rows}, markdown(summary, command, date, args.epochs,
+                                                         args.notes.read_text() if args.notes else ""))
 
 
 if __name__ == "__main__":

@@ -180,10 +180,12 @@ def main() -> None:
     else:
         if not args.store:
             ap.error("--store is needed unless --from-runs is given")
-        run(args)
-        rows = [json.loads(line) for line in args.runs_log.read_text().splitlines()] if args.runs_log else []
+        rows = run(args)
+        if args.runs_log:  # every row of the log, earlier runs' too
+            rows = [json.loads(line) for line in args.runs_log.read_text().splitlines() if line.strip()]
     keys = {(r["method"], r["normalize"]) for r in rows}
-    common = set.intersection(*({r["subject"] for r in rows if (r["method"], r["normalize"]) == k} for k in keys))
+    common = set.intersection(*({r["subject"] for r in rows if (r["method"], r["normalize"]) == k} for k in keys)) \
+        if keys else set()
     rows = [r for r in rows if r["subject"] in common]  # a run stopped early: compare on the same subjects
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))

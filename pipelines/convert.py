@@ -290,14 +290,8 @@ def convert(
     bids_root, store_url = str(Path(bids_root).resolve()), str(store_url)
     paths = [p for p in _discover(bids_root, preset) if limit is None or limit(p)]
     with shard.store_lock(store_url, timeout=wait, command="convert"):
-        manifest = shard.read_manifest(store_url)
-        if manifest is None:
-            manifest = shard.new_manifest(preset.to_dict(), preset.hash)
-        elif manifest["preset_hash"] != preset.hash:
-            raise ValueError(
-                f"store {store_url} was built with preset {manifest['preset'].get('name')!r} "
-                f"(hash {manifest['preset_hash']}); convert with that preset or into a new store"
-            )
+        manifest = shard.manifest_for_preset(store_url, preset.to_dict(), preset.hash,
+                                             "convert with that preset or into a new store")
         manifest["format_version"] = shard.FORMAT_VERSION
         shard.remove_stale_temporaries(store_url)
         report = ConversionReport(bids_root, store_url, preset.name, preset.hash)

@@ -220,14 +220,9 @@ def import_hdf5(path: str | os.PathLike, store_url: str | os.PathLike, dataset: 
     preset = hdf5_preset(recordings[0], chunk_seconds)
     report.preset_hash = preset.hash
     with shard.store_lock(store_url, timeout=wait, command="import-hdf5"):
-        manifest = shard.read_manifest(store_url)
-        if manifest is None:
-            manifest = shard.new_manifest(preset.to_dict(), preset.hash)
-        elif manifest["preset_hash"] != preset.hash:
-            raise ValueError(
-                f"store {store_url} was built with preset {manifest['preset'].get('name')!r} (hash "
-                f"{manifest['preset_hash']}), {path} needs {preset.description!r} (hash {preset.hash}); import into "
-                "a new store")
+        manifest = shard.manifest_for_preset(
+            store_url, preset.to_dict(), preset.hash,
+            f"{path} needs {preset.description!r} (hash {preset.hash}); import into a new store")
         shard.remove_stale_temporaries(store_url)
         changed: list[str] = []
         positions: dict = {}

@@ -1059,6 +1059,20 @@ def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
     }
 
 
+def manifest_for_preset(store_url: str, preset: Mapping[str, Any], preset_hash: str, hint: str) -> dict[str, Any]:
+    """The store's manifest, or a new one for ``preset``; a store built with another preset is refused.
+
+    ``hint`` ends the error message: what the writer (``convert``, ``import-hdf5``) suggests instead.
+    """
+    manifest = read_manifest(store_url)
+    if manifest is None:
+        return new_manifest(preset, preset_hash)
+    if manifest["preset_hash"] != preset_hash:
+        raise ValueError(f"store {store_url} was built with preset {manifest['preset'].get('name')!r} "
+                         f"(hash {manifest['preset_hash']}); {hint}")
+    return manifest
+
+
 def commit(store_url: str, manifest: Mapping[str, Any]) -> None:
     """Atomically replace the store's manifest (write a temporary file, then rename).
 

@@ -19,6 +19,7 @@ from brainfm.attention import (CALIBRATING, SIGNAL_BAD, AttentionDetector, Causa
                                detect_signal, read_session, window_indices, zero_phase)
 from brainfm.attention.montage import canonical_name
 from brainfm.cli import main
+from brainfm.data.store import ShardStore
 from brainfm.models import BrainDecoder, ModelConfig, save_decoder
 
 
@@ -42,6 +43,17 @@ def test_session_reads_eegmat_with_the_documented_mapping(eegmat32):
     assert set(eegmat32.dropped) == {"EEG A2-A1", "ECG ECG"} or "EEG A2-A1" in eegmat32.dropped
     assert [s[0] for s in eegmat32.segments] == ["Subject32_1.edf", "Subject32_2.edf"]
     assert 5 < np.median(eegmat32.signal.std(axis=1)) < 100  # µV
+
+
+def test_live_positions_are_those_the_store_holds(eegmat32, small_sample):
+    """The live path maps names to the positions `brainfm convert` stored for the same file (MNE's
+    head frame), not the montage template's own frame (4.6 cm off at Fp1 before the fix)."""
+    store = ShardStore(str(small_sample[1]))
+    rid = next(r for r in store.recording_ids if store.entry(r)["subject"] == "eegmat32")
+    stored = store.recording(rid).spec
+    for name, loc in zip(eegmat32.spec.ch_names, eegmat32.spec.loc):
+        k = [canonical_name(n) for n in stored.ch_names].index(name)
+        np.testing.assert_allclose(loc[:3], stored.loc[k, :3], atol=1e-6, err_msg=name)
 
 
 def test_eyes_closed_raises_posterior_alpha(shared_data):

@@ -45,10 +45,15 @@ def canonical_name(name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _positions() -> dict[str, np.ndarray]:
+    """Montage positions in MNE's head frame, as ``brainfm convert`` stores them: ``set_montage``
+    moves the montage into the frame its fiducials define. (``montage.get_positions()`` gives
+    the template's own frame, 4.6 cm away at Fp1, so live windows would reach the tokenizer at
+    positions the model was never trained on.)"""
     name = "colin27_1005" if "colin27_1005" in mne.channels.get_builtin_montages() else "standard_1005"
     montage = mne.channels.make_standard_montage(name)
-    pos = montage.get_positions()["ch_pos"]
-    return {k.upper(): np.asarray(v, dtype=np.float64) for k, v in pos.items()}
+    info = mne.create_info(montage.ch_names, 1.0, "eeg")
+    info.set_montage(montage, verbose="error")
+    return {ch["ch_name"].upper(): np.array(ch["loc"][:3], dtype=np.float64) for ch in info["chs"]}
 
 
 def eeg_spec(names: list[str], sfreq: float, source: str) -> tuple[SensorSpec, list[int], list[str]]:

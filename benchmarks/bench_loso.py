@@ -17,6 +17,14 @@ Rows per fold (``--methods``):
     architecture from random weights with label-free token statistics, so no pretraining
     can have seen the held-out subject), fully fine-tuned ``--epochs`` epochs, best
     validation epoch kept, under each ``--normalize`` setting, one run per seed.
+``reset`` (with ``brainfm``, ``--reset-seconds`` > 0)
+    The fold's decoder reset-tuned on the held-out subject's first ``--reset-seconds`` of
+    labelled data (:func:`brainfm.data.splits.calibration_spans`: the same fraction of each
+    recording) and tested on the rest; with label-free token statistics its subject layers
+    start from the statistics of those seconds (``DecodeModule(mode='reset',
+    token_stats=True)``). The learning rate is chosen per fold from ``--reset-lrs`` by
+    reset-tuning each validation subject the same way (never the test subject). A row of the
+    same decoder without reset-tuning, on the same test windows, is the paired reference.
 
 Every normalisation statistic of a subject comes from that subject's own unlabelled
 session (``stats_source='session'``), for the test subject too: this is the transductive
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,9 +55,10 @@ import numpy as np  # noqa: E402
 
 from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
-from bench_decoding import LABELS, METRICS, fit_test  # noqa: E402
+from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
+from brainfm.tasks import DecodeModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE_ENCODER = ROOT / "configs" / "pretrain" / "weights" / "small-10s-seed0.safetensors"
@@ -70,6 +80,40 @@ def _datamodule(store: str, split: dict[str, list[str]], normalize: str) -> Deco
     return dm
 
 
+def _calibration_dm(store: str, subject: str, normalize: str, seconds: float) -> DecodingDataModule:
+    """The held-out subject's first ``seconds`` (windows every 1 s) to train on, the rest to test on."""
+    dm = DecodingDataModule(store=store, window_s=5.0, label_map=LABELS, batch_size=32, adapt_subjects=[subject],
+                            adapt_seconds=seconds, adapt_stride_s=1.0,
+                            normalize=None if normalize == "none" else normalize, stats_source="session")
+    dm.setup()
+    return dm
+
+
+def reset_tune(decoder: Path, dm: DecodingDataModule, token_stats: bool, lr: float, steps: int, seed: int
+               ) -> dict[str, float]:
+    """Reset-tune ``decoder`` on ``dm``'s calibration windows (trunk and head frozen), test on the rest."""
+    pl.seed_everything(seed, workers=True)
+    module = DecodeModule(init_from=str(decoder), mode="reset", token_stats=token_stats, lr=lr, weight_decay=0.1)
+    return fit_test(module, dm, steps=steps)[0]
+
+
+def reset_rows(module: DecodeModule, store: str, split: dict[str, list[str]], normalize: str, seed: int,
+               args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float], float]:
+    """The fold's decoder on the test subject's post-calibration windows: as trained, and
+    reset-tuned with the learning rate that does best on the validation subjects."""
+    token_stats = bool(module.hparams.token_stats)
+    with tempfile.TemporaryDirectory() as tmp:
+        decoder = Path(tmp) / "decoder.safetensors"
+        module.export_safetensors(decoder)
+        val_dms = [_calibration_dm(store, s, normalize, args.reset_seconds) for s in split["val"]]
+        val_scores = {lr: np.mean([reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed)["balanced_accuracy"]
+                                   for dm in val_dms]) for lr in args.reset_lrs}
+        lr = max(args.reset_lrs, key=lambda v: val_scores[v])
+        dm = _calibration_dm(store, split["test"][0], normalize, args.reset_seconds)
+        plain = test_only(DecodeModule(init_from=str(decoder), mode="full", token_stats=token_stats), dm)
+        return plain, reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed), lr
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     done = set()
     if args.runs_log and args.runs_log.exists():
@@ -78,9 +122,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             done.add((r["subject"], r["method"], r["normalize"], r["seed"]))
     rows: list[dict[str, Any]] = []
 
-    def add(subject: str, method: str, normalize: str, seed: int | None, scores: dict, t0: float) -> None:
+    def add(subject: str, method: str, normalize: str, seed: int | None, scores: dict, t0: float, **extra) -> None:
         rows.append({"subject": subject, "method": method, "normalize": normalize, "seed": seed,
-                     **{k: scores[k] for k in METRICS}, "seconds": round(time.perf_counter() - t0, 1)})
+                     **{k: scores[k] for k in METRICS}, "seconds": round(time.perf_counter() - t0, 1), **extra})
         print(json.dumps(rows[-1]), flush=True)
         if args.runs_log:
             with open(args.runs_log, "a") as f:
@@ -108,13 +152,22 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for seed in args.seeds:
             for normalize in args.normalize:
                 for variant in args.variants:
-                    if (subject, VARIANTS[variant], normalize, seed) in done:
+                    method = VARIANTS[variant]
+                    reset_method = f"{method}, reset-tuned {args.reset_seconds:g} s"
+                    want_reset = args.reset_seconds > 0 and (subject, reset_method, normalize, seed) not in done
+                    if (subject, method, normalize, seed) in done and not want_reset:
                         continue
                     t0 = time.perf_counter()
                     pl.seed_everything(seed, workers=True)
-                    module = brainfm_module(variant, args.encoder)
-                    add(subject, VARIANTS[variant], normalize, seed,
-                        fit_test(module, dm_for(normalize), epochs=args.epochs, select=True)[0], t0)
+                    scores, module = fit_test(brainfm_module(variant, args.encoder), dm_for(normalize),
+                                              epochs=args.epochs, select=True)
+                    if (subject, method, normalize, seed) not in done:
+                        add(subject, method, normalize, seed, scores, t0)
+                    if want_reset:
+                        t0 = time.perf_counter()
+                        plain, tuned, lr = reset_rows(module, args.store, split, normalize, seed, args)
+                        add(subject, f"{method}, as trained, after {args.reset_seconds:g} s", normalize, seed, plain, t0)
+                        add(subject, reset_method, normalize, seed, tuned, t0, reset_lr=lr)
     return rows
 
 
@@ -167,6 +220,11 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["scratch-tokens"], choices=list(VARIANTS))
     ap.add_argument("--normalize", nargs="+", default=["align"], choices=["none", "zscore", "align"])
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--reset-seconds", type=float, default=60.0,
+                    help="labelled seconds of the held-out subject for the reset-tuned rows (0: none)")
+    ap.add_argument("--reset-steps", type=int, default=20)
+    ap.add_argument("--reset-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
+                    help="reset-tuning learning rates, chosen per fold on the validation subjects")
     ap.add_argument("--encoder", type=Path, default=RECIPE_ENCODER,
                     help="weights file: the architecture of scratch variants, the start of pretrained ones")
     ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")

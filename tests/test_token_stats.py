@@ -126,3 +126,38 @@ def test_checkpoint_without_the_test_subjects_still_tests(data, tmp_path):
     fresh = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True)
     scores = pl.Trainer(**QUIET).test(fresh, data, ckpt_path=path, verbose=False)[0]
     assert np.isfinite(scores["test/balanced_accuracy"]) and "eegmat32" in fresh.decoder.subjects
+
+
+def test_reset_tuning_starts_from_the_statistics_and_keeps_its_layers(small_sample, data, tmp_path):
+    """mode='reset' on a token-statistics decoder: the new subject's FiLM starts at its label-free
+    statistics (not the identity), only its layers train, and testing does not overwrite them."""
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
+    pl.Trainer(max_steps=2, **QUIET).fit(module, data)
+    path = tmp_path / "decoder.safetensors"
+    module.export_safetensors(path)
+    calib = DecodingDataModule(store=str(small_sample[1]), batch_size=8, label_map=LABELS, window_s=5.0,
+                               adapt_subjects=["eegmat32"], adapt_seconds=30.0, adapt_stride_s=5.0)
+    calib.setup()
+    reset = DecodeModule(init_from=str(path), mode="reset", token_stats=True, lr=0.0)
+    no_val = {**QUIET, "limit_val_batches": 0}  # calibration data have no validation part
+    pl.Trainer(max_steps=1, **no_val).fit(reset, calib)  # lr 0: the starting point
+    start = reset.decoder.subjects.get("eegmat32")
+    reference = _decoder()
+    reference.load_state_dict(reset.decoder.state_dict(), strict=False)
+    adapt_dataset(reference, calib.sets["train"])
+    torch.testing.assert_close(start.token_scale, reference.subjects.get("eegmat32").token_scale)
+    assert reset.hparams.reset_subjects == ["eegmat32"]
+
+    reset = DecodeModule(init_from=str(path), mode="reset", token_stats=True, lr=1e-2)
+    frozen = {k: v.clone() for k, v in reset.decoder.state_dict().items() if not k.startswith("subjects.")}
+    pl.Trainer(max_steps=3, **no_val).fit(reset, calib)
+    tuned = {k: v.clone() for k, v in reset.decoder.subjects.get("eegmat32").state_dict().items()}
+    assert not torch.equal(tuned["token_scale"], start.token_scale)  # it trained
+    for k, v in reset.decoder.state_dict().items():
+        if k in frozen:
+            torch.testing.assert_close(v, frozen[k])  # trunk and head untouched
+    scores = pl.Trainer(**QUIET).test(reset, calib, verbose=False)[0]
+    assert np.isfinite(scores["test/balanced_accuracy"])
+    for k, v in reset.decoder.subjects.get("eegmat32").state_dict().items():
+        torch.testing.assert_close(v, tuned[k])  # test-time statistics left the tuned layers alone

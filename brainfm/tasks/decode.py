@@ -42,6 +42,13 @@ subject's FiLM layer is set, without labels, to standardise its own encoder toke
 Li et al. 2018), for the training subjects at each epoch start and for every validation,
 test and prediction subject before its loader runs (``token_stats_source``: ``session`` or
 ``calibration``). The subjects' layers, and so their statistics, are saved with the decoder.
+
+Reset-tuning a token-statistics decoder (``mode='reset', token_stats=True``): each new subject's
+layers start from the label-free statistics of its calibration windows (the FiLM that
+standardises its tokens, which is what the frozen head was trained to read) instead of the
+identity, and are then trained on the calibration labels. The reset-tuned subjects are listed
+in ``reset_subjects`` (hyperparameters, checkpoints) and keep their trained layers at
+validation, test and prediction, where every other subject gets its statistics as above.
 """
 
 from __future__ import annotations
@@ -121,6 +128,9 @@ class DecodeModule(ClassifierModule):
         Calibration length of ``token_stats_source='calibration'``.
     token_stats_windows : int
         Windows per training subject that its statistics are re-estimated on each epoch.
+    reset_subjects : list of str, optional
+        Filled in by a reset-tuning fit: the subjects whose layers were trained (with
+        ``token_stats``, their statistics are not re-estimated).
     lr, weight_decay, warmup_steps, min_lr_factor, class_weights, label_smoothing
         See :class:`~brainfm.tasks.classify.ClassifierModule` and :class:`~brainfm.tasks.base.BrainTask`.
     """
@@ -150,13 +160,14 @@ class DecodeModule(ClassifierModule):
         token_stats_source: str = "session",
         token_stats_seconds: float = 60.0,
         token_stats_windows: int = 64,
+        reset_subjects: list[str] | None = None,
     ) -> None:
         super().__init__(n_classes, class_weights)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if token_stats and (subject_layers or mode == "reset"):
-            raise ValueError("token_stats sets the subject layers from statistics; it excludes subject_layers "
-                             "and mode='reset', which train them")
+        if token_stats and subject_layers:
+            raise ValueError("token_stats sets the subject layers from statistics; it excludes subject_layers, "
+                             "which trains them with the trunk (mode='reset' may start from the statistics)")
         if token_stats_source not in TOKEN_STATS_SOURCES:
             raise ValueError(f"token_stats_source must be one of {TOKEN_STATS_SOURCES}, got {token_stats_source!r}")
         if mode == "reset" and init_from is None and not subject_channels:
@@ -243,9 +254,15 @@ class DecodeModule(ClassifierModule):
                     self.decoder.subjects.add(subject, n)  # fresh identity layers
             self.hparams.subject_channels = dict(self.decoder.subjects.channels)
             if hp.mode == "reset":
-                rank_zero_info(f"reset-tuning: fresh subject layers for {sorted(new)}; trunk and head frozen")
+                start = "identity"
+                if hp.token_stats:  # start from the FiLM the frozen head expects: standardised tokens
+                    adapt_dataset(self.decoder, self.trainer.datamodule.sets["train"], "session", device=self.device)
+                    start = "label-free token statistics"
+                rank_zero_info(f"reset-tuning: fresh subject layers for {sorted(new)} from {start}; "
+                               "trunk and head frozen")
                 for subject in new:
                     self.decoder.subjects.get(subject).requires_grad_(True)
+                self.hparams.reset_subjects = sorted(set(hp.reset_subjects or ()) | set(new))
 
     def on_fit_start(self) -> None:
         """Fit the hybrid features' mean and std on training windows (a decoder loaded with
@@ -314,7 +331,7 @@ class DecodeModule(ClassifierModule):
         hp = self.hparams
         subjects = adapt_dataset(self.decoder, dataset, "session" if training else hp.token_stats_source,
                                  hp.token_stats_seconds, hp.token_stats_windows if training else None,
-                                 device=self.device, seed=self.current_epoch)
+                                 device=self.device, seed=self.current_epoch, exclude=hp.reset_subjects or ())
         if not training:
             rank_zero_info(f"token statistics ({hp.token_stats_source}) for {part} subjects {subjects}")
 
@@ -330,7 +347,8 @@ class DecodeModule(ClassifierModule):
         self._adapt_tokens("test")  # the data modules predict on their test windows
 
     def on_train_epoch_start(self) -> None:
-        self._adapt_tokens("train", training=True)
+        if self.hparams.mode != "reset":  # reset-tuned layers are trained, not set
+            self._adapt_tokens("train", training=True)
         if self.hparams.mode != "full":
             self.decoder.encoder.eval()  # frozen trunk: no dropout
             if self.hparams.mode == "reset":

@@ -28,7 +28,7 @@ subject, :func:`brainfm.data.splits.calibration_spans`). Labels are never read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -132,13 +132,17 @@ def match_subjects(decoder, moments: Mapping[str, TokenMoments], channels: Mappi
 
 
 def adapt_dataset(decoder, dataset, source: str = "session", seconds: float = 60.0, max_windows: int | None = None,
-                  batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0) -> list[str]:
-    """Estimate and set the token statistics of every subject of ``dataset`` (no labels read)."""
+                  batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0,
+                  exclude: Collection[str] = ()) -> list[str]:
+    """Estimate and set the token statistics of every subject of ``dataset`` but those in
+    ``exclude`` (e.g. reset-tuned subjects, whose layers were trained); no labels are read."""
     modes = {module: module.training for module in decoder.modules()}  # restored one by one: Lightning
     decoder.eval()                                                     # tracks each module's mode
     try:
         moments: dict[str, TokenMoments] = {}
         for subject, idx in window_indices(dataset, source, seconds, max_windows, seed).items():
+            if subject in exclude:
+                continue
             loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=batch_size, collate_fn=collate_windows)
             moments.update(token_moments(decoder.encoder, loader, device))
         return match_subjects(decoder, moments, DataSummary.of(dataset).subject_channels())

@@ -43,7 +43,8 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to NAME.txt, re
     printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$OUT/steps.tsv"
 }
 
-XDIST=()
+# pyproject's addopts ask for xdist (-n 2); without it installed, replace them (the step gives -m itself)
+XDIST=(-o "addopts=-ra --strict-markers")
 if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "${PYTEST_WORKERS:-16}"); fi
 WINDOWS=()
 if [ -n "${GPU_SUITE_WINDOWS:-}" ]; then WINDOWS=(--windows-file "$GPU_SUITE_WINDOWS"); fi

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import threadpoolctl
 import torch
 
 from brainfm.data.root import data_root
@@ -54,6 +55,26 @@ def _guarded(method):
 
     connect._brainfm_guard = True
     return connect
+
+
+#: Under pytest-xdist (``addopts``: two workers, one per core of the CI machine) every worker and every
+#: process it starts (CLI runs, notebook kernels, torchrun nodes) computes on one thread: oversubscribed
+#: OpenMP threads ran the tiny model 20x slower than one thread on this 2-core machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    threadpoolctl.threadpool_limits(1)
+
+#: The longest test files (minutes each, from ``--durations``) are handed out first, so that no worker
+#: starts one of them while the other is nearly done. ``--dist load`` hands tests out in this order;
+#: ``loadfile`` would not (it sorts files by their number of tests).
+LONGEST_FIRST = ("test_readme.py", "test_notebooks.py", "test_reliability.py", "test_reliability_training.py",
+                 "test_convert.py", "test_stream.py", "test_nsp_objective.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 
 
 def pytest_configure(config):

@@ -25,6 +25,8 @@ Rows per fold (``--methods``):
     token_stats=True)``). The learning rate is chosen per fold from ``--reset-lrs`` by
     reset-tuning each validation subject the same way (never the test subject). A row of the
     same decoder without reset-tuning, on the same test windows, is the paired reference.
+    Each fold's trained decoder is kept under ``--decoders``, so the reset rows can be redone
+    (another grid, more seconds) without training the fold again.
 
 Every normalisation statistic of a subject comes from that subject's own unlabelled
 session (``stats_source='session'``), for the test subject too: this is the transductive
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -97,21 +98,17 @@ def reset_tune(decoder: Path, dm: DecodingDataModule, token_stats: bool, lr: flo
     return fit_test(module, dm, steps=steps)[0]
 
 
-def reset_rows(module: DecodeModule, store: str, split: dict[str, list[str]], normalize: str, seed: int,
-               args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float], float]:
+def reset_rows(decoder: Path, token_stats: bool, store: str, split: dict[str, list[str]], normalize: str, seed: int,
+               args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float], dict[float, float]]:
     """The fold's decoder on the test subject's post-calibration windows: as trained, and
     reset-tuned with the learning rate that does best on the validation subjects."""
-    token_stats = bool(module.hparams.token_stats)
-    with tempfile.TemporaryDirectory() as tmp:
-        decoder = Path(tmp) / "decoder.safetensors"
-        module.export_safetensors(decoder)
-        val_dms = [_calibration_dm(store, s, normalize, args.reset_seconds) for s in split["val"]]
-        val_scores = {lr: np.mean([reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed)["balanced_accuracy"]
-                                   for dm in val_dms]) for lr in args.reset_lrs}
-        lr = max(args.reset_lrs, key=lambda v: val_scores[v])
-        dm = _calibration_dm(store, split["test"][0], normalize, args.reset_seconds)
-        plain = test_only(DecodeModule(init_from=str(decoder), mode="full", token_stats=token_stats), dm)
-        return plain, reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed), lr
+    val_dms = [_calibration_dm(store, s, normalize, args.reset_seconds) for s in split["val"]]
+    val_scores = {lr: float(np.mean([reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed)["balanced_accuracy"]
+                                     for dm in val_dms])) for lr in args.reset_lrs}
+    lr = max(args.reset_lrs, key=lambda v: val_scores[v])
+    dm = _calibration_dm(store, split["test"][0], normalize, args.reset_seconds)
+    plain = test_only(DecodeModule(init_from=str(decoder), mode="full", token_stats=token_stats), dm)
+    return plain, reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed), val_scores
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -157,18 +154,37 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     want_reset = args.reset_seconds > 0 and (subject, reset_method, normalize, seed) not in done
                     if (subject, method, normalize, seed) in done and not want_reset:
                         continue
-                    t0 = time.perf_counter()
-                    pl.seed_everything(seed, workers=True)
-                    scores, module = fit_test(brainfm_module(variant, args.encoder), dm_for(normalize),
-                                              epochs=args.epochs, select=True)
-                    if (subject, method, normalize, seed) not in done:
-                        add(subject, method, normalize, seed, scores, t0)
+                    decoder = args.decoders / f"fold{k:02d}-{variant}-{normalize}-seed{seed}.safetensors"
+                    if (subject, method, normalize, seed) not in done or not decoder.is_file():
+                        t0 = time.perf_counter()
+                        pl.seed_everything(seed, workers=True)
+                        scores, module = fit_test(brainfm_module(variant, args.encoder), dm_for(normalize),
+                                                  epochs=args.epochs, select=True)
+                        decoder.parent.mkdir(parents=True, exist_ok=True)
+                        module.export_safetensors(decoder)  # the reset rows can be redone without training
+                        if (subject, method, normalize, seed) not in done:
+                            add(subject, method, normalize, seed, scores, t0)
                     if want_reset:
                         t0 = time.perf_counter()
-                        plain, tuned, lr = reset_rows(module, args.store, split, normalize, seed, args)
+                        plain, tuned, val = reset_rows(decoder, variant.endswith("tokens"), args.store, split,
+                                                       normalize, seed, args)
                         add(subject, f"{method}, as trained, after {args.reset_seconds:g} s", normalize, seed, plain, t0)
-                        add(subject, reset_method, normalize, seed, tuned, t0, reset_lr=lr)
+                        add(subject, reset_method, normalize, seed, tuned, t0, reset_lr=max(val, key=val.get),
+                            reset_val={f"{k:g}": round(float(v), 4) for k, v in val.items()}, reset_steps=args.reset_steps)
     return rows
+
+
+def complete_runs(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows of every (method, normalize, seed) that covers all subjects any run covers, and
+    the subject counts of those left out: a seed stopped part-way (the runs log resumes it) is
+    not averaged with complete seeds over a different set of subjects."""
+    groups: dict[tuple, set[str]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["normalize"], r["seed"]), set()).add(r["subject"])
+    everyone = set().union(*groups.values()) if groups else set()
+    partial = {" | ".join(map(str, k)): len(v) for k, v in groups.items() if v != everyone}
+    keep = [r for r in rows if groups[(r["method"], r["normalize"], r["seed"])] == everyone]
+    return keep, partial
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -186,7 +202,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "") -> str:
+def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "",
+             partial: dict[str, int] | None = None) -> str:
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
 
@@ -208,6 +225,9 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, note
         seeds = ", ".join(map(str, s["seeds"])) or "-"
         lines.append(f"| {method} | {normalize} | {s['n_subjects']} | {seeds} | {cell(s['balanced_accuracy'])} | "
                      f"{s['at_least_0.80']} | {cell(s['kappa'])} | {cell(s['f1_weighted'])} | {cell(s['auroc'])} |")
+    if partial:
+        lines += ["", "Runs still incomplete, left out of the table (the runs log resumes them): "
+                  + "; ".join(f"{k} ({n} of 36 subjects)" for k, n in sorted(partial.items())) + "."]
     return "\n".join(lines) + "\n" + (f"\n{notes}" if notes else "")
 
 
@@ -223,7 +243,9 @@ def main() -> None:
     ap.add_argument("--reset-seconds", type=float, default=60.0,
                     help="labelled seconds of the held-out subject for the reset-tuned rows (0: none)")
     ap.add_argument("--reset-steps", type=int, default=20)
-    ap.add_argument("--reset-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
+    ap.add_argument("--decoders", type=Path, default=ROOT / "runs" / "loso-decoders",
+                    help="each fold's trained decoder is kept here, so reset rows are redone without training")
+    ap.add_argument("--reset-lrs", type=float, nargs="+", default=[1e-2, 3e-2, 1e-1],
                     help="reset-tuning learning rates, chosen per fold on the validation subjects")
     ap.add_argument("--encoder", type=Path, default=RECIPE_ENCODER,
                     help="weights file: the architecture of scratch variants, the start of pretrained ones")
@@ -241,10 +263,9 @@ def main() -> None:
         rows = run(args)
         if args.runs_log:  # every row of the log, earlier runs' too
             rows = [json.loads(line) for line in args.runs_log.read_text().splitlines() if line.strip()]
-    keys = {(r["method"], r["normalize"]) for r in rows}
-    common = set.intersection(*({r["subject"] for r in rows if (r["method"], r["normalize"]) == k} for k in keys)) \
-        if keys else set()
-    rows = [r for r in rows if r["subject"] in common]  # a run stopped early: compare on the same subjects
+    rows, partial = complete_runs(rows)
+    for key, n in partial.items():
+        print(f"left out, incomplete: {key} ({n} subjects)")
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))
     if args.no_write:
@@ -253,8 +274,8 @@ def main() -> None:
                f" --epochs {args.epochs}")
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
-                                     "summary": summary, "runs": rows}, markdown(summary, command, date, args.epochs,
-                                                         args.notes.read_text() if args.notes else ""))
+                                     "summary": summary, "runs": rows, "incomplete": partial},
+                  markdown(summary, command, date, args.epochs, args.notes.read_text() if args.notes else "", partial))
 
 
 if __name__ == "__main__":

@@ -174,17 +174,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def complete_runs(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The rows of every (method, normalize, seed) that covers all subjects any run covers, and
-    the subject counts of those left out: a seed stopped part-way (the runs log resumes it) is
-    not averaged with complete seeds over a different set of subjects."""
+def complete_runs(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``rows`` into the runs — (method, normalize, seed) — that cover every subject any
+    run covers, and those still incomplete: a seed stopped part-way (the runs log resumes it)
+    is not averaged with complete seeds over a different set of subjects."""
     groups: dict[tuple, set[str]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["normalize"], r["seed"]), set()).add(r["subject"])
     everyone = set().union(*groups.values()) if groups else set()
-    partial = {" | ".join(map(str, k)): len(v) for k, v in groups.items() if v != everyone}
-    keep = [r for r in rows if groups[(r["method"], r["normalize"], r["seed"])] == everyone]
-    return keep, partial
+    whole = [r for r in rows if groups[(r["method"], r["normalize"], r["seed"])] == everyone]
+    return whole, [r for r in rows if groups[(r["method"], r["normalize"], r["seed"])] != everyone]
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -203,7 +202,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "",
-             partial: dict[str, int] | None = None) -> str:
+             partial: dict[str, Any] | None = None) -> str:
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
 
@@ -226,8 +225,14 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, note
         lines.append(f"| {method} | {normalize} | {s['n_subjects']} | {seeds} | {cell(s['balanced_accuracy'])} | "
                      f"{s['at_least_0.80']} | {cell(s['kappa'])} | {cell(s['f1_weighted'])} | {cell(s['auroc'])} |")
     if partial:
-        lines += ["", "Runs still incomplete, left out of the table (the runs log resumes them): "
-                  + "; ".join(f"{k} ({n} of 36 subjects)" for k, n in sorted(partial.items())) + "."]
+        lines += ["", "Runs still incomplete (the runs log resumes them), each on the subjects it has so far; rows "
+                  "with the same subjects are paired:", "",
+                  "| method | normalize | subjects | seeds | balanced accuracy | subjects ≥ 0.80 | AUROC |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, s in partial.items():
+            method, normalize = key.split(" | ")
+            lines.append(f"| {method} | {normalize} | {s['n_subjects']} of 36 | {', '.join(map(str, s['seeds']))} | "
+                         f"{cell(s['balanced_accuracy'])} | {s['at_least_0.80']} | {cell(s['auroc'])} |")
     return "\n".join(lines) + "\n" + (f"\n{notes}" if notes else "")
 
 
@@ -263,9 +268,10 @@ def main() -> None:
         rows = run(args)
         if args.runs_log:  # every row of the log, earlier runs' too
             rows = [json.loads(line) for line in args.runs_log.read_text().splitlines() if line.strip()]
-    rows, partial = complete_runs(rows)
-    for key, n in partial.items():
-        print(f"left out, incomplete: {key} ({n} subjects)")
+    rows, incomplete = complete_runs(rows)
+    partial = summarise(incomplete)
+    for key, p in partial.items():
+        print(f"incomplete: {key} ({p['n_subjects']} subjects): {p['balanced_accuracy'][0]:.3f}")
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))
     if args.no_write:
@@ -274,7 +280,7 @@ def main() -> None:
                f" --epochs {args.epochs}")
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
-                                     "summary": summary, "runs": rows, "incomplete": partial},
+                                     "summary": summary, "runs": rows, "incomplete": {"summary": partial, "runs": incomplete}},
                   markdown(summary, command, date, args.epochs, args.notes.read_text() if args.notes else "", partial))
 
 

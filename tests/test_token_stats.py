@@ -161,3 +161,8 @@ def test_reset_tuning_starts_from_the_statistics_and_keeps_its_layers(small_samp
     assert np.isfinite(scores["test/balanced_accuracy"])
     for k, v in reset.decoder.subjects.get("eegmat32").state_dict().items():
         torch.testing.assert_close(v, tuned[k])  # test-time statistics left the tuned layers alone
+    reset.export_safetensors(tmp_path / "reset.safetensors")  # the file remembers which layers were trained
+    reloaded = DecodeModule(init_from=str(tmp_path / "reset.safetensors"), mode="full", token_stats=True)
+    pl.Trainer(**QUIET).test(reloaded, calib, verbose=False)
+    for k, v in reloaded.decoder.subjects.get("eegmat32").state_dict().items():
+        torch.testing.assert_close(v, tuned[k])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,6 +156,10 @@ class Weights:
     normalization : (dict of str to Tensor, str), optional
         A decoder's per-subject normalisation statistics and their JSON metadata (see the
         module docstring), if it was trained on normalised windows.
+    extra : dict
+        The file's ``extra`` metadata (e.g. a decoder's ``reset_subjects``, whose subject
+        layers were trained rather than set from statistics); for a checkpoint, the same keys
+        from its hyperparameters.
     """
 
     kind: Literal["encoder", "decoder"]
@@ -163,6 +167,7 @@ class Weights:
     config: ModelConfig
     decoder: dict[str, Any] | None = None
     normalization: tuple[dict[str, torch.Tensor], str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_weights(path: str | os.PathLike) -> Weights:
@@ -193,7 +198,7 @@ def read_weights(path: str | os.PathLike) -> Weights:
         prefix = f"{NORMALIZATION}."
         norm = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
         normalization = (norm, meta[NORMALIZATION]) if NORMALIZATION in meta else None
-        return Weights("decoder", state, config, meta["decoder"], normalization)
+        return Weights("decoder", state, config, meta["decoder"], normalization, meta["extra"])
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in ckpt and "hyper_parameters" not in ckpt:
         # not a Lightning checkpoint: CBraMod's released weights (pretrained_weights.pth)
@@ -209,7 +214,8 @@ def read_weights(path: str | os.PathLike) -> Weights:
                "hybrid": hp.get("hybrid"),
                "n_features": int(state["feature_mean"].shape[0]) if "feature_mean" in state else 0}
         norm = ckpt.get(NORMALIZATION)
-        return Weights("decoder", state, config, dec, None if norm is None else (norm["tensors"], norm["metadata"]))
+        return Weights("decoder", state, config, dec, None if norm is None else (norm["tensors"], norm["metadata"]),
+                       {"reset_subjects": hp.get("reset_subjects") or []})
     state = {k: v for k, v in state.items() if k.startswith("encoder.")}
     if not state:
         raise ValueError(f"{path} holds neither a brainfm encoder nor a decoder")

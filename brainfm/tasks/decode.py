@@ -129,7 +129,8 @@ class DecodeModule(ClassifierModule):
     token_stats_windows : int
         Windows per training subject that its statistics are re-estimated on each epoch.
     reset_subjects : list of str, optional
-        Filled in by a reset-tuning fit: the subjects whose layers were trained (with
+        Filled in by a reset-tuning fit, saved in checkpoints and ``decoder.safetensors`` and
+        read back from ``init_from``: the subjects whose layers were trained (with
         ``token_stats``, their statistics are not re-estimated).
     lr, weight_decay, warmup_steps, min_lr_factor, class_weights, label_smoothing
         See :class:`~brainfm.tasks.classify.ClassifierModule` and :class:`~brainfm.tasks.base.BrainTask`.
@@ -209,6 +210,8 @@ class DecodeModule(ClassifierModule):
         self._from_decoder = weights is not None and weights.kind == "decoder"
         if self._from_decoder:
             self.decoder.normalization = weights.normalization
+            tuned = sorted(set(reset_subjects or ()) | set(weights.extra.get("reset_subjects") or ()))
+            self.hparams.reset_subjects = tuned or None  # trained layers: never re-set from statistics
         self._apply_freezing()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -385,6 +388,8 @@ class DecodeModule(ClassifierModule):
 
     def export_safetensors(self, path: str | os.PathLike) -> None:
         extra = {"task": "decode", "mode": self.hparams.mode}
+        if self.hparams.reset_subjects:
+            extra["reset_subjects"] = list(self.hparams.reset_subjects)
         if self.decoder.normalization is not None:
             meta = json.loads(self.decoder.normalization[1])
             sources = sorted({m["source"] for m in meta["subjects"].values()})

@@ -26,6 +26,7 @@ import logging
 import warnings
 from collections.abc import Iterable, Mapping
 
+import lightning.pytorch  # noqa: F401 - sets its loggers to INFO on import, so it must come before quiet()
 import matplotlib.pyplot as plt
 import mne
 import numpy as np
@@ -42,7 +43,8 @@ FILTERS = (
 
 
 def quiet() -> None:
-    """Silence the known-harmless warnings (module docstring) and Lightning's info lines."""
+    """Silence the known-harmless warnings (module docstring) and Lightning's info lines ("GPU
+    available", tips, "Seed set to"), which Lightning turns on when it is first imported."""
     for message in FILTERS:
         warnings.filterwarnings("ignore", message=message)
     for name in ("lightning.pytorch", "lightning.fabric"):

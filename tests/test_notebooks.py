@@ -22,6 +22,8 @@ OWN_TEST = {"05_fmri.ipynb": "tests/test_fmri_notebook.py", "04_attention_state.
 NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.name not in OWN_TEST]
 #: The decoding demos that notebooks/regenerate.py re-executes and that are committed with outputs.
 DEMOS = ("01_quickstart_decoding.ipynb", "02_new_subject_reset_tuning.ipynb", "03_motor_imagery.ipynb")
+#: Lightning's info lines, which notebooks/_demo.py silences.
+NOISE = ("GPU available:", "💡 Tip", "Seed set to")
 
 
 def _code(book) -> list:
@@ -69,3 +71,5 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     errors = [o for c in _code(book) for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert _images(book), "every demo draws at least one figure"
+    text = "".join(o.get("text", "") for c in _code(book) for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    assert not [line for line in NOISE if line in text], "Lightning's info lines bury the notebook's own output"

@@ -92,21 +92,24 @@ for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
 
 
 # -- running one model ----------------------------------------------------------------------
-def _trainer(tmp: str, epochs: int | None = None, steps: int | None = None, select: bool = False) -> pl.Trainer:
+def _trainer(tmp: str, epochs: int | None = None, steps: int | None = None, select: bool = False,
+             val_every: int = 1) -> pl.Trainer:
     callbacks = [ModelCheckpoint(dirpath=tmp, monitor="val/balanced_accuracy", mode="max", save_top_k=1)] if select else []
     return pl.Trainer(
         max_epochs=epochs if epochs is not None else -1, max_steps=steps if steps is not None else -1,
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=select, callbacks=callbacks,
         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0, num_sanity_val_steps=0,
-        limit_val_batches=None if select else 0,
+        limit_val_batches=None if select else 0, check_val_every_n_epoch=val_every,
     )
 
 
 def fit_test(module: pl.LightningModule, dm: DecodingDataModule, *, epochs: int | None = None,
-             steps: int | None = None, select: bool = False) -> tuple[dict[str, float], pl.LightningModule]:
-    """Train, then test (the best validation epoch when ``select``); metrics without the prefix."""
+             steps: int | None = None, select: bool = False,
+             val_every: int = 1) -> tuple[dict[str, float], pl.LightningModule]:
+    """Train, then test (the best validation epoch when ``select``, validating every ``val_every``
+    epochs); metrics without the prefix."""
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _trainer(tmp, epochs, steps, select)
+        trainer = _trainer(tmp, epochs, steps, select, val_every)
         trainer.fit(module, dm)
         out = trainer.test(module, dm, ckpt_path="best" if select else None, verbose=False)[0]
         if select:  # leave the module holding the selected weights

@@ -59,10 +59,10 @@ from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E4
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
+from brainfm.pretrained import RECIPE_ENCODER  # noqa: E402
 from brainfm.tasks import DecodeModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE_ENCODER = ROOT / "configs" / "pretrain" / "weights" / "small-10s-seed0.safetensors"
 SUBJECTS = [f"eegmat{i:02d}" for i in EEGMAT_SUBJECTS]
 N_VAL = 4
 

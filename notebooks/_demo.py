@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
+import brainfm
 import lightning.pytorch  # noqa: F401 - sets its loggers to INFO on import, so it must come before quiet()
 import matplotlib.pyplot as plt
 import mne
@@ -42,13 +44,28 @@ FILTERS = (
 )
 
 
+class BrainfmInfoOnly(logging.Filter):
+    """Lets through warnings, errors and the info lines brainfm itself logs (class weights,
+    reset-tuning, the exported checkpoint), and drops Lightning's own ("GPU available", tips).
+    brainfm logs through Lightning's ``rank_zero_info``, so the two share a logger and differ
+    only in the file that logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.pathname.startswith(BRAINFM_DIR)
+
+
+BRAINFM_DIR = str(Path(brainfm.__file__).resolve().parent)
+
+
 def quiet() -> None:
-    """Silence the known-harmless warnings (module docstring) and Lightning's info lines ("GPU
-    available", tips, "Seed set to"), which Lightning turns on when it is first imported."""
+    """Silence the known-harmless warnings (module docstring) and Lightning's own info lines,
+    which Lightning turns on when it is first imported (hence the import above)."""
     for message in FILTERS:
         warnings.filterwarnings("ignore", message=message)
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if not any(isinstance(f, BrainfmInfoOnly) for f in handler.filters):
+            handler.addFilter(BrainfmInfoOnly())
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)  # "Seed set to"
     mne.set_log_level("WARNING")
 
 

@@ -15,6 +15,11 @@ from typing import Any
 ORDER = ("decoding", "probe")
 
 
+def read_runs(*paths: Path) -> list[dict[str, Any]]:
+    """The rows of JSON-lines runs logs (``--runs-log``), in order, blank lines skipped."""
+    return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def write_section(out: Path, key: str, payload: dict[str, Any], markdown: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"

@@ -41,7 +41,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_decoding import C_GRID, LABELS, METRICS, arrays, classical_scores, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.models import read_weights  # noqa: E402
@@ -240,7 +240,7 @@ def main() -> None:
                     help="write the section from the rows of a --runs-log file (a run stopped early) instead of running")
     args = ap.parse_args()
     if args.from_runs:
-        rows = [json.loads(line) for path in args.from_runs for line in path.read_text().splitlines() if line.strip()]
+        rows = read_runs(*args.from_runs)
         args.seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
     else:
         encoder = args.encoder or sample_encoder(steps=args.pretrain_steps, seed=0, store=args.store)

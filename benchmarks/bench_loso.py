@@ -54,7 +54,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
@@ -261,13 +261,13 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.from_runs:
-        rows = [json.loads(line) for p in args.from_runs for line in p.read_text().splitlines() if line.strip()]
+        rows = read_runs(*args.from_runs)
     else:
         if not args.store:
             ap.error("--store is needed unless --from-runs is given")
         rows = run(args)
         if args.runs_log:  # every row of the log, earlier runs' too
-            rows = [json.loads(line) for line in args.runs_log.read_text().splitlines() if line.strip()]
+            rows = read_runs(args.runs_log)
     rows, incomplete = complete_runs(rows)
     partial = summarise(incomplete)
     for key, p in partial.items():

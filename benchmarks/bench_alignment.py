@@ -185,14 +185,18 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], command: str) ->
     encoder = settings.get("encoder_description") or (
         f"`tiny` encoder pretrained by masked reconstruction for {settings['pretrain_steps']} steps on the sample "
         "store (EEGMAT 32–35 excluded, seed 0, shared by all fine-tune seeds)")
+    source = ("each subject's own unlabelled session (transductive)" if settings["stats_source"] == "session" else
+              f"each subject's first {settings['stats_seconds']:g} s, unlabelled (`calibration_spans`: the same "
+              "fraction of each of its recordings); token statistics of validation and test subjects from the same "
+              "seconds")
     lines = [
         f"## {title}",
         "",
         f"Command: `{command}` (2-core CPU, no GPU; {settings['date']}). CBraMod split (subjects 0–27 train, "
         "28–31 validation, 32–35 test), 19 EEG channels, 200 Hz, 5-s windows. `normalize` is "
         "`DecodingDataModule(normalize=..., stats_source=" + repr(settings["stats_source"]) + ")`: per-subject "
-        "channel z-score, or z-score + Euclidean alignment (He & Wu 2019), statistics from each subject's own "
-        "unlabelled session (transductive), the same for every method. Classical rows are deterministic "
+        "channel z-score, or z-score + Euclidean alignment (He & Wu 2019), statistics from " + source
+        + ", the same for every method. Classical rows are deterministic "
         f"(one run, ± 0); C chosen on validation subjects. brainfm: {encoder}, full fine-tune "
         f"{settings['epochs']} epochs, best validation epoch kept" + (f"; braindecode EEGNet {settings['eegnet_epochs']} epochs, best validation epoch kept"
                         if any(k.startswith("braindecode") for k in summary) else "")

@@ -8,6 +8,7 @@ rewrites only its own section, so the numbers in both files always come from the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,22 @@ ORDER = ("decoding", "probe")
 def read_runs(*paths: Path) -> list[dict[str, Any]]:
     """The rows of JSON-lines runs logs (``--runs-log``), in order, blank lines skipped."""
     return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def collect_rows(args: Any, run: Callable[[Any], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows a benchmark reports: those of ``--from-runs`` files, or else ``run(args)``'s, then every
+    row of ``--runs-log`` (earlier, resumed runs' too) when it keeps one."""
+    if args.from_runs:
+        return read_runs(*args.from_runs)
+    rows = run(args)
+    return read_runs(args.runs_log) if args.runs_log else rows
+
+
+def done_keys(runs_log: Path | None, *fields: str) -> set[tuple]:
+    """``fields`` of every row already in ``runs_log``: what a resumed run skips."""
+    if runs_log is None or not Path(runs_log).exists():
+        return set()
+    return {tuple(r[f] for f in fields) for r in read_runs(runs_log)}
 
 
 def write_section(out: Path, key: str, payload: dict[str, Any], markdown: str) -> None:

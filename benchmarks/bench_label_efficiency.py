@@ -39,7 +39,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import collect_rows, done_keys, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
@@ -70,11 +70,7 @@ def datamodule(store: str, train: list[str], normalize: str) -> DecodingDataModu
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    done = set()
-    if args.runs_log and args.runs_log.exists():
-        for line in args.runs_log.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["train_subjects"], r["method"], r["seed"]))
+    done = done_keys(args.runs_log, "train_subjects", "method", "seed")
     rows: list[dict[str, Any]] = []
 
     def add(n: int, train: list[str], method: str, normalize: str, seed: int, scores: dict, t0: float, **extra):
@@ -117,9 +113,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for r in rows:
         groups.setdefault((r["train_subjects"], r["method"]), []).append(r)
     out: dict[str, dict[str, Any]] = {}
-    for (n, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (n, method), rs in sorted(groups.items(), key=lambda kv: kv[0]):
         out[f"{n} | {method}"] = {k: (float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs])))
-                                  for k in METRICS} | {"seeds": sorted(r["seed"] for r in rs)}
+                                  for k in METRICS} | {"seeds": sorted(r["seed"] for r in rs),
+                                                       "normalize": rs[0]["normalize"]}
     for n in sorted({r["train_subjects"] for r in rows}):
         by = {m: {r["seed"]: r["balanced_accuracy"] for r in rows if r["train_subjects"] == n and r["method"] == m}
               for m in (VARIANTS["pretrained-tokens"], VARIANTS["scratch-tokens"])}
@@ -152,8 +149,7 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, note
         n, method = key.split(" | ")
         if "per_seed" in s:
             continue
-        normalize = "none" if "feature z-score" in method else "align"
-        lines.append(f"| {n} | {method} | {normalize} | {len(s['seeds'])} | {cell(s['balanced_accuracy'])} | "
+        lines.append(f"| {n} | {method} | {s['normalize']} | {len(s['seeds'])} | {cell(s['balanced_accuracy'])} | "
                      f"{cell(s['auroc'])} |")
     lines += ["", "Paired difference in balanced accuracy, pretrained − scratch (same seed, same labelled subjects):", "",
               "| labelled subjects | mean | per seed |", "|---|---|---|"]
@@ -182,14 +178,9 @@ def main() -> None:
     if any(not 1 <= n <= len(SPLIT.train) for n in args.train_subjects):
         ap.error(f"--train-subjects must lie in 1..{len(SPLIT.train)}")
     args.encoder = args.encoder or recipe_encoder()
-    if args.from_runs:
-        rows = read_runs(*args.from_runs)
-    else:
-        if not args.store:
-            ap.error("--store is needed unless --from-runs is given")
-        rows = run(args)
-        if args.runs_log:  # every row of the log, earlier runs' too
-            rows = read_runs(args.runs_log)
+    if not (args.from_runs or args.store):
+        ap.error("--store is needed unless --from-runs is given")
+    rows = collect_rows(args, run)
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))
     if args.no_write:

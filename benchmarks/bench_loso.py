@@ -54,7 +54,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import collect_rows, done_keys, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
@@ -112,11 +112,7 @@ def reset_rows(decoder: Path, token_stats: bool, store: str, split: dict[str, li
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    done = set()
-    if args.runs_log and args.runs_log.exists():
-        for line in args.runs_log.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["subject"], r["method"], r["normalize"], r["seed"]))
+    done = done_keys(args.runs_log, "subject", "method", "normalize", "seed")
     rows: list[dict[str, Any]] = []
 
     def add(subject: str, method: str, normalize: str, seed: int | None, scores: dict, t0: float, **extra) -> None:
@@ -260,14 +256,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    if args.from_runs:
-        rows = read_runs(*args.from_runs)
-    else:
-        if not args.store:
-            ap.error("--store is needed unless --from-runs is given")
-        rows = run(args)
-        if args.runs_log:  # every row of the log, earlier runs' too
-            rows = read_runs(args.runs_log)
+    if not (args.from_runs or args.store):
+        ap.error("--store is needed unless --from-runs is given")
+    rows = collect_rows(args, run)
     rows, incomplete = complete_runs(rows)
     partial = summarise(incomplete)
     for key, p in partial.items():

@@ -23,6 +23,7 @@ The notebooks import it as ``_demo``: Jupyter started in ``notebooks/`` finds it
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,6 +45,10 @@ FILTERS = (
 )
 
 
+#: Where brainfm's modules live: info lines logged from there are brainfm's own.
+BRAINFM_DIR = str(Path(brainfm.__file__).resolve().parent) + os.sep
+
+
 class BrainfmInfoOnly(logging.Filter):
     """Lets through warnings, errors and the info lines brainfm itself logs (class weights,
     reset-tuning, the exported checkpoint), and drops Lightning's own ("GPU available", tips).
@@ -52,9 +57,6 @@ class BrainfmInfoOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or record.pathname.startswith(BRAINFM_DIR)
-
-
-BRAINFM_DIR = str(Path(brainfm.__file__).resolve().parent)
 
 
 def quiet() -> None:

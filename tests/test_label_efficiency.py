@@ -32,7 +32,7 @@ def test_draws_are_training_subjects_reproducible_and_vary_with_the_seed():
 
 def test_summary_pairs_pretrained_and_scratch_by_seed():
     def row(n, method, seed, acc):
-        return {"train_subjects": n, "method": method, "seed": seed, "balanced_accuracy": acc,
+        return {"train_subjects": n, "method": method, "normalize": "align", "seed": seed, "balanced_accuracy": acc,
                 "kappa": 0.0, "f1_weighted": 0.0, "auroc": 0.5}
 
     rows = [row(4, PRETRAINED, 0, 0.80), row(4, SCRATCH, 0, 0.70), row(4, PRETRAINED, 1, 0.60),

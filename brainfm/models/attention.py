@@ -16,7 +16,9 @@ Speed. Every SDPA operand is a 4-D strided view of the fused QKV output (no copi
 attention-probability dropout is off by default (``ModelConfig.attn_dropout``), so PyTorch
 runs its fused flash kernel on CPU and GPU; braindecode's ``nn.MultiheadAttention`` with
 dropout falls back to the unfused path and pays for the transposes and the materialised
-attention matrix.
+attention matrix. Every dropout here (residual, feed-forward and, when switched on,
+attention probabilities) is :mod:`brainfm.models.dropout`'s, whose CPU masks cost a
+quarter of the random draws of ``nn.Dropout``'s.
 
 :func:`load_braindecode_criss_cross` copies braindecode weights into a block; the parity
 test checks the two compute the same function.
@@ -35,6 +37,7 @@ from torch import nn
 
 from brainfm.models.activations import get_activation
 from brainfm.models.config import ModelConfig
+from brainfm.models.dropout import Dropout, dropout
 
 
 class FeedForward(nn.Module):
@@ -44,7 +47,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(config.d_model, config.d_ff)
         self.activation = get_activation(config.activation, config.d_ff)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.linear2 = nn.Linear(config.d_ff, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,13 +85,20 @@ class CrissCrossBlock(nn.Module):
             self.qkv = nn.Linear(d, 3 * d)
             self.out = nn.Linear(d, d)
         self.ff = FeedForward(config)
-        self.dropout1 = nn.Dropout(config.dropout)
-        self.dropout2 = nn.Dropout(config.dropout)
+        self.dropout1 = Dropout(config.dropout)
+        self.dropout2 = Dropout(config.dropout)
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               mask: torch.Tensor | None) -> torch.Tensor:
         p = self.attn_dropout_p if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if p == 0.0 or q.device.type != "cpu":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        # CPU with probability dropout: SDPA has no fused kernel for it and runs these same
+        # unfused maths; written out, the dropout draws brainfm's cheaper masks
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., L_q, L_k)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return dropout(scores.softmax(dim=-1), p) @ v  # (..., L_q, head_dim)
 
     def attention(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Criss-cross attention of normalised tokens ``(B, C, S, D)`` -> ``(B, C, S, D)``.

@@ -19,10 +19,11 @@ Presets
     1-s patches at 200 Hz.
 
 All presets have ``dropout=0`` and ``attn_dropout=0``: masked-patch pretraining is
-regularised by the masking itself (MAE, He et al. 2022, pretrains without dropout), and at
-``base`` size dropout's random-mask generation is about a quarter of a CPU train step
-(measured; see ``benchmarks/bench_backbone.py``). Fine-tuning turns it on through
-overrides, e.g. ``ModelConfig.from_name("base", dropout=0.1)``.
+regularised by the masking itself (MAE, He et al. 2022, pretrains without dropout), and
+at ``base`` size CBraMod's dropout 0.1 still costs about 9 % of a CPU train step with
+:mod:`brainfm.models.dropout`'s cheaper masks (about 30 % with ``nn.Dropout``'s; measured
+with ``benchmarks/bench_backbone.py``). Fine-tuning turns it on through overrides, e.g.
+``ModelConfig.from_name("base", dropout=0.1)``.
 """
 
 from __future__ import annotations

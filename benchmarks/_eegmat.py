@@ -11,6 +11,8 @@ and read.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +27,36 @@ from brainfm.pipelines.sample import build_sample_bids  # noqa: E402
 def eegmat_bids(workdir: Path, subjects: Sequence[int] = EEGMAT_SUBJECTS) -> Path:
     """EEGMAT as BIDS (EDF), built once under ``workdir``."""
     return build_sample_bids(workdir / "eegmat_bids", subjects, eegbci_runs=(), formats=False)
+
+
+def repeat_bids(bids: Path, dest: Path, copies: int) -> Path:
+    """``bids`` plus ``copies - 1`` copies of every subject under new labels (``<label>c<k>``)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(bids, dest, copy_function=os.link)
+    subjects = sorted(p.name.removeprefix("sub-") for p in bids.glob("sub-*") if p.is_dir())
+    participants = dest / "participants.tsv"
+    extra_rows = []
+    for k in range(1, copies):
+        for label in subjects:
+            new = f"{label}c{k}"
+            for src in (bids / f"sub-{label}").rglob("*"):
+                target = dest / str(src.relative_to(bids)).replace(f"sub-{label}", f"sub-{new}")
+                if src.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif src.suffix in (".tsv", ".json"):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(src.read_text().replace(f"sub-{label}", f"sub-{new}"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(src, target)
+            extra_rows += [line.replace(f"sub-{label}", f"sub-{new}", 1) for line in
+                           participants.read_text().splitlines() if line.startswith(f"sub-{label}\t")]
+    if extra_rows:
+        participants.unlink()  # a hard link to the source: write a new file
+        lines = (bids / "participants.tsv").read_text().splitlines() + extra_rows
+        participants.write_text("\n".join(lines) + "\n")
+    return dest
 
 
 def braindecode_preprocess(bids: Path, save_dir: Path, n_jobs: int = 1):

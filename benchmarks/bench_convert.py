@@ -19,50 +19,19 @@ is amortised and the 1 -> 2 worker scaling is that of the conversion itself.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _eegmat import braindecode_preprocess, eegmat_bids, report, row
+from _eegmat import braindecode_preprocess, eegmat_bids, repeat_bids, report, row
 
 from brainfm.data.store import ShardStore
 from brainfm.pipelines.bids_io import discover, read_raw, recording_id
 from brainfm.pipelines.convert import convert
 from brainfm.pipelines.presets import get_preset
 from brainfm.pipelines.preprocess import preprocess, to_physical_units
-
-
-def repeat_bids(bids: Path, dest: Path, copies: int) -> Path:
-    """``bids`` plus ``copies - 1`` copies of every subject under new labels (``<label>c<k>``)."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(bids, dest, copy_function=os.link)
-    subjects = sorted(p.name.removeprefix("sub-") for p in bids.glob("sub-*") if p.is_dir())
-    participants = dest / "participants.tsv"
-    extra_rows = []
-    for k in range(1, copies):
-        for label in subjects:
-            new = f"{label}c{k}"
-            for src in (bids / f"sub-{label}").rglob("*"):
-                target = dest / str(src.relative_to(bids)).replace(f"sub-{label}", f"sub-{new}")
-                if src.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                elif src.suffix in (".tsv", ".json"):
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(src.read_text().replace(f"sub-{label}", f"sub-{new}"))
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.link(src, target)
-            extra_rows += [line.replace(f"sub-{label}", f"sub-{new}", 1) for line in
-                           participants.read_text().splitlines() if line.startswith(f"sub-{label}\t")]
-    if extra_rows:
-        participants.unlink()  # a hard link to the source: write a new file
-        lines = (bids / "participants.tsv").read_text().splitlines() + extra_rows
-        participants.write_text("\n".join(lines) + "\n")
-    return dest
 
 
 def time_brainfm(bids: Path, out: Path, workers: int) -> float:

@@ -29,6 +29,7 @@ rate at several concurrencies, which bounds the rest (``docs/storage.md``).
 Usage::
 
     python benchmarks/bench_loader.py [--subjects 36] [--workers 2] [--repeats 5] [--workdir DIR] [--json out.json]
+    python benchmarks/bench_loader.py --copies 4 [--repeats 5] [--workdir DIR] [--json x4.json]
     python benchmarks/bench_loader.py --formats [--repeats 5] [--workdir DIR] [--json formats.json]
     python benchmarks/bench_loader.py --s3 [--threads 1 4 8 16] [--workdir DIR] [--json s3.json]
 """
@@ -49,7 +50,8 @@ from typing import Callable
 
 import fsspec
 import numpy as np
-from _eegmat import braindecode_preprocess, dir_bytes, eegmat_bids, report, row
+import torch
+from _eegmat import braindecode_preprocess, dir_bytes, eegmat_bids, repeat_bids, report, row
 from _pagecache import drop_page_cache, files_under, resident_bytes
 from torch.utils.data import DataLoader
 
@@ -83,6 +85,31 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.median(values):8.0f} [{min(values):.0f}-{max(values):.0f}]"
 
 
+class _Zeros(torch.utils.data.Dataset):
+    """``n`` windows of zeros, the shape of the benchmark's: what a DataLoader costs by itself."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.zeros(19, int(WINDOW_S * 200))
+
+
+def _zeros_epoch(n: int, workers: int, repeats: int = 3) -> float:
+    """Median seconds of an epoch of :class:`_Zeros` with fresh ``workers`` (start-up and
+    batch transfer between processes, no reading): the floor under every loader row."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _batch in DataLoader(_Zeros(n), batch_size=BATCH, shuffle=True, num_workers=workers):
+            pass
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _cold_row(name: str, bf: list[float], bd: list[float]) -> dict:
     out = row(name, "windows/s", statistics.median(bf), statistics.median(bd))
     out["runs"] = {"brainfm": [round(v, 1) for v in bf], "anchor": [round(v, 1) for v in bd]}
@@ -92,6 +119,13 @@ def _cold_row(name: str, bf: list[float], bd: list[float]) -> dict:
 def _prepare(args) -> tuple[Path, Path, Path]:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="brainfm-bench-"))
     bids = eegmat_bids(work, range(args.subjects))
+    copies = getattr(args, "copies", 1)
+    if copies > 1:  # a longer epoch over real files: K copies of every subject, new IDs
+        work = work / f"x{copies}"
+        if not (work / "eegmat_bids").exists():
+            work.mkdir(parents=True, exist_ok=True)
+            repeat_bids(bids, work / "eegmat_bids", copies)
+        bids = work / "eegmat_bids"
     store = work / "store"
     if not (store / "manifest.json").exists():
         convert(bids, store, workers=args.workers, progress=False)
@@ -150,6 +184,8 @@ def bench_local(args) -> None:
                                             collate_fn=collate_windows, **common), n),
          lambda r: _loader_epoch(DataLoader(_anchor_windows(fif), shuffle=True, **common), n)),
     ]
+    print(f"worker floor: an epoch of {n} zero windows (no reading) takes "
+          + ", ".join(f"{_zeros_epoch(n, k):.3f} s with {k} workers" for k in (0, w)))
     rows = []
     for name, bf_fn, bd_fn in modes:
         bf, bd = [], []
@@ -326,6 +362,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=36)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--copies", type=int, default=1,
+                    help="read the subjects this many times over (copies under new IDs, real files): "
+                         "a longer epoch, over which DataLoader worker start-up is amortised")
     ap.add_argument("--repeats", type=int, default=5, help="cold epochs per mode and side")
     ap.add_argument("--epochs", type=int, default=3, help="steady-state epochs")
     ap.add_argument("--workdir", type=Path, default=None)

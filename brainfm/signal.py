@@ -245,6 +245,10 @@ def collate_sensors(specs: Sequence[SensorSpec], n_channels: int | None = None) 
     """
     c_max = n_channels or max(s.n_channels for s in specs)
     b = len(specs)
+    if all(s.n_channels == c_max for s in specs):  # no padding (one montage): stack, no loop
+        geoms, kinds = zip(*(s.tensors for s in specs))
+        return {"sensor_geometry": torch.stack(geoms), "sensor_type": torch.stack(kinds),
+                "channel_mask": torch.ones(b, c_max, dtype=torch.bool)}
     geom = torch.zeros(b, c_max, 6)
     types = torch.zeros(b, c_max, dtype=torch.long)
     mask = torch.zeros(b, c_max, dtype=torch.bool)

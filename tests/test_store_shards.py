@@ -98,6 +98,57 @@ def test_read_ahead_yields_the_same_windows(store):
     assert inline == ahead and len(inline) == len(FixedWindows(str(store), 5.0))
 
 
+def test_exact_span_reads_decode_only_their_chunks_and_match(store):
+    """``read(..., read_ahead=False)`` (block loaders split between workers) decodes the
+    chunks of its span only, and returns the same samples as a whole-shard read."""
+    rec = ShardStore(store).recording(REST)
+    full = rec.read_all()
+    assert rec._layout.chunks_per_shard > 2
+    CHUNK_CACHE.__init__()
+    a, b = rec.chunk + 17, 2 * rec.chunk + 5  # inside chunks 1 and 2
+    np.testing.assert_array_equal(rec.read(a, b, read_ahead=False), full[:, a:b])
+    assert [rec.cached(k) for k in range(4)] == [False, True, True, False]
+    np.testing.assert_array_equal(rec.read(0, rec.chunk, read_ahead=False), full[:, : rec.chunk])
+    CHUNK_CACHE.__init__()
+    rec.read(a, b)  # default: the whole shard around it
+    assert all(rec.cached(k) for k in range(rec._layout.chunks_per_shard) if k * rec.chunk < rec.n_samples)
+
+
+def test_decode_shard_range_and_bad_range(store):
+    from brainfm.data.shard_codec import decode_shard  # noqa: PLC0415 - the function under test
+
+    rec = ShardStore(store).recording(REST)
+    body = (store / "recordings" / REST / "data/c/0/0").read_bytes()
+    lay = rec._layout
+    whole = decode_shard(body, lay, 3)
+    np.testing.assert_array_equal(decode_shard(body, lay, 2, first=1), whole[:, rec.chunk :])
+    with pytest.raises(ValueError, match="outside a shard"):
+        decode_shard(body, lay, 2, first=lay.chunks_per_shard - 1)
+
+
+def test_split_block_loaders_yield_every_window_once_across_workers(store):
+    """ShuffledWindows with 2 workers (exact-span reads) still yields each window once,
+    with the same samples as a single process."""
+    one = {(w["recording"], w["start"]): float(w["x"].double().sum()) for w in ShuffledWindows(str(store), 5.0, seed=1)}
+    loader = DataLoader(ShuffledWindows(str(store), 5.0, seed=1), batch_size=8, num_workers=2,
+                        collate_fn=collate_windows)
+    two = {}
+    for batch in loader:
+        for rid, start, x in zip(batch["recording"], batch["start"].tolist(), batch["x"]):
+            assert (rid, start) not in two
+            two[(rid, start)] = float(x.double().sum())
+    assert two.keys() == one.keys()
+    assert all(two[k] == pytest.approx(v, rel=1e-12, abs=1e-9) for k, v in one.items())
+
+
+def test_new_recordings_are_written_with_the_current_blosc_setting(store):
+    from brainfm.data.store import SIGNAL_BLOSC  # noqa: PLC0415
+
+    meta = json.loads((store / "recordings" / REST / "data/zarr.json").read_text())
+    (blosc,) = [c for c in meta["codecs"][0]["configuration"]["codecs"] if c["name"] == "blosc"]
+    assert blosc["configuration"]["cname"] == SIGNAL_BLOSC["cname"]
+
+
 def test_upgrade_rewrites_older_recordings_bit_identical_and_keeps_targets(store, capsys):
     s = ShardStore(store)
     before = {rid: s.recording(rid).read_all() for rid in s.recording_ids}

@@ -404,7 +404,10 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
     def _windows(self, epoch: int, shard: int, n_shards: int) -> Iterator[dict[str, Any]]:
         """Windows of this shard's blocks, block by block (one read per block)."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
-        for i, first, stop, block in self._blocks_read_ahead(order[shard::n_shards]):
+        # split between workers or ranks, the other blocks of a shard are mostly another's:
+        # decode only this block's chunks, not the whole shard around it
+        whole_shards = n_shards == 1
+        for i, first, stop, block in self._blocks_read_ahead(order[shard::n_shards], whole_shards):
             rejected = self._rejected.get(i)
             for start in range(first, stop, self.stride):
                 if rejected is not None and _contains(rejected, start):
@@ -412,9 +415,11 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
                 off = start - first
                 yield self._sample(i, block[:, off : off + self.window], start, None)
 
-    def _blocks_read_ahead(self, order: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    def _blocks_read_ahead(self, order: np.ndarray, whole_shards: bool = True
+                           ) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """``(recording index, first start, stop, signal)`` of blocks ``order``, in that order,
-        with up to :attr:`read_ahead` further blocks being read meanwhile."""
+        with up to :attr:`read_ahead` further blocks being read meanwhile (``whole_shards``:
+        :meth:`Recording.read`'s ``read_ahead``)."""
         pending: deque = deque()
         todo = iter(order)
 
@@ -422,9 +427,10 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
             i, first, stop = (int(v) for v in self.blocks[b])
             rec = self._recording(i)
             if self.read_ahead > 0:
-                pending.append((i, first, stop, read_pool().submit(rec.read, first, stop - 1 + self.window)))
+                pending.append((i, first, stop, read_pool().submit(rec.read, first, stop - 1 + self.window,
+                                                                    whole_shards)))
             else:
-                pending.append((i, first, stop, rec.read(first, stop - 1 + self.window)))
+                pending.append((i, first, stop, rec.read(first, stop - 1 + self.window, whole_shards)))
 
         for b in todo:
             submit(int(b))

@@ -228,11 +228,14 @@ class EpochWindows(IterableDataset):
             span = pending.setdefault(b, [s, s, 0])
             span[0], span[1], span[2] = min(span[0], s), max(span[1], s), span[2] + 1
         w, cache = self.windows, {}
+        # split between workers or ranks, the other blocks of a shard are mostly another's:
+        # decode only this worker's chunks, not the whole shard around them
+        whole_shards = n_roles * self.world_size == 1
         for b, s in zip(blocks.tolist(), starts.tolist()):
             i = int(w.blocks[b][0])
             if b not in cache:
                 first, last, _ = pending[b]
-                cache[b] = (first, w._recording(i).read(first, last + w.window))  # (C, n) one read
+                cache[b] = (first, w._recording(i).read(first, last + w.window, whole_shards))  # (C, n) one read
             first, data = cache[b]
             yield w._sample(i, data[:, s - first : s - first + w.window], s, None)
             pending[b][2] -= 1

@@ -92,8 +92,9 @@ def shard_layout(metadata: Any) -> ShardLayout | None:
         return None
 
 
-def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int) -> np.ndarray:
-    """The first ``n_chunks`` inner chunks of one shard as float16 ``(C, n_chunks * k)``.
+def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int, first: int = 0) -> np.ndarray:
+    """Inner chunks ``[first, first + n_chunks)`` of one shard as float16 ``(C, n_chunks * k)``
+    (only those are decompressed).
 
     Raises :class:`ShardDecodeError` (index checksum, truncation, a chunk that does not
     decompress to its size) or :class:`MissingInnerChunk`.
@@ -108,8 +109,10 @@ def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int) ->
         raise ShardDecodeError("shard index checksum (CRC-32C) mismatch")
     index = np.frombuffer(index_raw, dtype="<u8").reshape(m, 2)  # (m, [offset, nbytes])
     expect = layout.n_channels * layout.chunk * 2
+    if not (0 <= first and 0 <= n_chunks and first + n_chunks <= m):
+        raise ValueError(f"inner chunks [{first}, {first + n_chunks}) outside a shard of {m}")
     out = np.empty((n_chunks, layout.n_channels, layout.chunk), dtype="<f2")  # (n, C, k)
-    for j in range(n_chunks):
+    for o, j in enumerate(range(first, first + n_chunks)):
         offset, nbytes = index[j]
         if offset == _EMPTY and nbytes == _EMPTY:
             raise MissingInnerChunk(f"inner chunk {j} missing from the shard index")
@@ -121,7 +124,7 @@ def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int) ->
             raise ShardDecodeError(f"inner chunk {j} does not decompress ({err})") from None
         if len(raw) != expect:
             raise ShardDecodeError(f"inner chunk {j} decompresses to {len(raw)} bytes, {expect} expected")
-        out[j] = np.frombuffer(raw, dtype="<f2").reshape(layout.n_channels, layout.chunk)
+        out[o] = np.frombuffer(raw, dtype="<f2").reshape(layout.n_channels, layout.chunk)
     return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(layout.n_channels, -1)  # (C, n * k)
 
 

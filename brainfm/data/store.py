@@ -165,8 +165,9 @@ Signal encoding
 ``data`` holds the preprocessed signal in physical units (µV for EEG/iEEG, fT for
 magnetometers, fT/cm for gradiometers; see :data:`brainfm.signal.UNITS`) divided by
 a per-channel power-of-two ``scale`` (1 unless the channel exceeds ±32768 units) and
-cast to IEEE float16, chunked along time and compressed with Blosc (zstd level 1,
-byte shuffle: 19 % smaller than raw float16 on EEGMAT at half the time of level 5). Decoding is ``data.astype(float32) * scale``.
+cast to IEEE float16, chunked along time and compressed with Blosc (:data:`SIGNAL_BLOSC`:
+lz4 level 5, byte shuffle; stores written before 2026-12-01 use zstd level 1, and both
+read). Decoding is ``data.astype(float32) * scale``.
 
 Accepted reconstruction error: float16 rounding to nearest, i.e. a relative error
 of at most 2**-11 ≈ 4.9e-4 per sample, plus an absolute error of at most 2**-25 ·
@@ -426,9 +427,11 @@ CHUNK_CACHE = _ChunkCache()
 class Recording:
     """Read-only view of one recording in a store.
 
-    Reads are aligned to the array's time chunks: :meth:`read` decodes whole chunks
-    and slices in numpy, and keeps decoded chunks in a process-wide LRU cache, so many
-    windows from one chunk cost one read. A miss decodes the aligned group of chunks
+    Reads are aligned to the array's time chunks: :meth:`read` decompresses whole chunks
+    and keeps them, float16 as stored, in a process-wide LRU cache, so many windows from one
+    chunk cost one read; only the samples a read returns are cast to float32 and scaled
+    (:func:`decode_signal`), so DataLoader workers that share a chunk each cast only their
+    own windows of it. A miss decompresses the aligned group of chunks
     around it, up to :data:`READ_AHEAD_BYTES`, with one request: in format 3 that group is
     one shard, fetched whole and decoded directly (:mod:`brainfm.data.shard_codec`); older
     formats go through one Zarr call, which costs 1-2 ms however small. A short recording is
@@ -534,7 +537,7 @@ class Recording:
         parts = [self._chunk(k) for k in range(first, last + 1)]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         offset = first * self.chunk
-        return block[:, start - offset : stop - offset]
+        return decode_signal(block[:, start - offset : stop - offset], self.scale)  # (C, stop - start) float32
 
     def read_all(self) -> np.ndarray:
         return self.read(0, self.n_samples)
@@ -555,7 +558,7 @@ class Recording:
             cached = CHUNK_CACHE.get(key)
             if cached is None:  # evicted at once: the cache is smaller than one read
                 cached = self._decode(k, k + 1)
-        return cached
+        return cached  # (C, chunk) float16, as stored
 
     def _decode_missing(self, first: int, last: int) -> None:
         """Decode into the cache the chunks of ``[first, last)`` it lacks, one request per
@@ -612,8 +615,9 @@ class Recording:
                           "then `brainfm convert BIDS_ROOT STORE` to re-make the recording")
 
     def _decode(self, first: int, last: int) -> np.ndarray:
-        """Chunks ``[first, last)`` decoded; StoreError naming the chunk file when one is missing
-        or does not decode (see "Integrity" in the module docstring)."""
+        """Chunks ``[first, last)`` decompressed, float16 as stored (``(C, n)``, before the
+        per-channel scale); StoreError naming the chunk file when one is missing or does not
+        decode (see "Integrity" in the module docstring)."""
         if self.format_version == 1 and self._fs is not None:
             self._check_chunk_files(first, last)
         if self._layout is not None and self._fs is not None and self._object_of(first) == self._object_of(last - 1):
@@ -634,13 +638,13 @@ class Recording:
                 except Exception as chunk_err:  # noqa: BLE001
                     raise self._damaged(j, f"cannot be decoded ({chunk_err})") from chunk_err
             raise StoreError(f"{self.location}/data: cannot read samples [{lo}, {hi}) ({err})") from err
-        block = decode_signal(encoded, self.scale)
-        if not np.isfinite(block.sum()):  # NaN: the fill value of a missing chunk (format 2)
+        encoded = np.asarray(encoded, dtype=np.float16)
+        if np.isnan(encoded).any():  # NaN: the fill value of a missing chunk (format 2)
             for j in range(first, last):
                 a = (j - first) * self.chunk
-                if np.isnan(block[:, a : a + self.chunk]).any():
+                if np.isnan(encoded[:, a : a + self.chunk]).any():
                     raise self._damaged(j, "missing (its samples read back as the fill value)")
-        return block
+        return encoded
 
     def _filesystem(self) -> fsspec.AbstractFileSystem:
         """The store's filesystem; in a forked process (a DataLoader worker) a new instance of it,
@@ -650,7 +654,7 @@ class Recording:
         return self._fs
 
     def _decode_shard_bytes(self, first: int, last: int, body: bytes) -> np.ndarray:
-        """Chunks ``[first, last)``, all in one shard whose bytes are ``body``, decoded (float32)."""
+        """Chunks ``[first, last)``, all in one shard whose bytes are ``body``, decompressed (float16)."""
         layout = self._layout
         s = self._object_of(first)
         skip = first - s * layout.chunks_per_shard
@@ -661,7 +665,7 @@ class Recording:
         except ShardDecodeError as err:
             raise self._damaged(first, f"cannot be decoded ({err})") from None
         hi = min(last * self.chunk, self.n_samples) - first * self.chunk
-        return decode_signal(encoded[:, :hi], self.scale)
+        return encoded[:, :hi]
 
     def _check_chunk_files(self, first: int, last: int) -> None:
         """Format 1 (fill value 0): list the chunk files once and refuse a missing one."""

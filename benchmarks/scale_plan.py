@@ -17,23 +17,23 @@ from dataclasses import asdict, dataclass
 
 # --- measured (docs/benchmarks.md) --------------------------------------------------------
 #: EEGMAT sample store: 36 subjects x 240 s (180 s rest + 60 s task), 19 channels at 200 Hz,
-#: 57.8 MiB on disk ("Random-window throughput and disk footprint", format 2/3 same size).
+#: 61.6 MiB on disk in format 3 with Blosc lz4 5 ("Cold random-window reads", 2026-12-01).
 EEGMAT_SECONDS = 36 * 240.0
-EEGMAT_STORE_BYTES = 57.8 * 2**20
+EEGMAT_STORE_BYTES = 61.6 * 2**20
 #: Conversion, 1 worker, in-process: 72 recordings (19 ch of 500-Hz EDF in) in 6.0 s
 #: ("Conversion: brainfm convert vs braindecode"), MNE filters and resampling included.
 CONVERT_SECONDS_1WORKER = 6.0
 CONVERT_INPUT_HZ = 500.0
 #: Cold random 5-s windows per second, one process, page cache emptied ("Cold random-window
-#: reads", 2 682 windows/s median on a shared 2-core EPYC; a lower bound for a quiet core).
-COLD_WINDOWS_PER_S = 2682.0
+#: reads", 4 copies of EEGMAT, 6 642 windows/s median on the 2-core EPYC, 2026-12-01).
+COLD_WINDOWS_PER_S = 6642.0
 COLD_WINDOW_S = 5.0
 #: H200 bf16 train step of ``base`` (12 layers, d = 200), 19 ch x 30 s, B = 256, dropout 0.1
 #: ("GPU: first runs of gpu_suite.sh", run 3): 1 308 windows/s, MFU 2.3 %.
 GPU_TRAIN_WINDOWS_PER_S = 1308.0
 GPU_TRAIN_WINDOW_S = 30.0
-#: CPU fp32 train step of ``base``, same input, B = 2, dropout 0.1 ("Backbone"): 4.43 windows/s.
-CPU_TRAIN_WINDOWS_PER_S = 4.43
+#: CPU fp32 train step of ``base``, same input, B = 2, dropout 0.1 ("Cheaper dropout masks"): 5.63 windows/s.
+CPU_TRAIN_WINDOWS_PER_S = 5.63
 
 # --- assumptions (stated, with sources) ---------------------------------------------------
 #: Channels kept per recording: the 19 10-20 electrodes, as CBraMod and brainfm's EEGMAT
@@ -61,7 +61,7 @@ class Plan:
 
 def plan(hours: float, cores: list[int]) -> Plan:
     seconds = hours * 3600.0
-    bytes_per_eeg_second = EEGMAT_STORE_BYTES / EEGMAT_SECONDS  # 19 ch at 200 Hz, float16 + zstd
+    bytes_per_eeg_second = EEGMAT_STORE_BYTES / EEGMAT_SECONDS  # 19 ch at 200 Hz, float16 + lz4
     store = seconds * bytes_per_eeg_second * CHANNELS / 19
     float32 = seconds * 200.0 * CHANNELS * 4
     # conversion: input samples per core-second at the measured rate, scaled to TUEG's input rate

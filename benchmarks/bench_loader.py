@@ -119,7 +119,7 @@ def _cold_row(name: str, bf: list[float], bd: list[float]) -> dict:
 def _prepare(args) -> tuple[Path, Path, Path]:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="brainfm-bench-"))
     bids = eegmat_bids(work, range(args.subjects))
-    copies = getattr(args, "copies", 1)
+    copies = args.copies
     if copies > 1:  # a longer epoch over real files: K copies of every subject, new IDs
         work = work / f"x{copies}"
         if not (work / "eegmat_bids").exists():

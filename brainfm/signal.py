@@ -245,7 +245,7 @@ def collate_sensors(specs: Sequence[SensorSpec], n_channels: int | None = None) 
     """
     c_max = n_channels or max(s.n_channels for s in specs)
     b = len(specs)
-    if all(s.n_channels == c_max for s in specs):  # no padding (one montage): stack, no loop
+    if all(s.n_channels == c_max for s in specs):  # no padding needed: stack, no loop
         geoms, kinds = zip(*(s.tensors for s in specs))
         return {"sensor_geometry": torch.stack(geoms), "sensor_type": torch.stack(kinds),
                 "channel_mask": torch.ones(b, c_max, dtype=torch.bool)}

@@ -10,15 +10,17 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 import pytest
+import torch
 import zarr
 from torch.utils.data import DataLoader
 
 from brainfm.cli import main
 from brainfm.data import FixedWindows, ShuffledWindows, collate_windows
-from brainfm.data.shard_codec import shard_layout
-from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, ShardStore, StoreError, add_target_set, prefetch,
-                                read_manifest, rewrite_recording, store_lock, upgrade_store, verify_store,
+from brainfm.data.shard_codec import decode_shard, shard_layout
+from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, SIGNAL_BLOSC, ShardStore, StoreError, add_target_set,
+                                prefetch, read_manifest, rewrite_recording, store_lock, upgrade_store, verify_store,
                                 write_target_table)
+from brainfm.signal import collate_sensors
 
 REST = "sub-eegmat00_task-rest_eeg"
 
@@ -99,24 +101,27 @@ def test_read_ahead_yields_the_same_windows(store):
 
 
 def test_exact_span_reads_decode_only_their_chunks_and_match(store):
-    """``read(..., read_ahead=False)`` (block loaders split between workers) decodes the
+    """``read(..., whole_group=False)`` (block loaders split between workers) decodes the
     chunks of its span only, and returns the same samples as a whole-shard read."""
     rec = ShardStore(store).recording(REST)
     full = rec.read_all()
     assert rec._layout.chunks_per_shard > 2
     CHUNK_CACHE.__init__()
     a, b = rec.chunk + 17, 2 * rec.chunk + 5  # inside chunks 1 and 2
-    np.testing.assert_array_equal(rec.read(a, b, read_ahead=False), full[:, a:b])
+    np.testing.assert_array_equal(rec.read(a, b, whole_group=False), full[:, a:b])
     assert [rec.cached(k) for k in range(4)] == [False, True, True, False]
-    np.testing.assert_array_equal(rec.read(0, rec.chunk, read_ahead=False), full[:, : rec.chunk])
+    np.testing.assert_array_equal(rec.read(0, rec.chunk, whole_group=False), full[:, : rec.chunk])
+    n = rec.n_samples
+    np.testing.assert_array_equal(rec.read(n - 7, n, whole_group=False), full[:, n - 7 :])  # the last chunk
+    for whole in (True, False):  # empty spans, also at the very end
+        assert rec.read(n, n, whole_group=whole).shape == (rec.spec.n_channels, 0)
+        assert rec.read(5, 5, whole_group=whole).shape == (rec.spec.n_channels, 0)
     CHUNK_CACHE.__init__()
     rec.read(a, b)  # default: the whole shard around it
     assert all(rec.cached(k) for k in range(rec._layout.chunks_per_shard) if k * rec.chunk < rec.n_samples)
 
 
 def test_decode_shard_range_and_bad_range(store):
-    from brainfm.data.shard_codec import decode_shard  # noqa: PLC0415 - the function under test
-
     rec = ShardStore(store).recording(REST)
     body = (store / "recordings" / REST / "data/c/0/0").read_bytes()
     lay = rec._layout
@@ -142,8 +147,6 @@ def test_split_block_loaders_yield_every_window_once_across_workers(store):
 
 
 def test_new_recordings_are_written_with_the_current_blosc_setting(store):
-    from brainfm.data.store import SIGNAL_BLOSC  # noqa: PLC0415
-
     meta = json.loads((store / "recordings" / REST / "data/zarr.json").read_text())
     (blosc,) = [c for c in meta["codecs"][0]["configuration"]["codecs"] if c["name"] == "blosc"]
     assert blosc["configuration"]["cname"] == SIGNAL_BLOSC["cname"]
@@ -194,3 +197,15 @@ def test_target_set_api_unchanged_on_format3(store):
         write_target_table(s, rid, "k2", np.ones((2, 1), dtype=np.float32))
     add_target_set(str(store), "k2", spec={}, window_s=5.0, stride_s=5.0, names=["a"])
     assert verify_store(str(store)).ok
+
+
+def test_collate_sensors_fast_path_equals_the_padded_path(store):
+    """A batch of one channel count is stacked; the result equals the general padded path."""
+    specs = [ShardStore(store).recording(REST).spec] * 3
+    fast = collate_sensors(specs)
+    padded = collate_sensors(specs, n_channels=specs[0].n_channels + 2)  # forces the padding loop
+    c = specs[0].n_channels
+    for key in ("sensor_geometry", "sensor_type", "channel_mask"):
+        assert fast[key].dtype == padded[key].dtype
+        assert torch.equal(fast[key], padded[key][:, :c])
+    assert not padded["channel_mask"][:, c:].any()

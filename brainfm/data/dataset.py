@@ -406,8 +406,8 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
         # split between workers or ranks, the other blocks of a shard are mostly another's:
         # decode only this block's chunks, not the whole shard around it
-        whole_shards = n_shards == 1
-        for i, first, stop, block in self._blocks_read_ahead(order[shard::n_shards], whole_shards):
+        whole_group = n_shards == 1
+        for i, first, stop, block in self._blocks_read_ahead(order[shard::n_shards], whole_group=whole_group):
             rejected = self._rejected.get(i)
             for start in range(first, stop, self.stride):
                 if rejected is not None and _contains(rejected, start):
@@ -415,11 +415,11 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
                 off = start - first
                 yield self._sample(i, block[:, off : off + self.window], start, None)
 
-    def _blocks_read_ahead(self, order: np.ndarray, whole_shards: bool = True
+    def _blocks_read_ahead(self, order: np.ndarray, whole_group: bool = True
                            ) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """``(recording index, first start, stop, signal)`` of blocks ``order``, in that order,
-        with up to :attr:`read_ahead` further blocks being read meanwhile (``whole_shards``:
-        :meth:`Recording.read`'s ``read_ahead``)."""
+        with up to :attr:`read_ahead` further blocks being read meanwhile (``whole_group``:
+        :meth:`Recording.read`'s)."""
         pending: deque = deque()
         todo = iter(order)
 
@@ -428,9 +428,9 @@ class ShuffledWindows(_StoreWindows, IterableDataset):
             rec = self._recording(i)
             if self.read_ahead > 0:
                 pending.append((i, first, stop, read_pool().submit(rec.read, first, stop - 1 + self.window,
-                                                                    whole_shards)))
+                                                                    whole_group=whole_group)))
             else:
-                pending.append((i, first, stop, rec.read(first, stop - 1 + self.window, whole_shards)))
+                pending.append((i, first, stop, rec.read(first, stop - 1 + self.window, whole_group=whole_group)))
 
         for b in todo:
             submit(int(b))

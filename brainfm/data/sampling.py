@@ -230,12 +230,12 @@ class EpochWindows(IterableDataset):
         w, cache = self.windows, {}
         # split between workers or ranks, the other blocks of a shard are mostly another's:
         # decode only this worker's chunks, not the whole shard around them
-        whole_shards = n_roles * self.world_size == 1
+        whole_group = n_roles * self.world_size == 1
         for b, s in zip(blocks.tolist(), starts.tolist()):
             i = int(w.blocks[b][0])
             if b not in cache:
                 first, last, _ = pending[b]
-                cache[b] = (first, w._recording(i).read(first, last + w.window, whole_shards))  # (C, n) one read
+                cache[b] = (first, w._recording(i).read(first, last + w.window, whole_group=whole_group))  # (C, n) one read
             first, data = cache[b]
             yield w._sample(i, data[:, s - first : s - first + w.window], s, None)
             pending[b][2] -= 1

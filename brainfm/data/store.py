@@ -72,7 +72,7 @@ pins the attributes, and the attributes pin every byte of the signal (``files``)
 Shards
 ------
 Format 3 stores ``data`` with Zarr v3's ``sharding_indexed`` codec: chunks of ``chunk``
-samples (the preset's ``chunk_seconds``, Blosc zstd level 1, byte shuffle), grouped into
+samples (the preset's ``chunk_seconds``, Blosc :data:`SIGNAL_BLOSC`), grouped into
 shards of ``S`` samples, each shard one object ``data/c/0/<s>`` that holds its chunks
 followed by its index (per chunk, little-endian uint64 offset and length; then a CRC-32C of
 the index). ``S`` (:func:`shard_samples`) is the largest whole number of chunks whose decoded
@@ -294,7 +294,7 @@ READ_AHEAD_BYTES = 8 * 2**20
 SIGNAL_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
 
-def signal_compressor() -> zarr.codecs.BloscCodec:
+def blosc_codec() -> zarr.codecs.BloscCodec:
     """The Blosc codec of newly written signal chunks (:data:`SIGNAL_BLOSC`)."""
     return zarr.codecs.BloscCodec(**SIGNAL_BLOSC)
 
@@ -518,23 +518,29 @@ class Recording:
         )
 
     # signal -----------------------------------------------------------------------
-    def read(self, start: int = 0, stop: int | None = None, read_ahead: bool = True) -> np.ndarray:
+    def read(self, start: int = 0, stop: int | None = None, whole_group: bool = True) -> np.ndarray:
         """Decoded signal ``(C, stop - start)`` float32 in physical units.
 
-        ``read_ahead=False`` decodes only the chunks the span covers, not their whole group
-        (shard): for loaders whose blocks split recordings between DataLoader workers
-        (:class:`~brainfm.data.dataset.ShuffledWindows`, :class:`~brainfm.data.sampling.EpochWindows`),
-        so that no two workers decode the same chunks.
+        ``whole_group=False`` decodes only the chunks the span covers, not the rest of their
+        group (shard), on local disk: for loaders whose blocks split recordings between
+        DataLoader workers (:class:`~brainfm.data.dataset.ShuffledWindows`,
+        :class:`~brainfm.data.sampling.EpochWindows`), so that workers do not each decode the
+        chunks of the others' blocks (a chunk that two neighbouring blocks share is decoded
+        by both). On object storage each such read would fetch the whole shard again, so
+        there the group is read whole as usual.
         """
         stop = self.n_samples if stop is None else stop
         if not 0 <= start <= stop <= self.n_samples:
             raise IndexError(
                 f"samples [{start}, {stop}) outside recording {self.id!r} of {self.n_samples}"
             )
-        first, last = start // self.chunk, max(start, stop - 1) // self.chunk
-        if not read_ahead:
-            self._decode_missing(first, last + 1)
-        parts = [self._chunk(k) for k in range(first, last + 1)]
+        if start == stop:
+            return np.empty((self.spec.n_channels, 0), dtype=np.float32)
+        first, last = start // self.chunk, (stop - 1) // self.chunk
+        decoded: dict[int, np.ndarray] = {}
+        if not whole_group and isinstance(self._fs, LocalFileSystem):
+            decoded = self._decode_missing(first, last + 1)
+        parts = [decoded[k] if k in decoded else self._chunk(k) for k in range(first, last + 1)]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         offset = first * self.chunk
         return decode_signal(block[:, start - offset : stop - offset], self.scale)  # (C, stop - start) float32
@@ -560,17 +566,24 @@ class Recording:
                 cached = self._decode(k, k + 1)
         return cached  # (C, chunk) float16, as stored
 
-    def _decode_missing(self, first: int, last: int) -> None:
-        """Decode into the cache the chunks of ``[first, last)`` it lacks, one request per
-        run of missing chunks within a group."""
+    def _decode_missing(self, first: int, last: int) -> dict[int, np.ndarray]:
+        """Decode the chunks of ``[first, last)`` the cache lacks, from each missing chunk to
+        the end of the span or of its group with one request (cached chunks in that stretch
+        are decoded again), put them in the cache and return them ``{k: (C, chunk) float16}``."""
+        last = min(last, -(-self.n_samples // self.chunk))
+        out: dict[int, np.ndarray] = {}
         k = first
         while k < last:
             if self.cached(k):
                 k += 1
                 continue
             stop = min(last, self.group_of(k)[1])
-            self._cache_group(k, self._decode(k, stop))
+            block = self._decode(k, stop)  # (C, n) float16
+            self._cache_group(k, block)
+            for j in range(k, stop):
+                out[j] = block[:, (j - k) * self.chunk : (j - k + 1) * self.chunk]
             k = stop
+        return out
 
     def _read_ahead(self, k: int) -> None:
         """Decode the aligned group of chunks holding chunk ``k`` with one Zarr call.
@@ -904,13 +917,13 @@ def write_recording(
             dtype="float16",
             fill_value=np.nan,  # a missing chunk reads as NaN, which the signal never is
             config={"write_empty_chunks": True},  # every chunk of the extent exists
-            compressors=signal_compressor(),
+            compressors=blosc_codec(),
         )
         arr[...] = encoded
         files_of = ["data"]
         if loc_array:
             table = group.create_array("channel_loc", shape=spec.loc.shape, chunks=spec.loc.shape, dtype="float64",
-                                       compressors=signal_compressor())
+                                       compressors=blosc_codec())
             table[...] = spec.loc
             files_of.append("channel_loc")
         if keep_targets and fs.exists(final):

@@ -235,7 +235,8 @@ class EpochWindows(IterableDataset):
             i = int(w.blocks[b][0])
             if b not in cache:
                 first, last, _ = pending[b]
-                cache[b] = (first, w._recording(i).read(first, last + w.window, whole_group=whole_group))  # (C, n) one read
+                rec = w._recording(i)
+                cache[b] = (first, rec.read(first, last + w.window, whole_group=whole_group))  # (C, n) one read
             first, data = cache[b]
             yield w._sample(i, data[:, s - first : s - first + w.window], s, None)
             pending[b][2] -= 1

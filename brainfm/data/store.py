@@ -295,7 +295,7 @@ SIGNAL_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
 
 
 def blosc_codec() -> zarr.codecs.BloscCodec:
-    """The Blosc codec of newly written signal chunks (:data:`SIGNAL_BLOSC`)."""
+    """The Blosc codec of newly written arrays, signal chunks and channel tables (:data:`SIGNAL_BLOSC`)."""
     return zarr.codecs.BloscCodec(**SIGNAL_BLOSC)
 
 
@@ -347,7 +347,8 @@ def decode_signal(encoded: np.ndarray, scale: np.ndarray) -> np.ndarray:
     faster than numpy's element-wise one, in slices of :data:`CAST_SLICE` elements so that
     torch never hands it to its intra-op thread pool. On 2 cores shared with other jobs
     the pool is a trap: one 19 x 36000 cast took a median 24 ms with 2 torch threads,
-    0.15 ms sliced (numpy: 1.5 ms).
+    0.15 ms sliced (numpy: 1.5 ms). (A single mixed-dtype ``torch.mul`` into the output,
+    skipping the contiguous copy, measured slower: 32 against 21 us per 19 x 1000 window.)
     """
     encoded = np.ascontiguousarray(encoded)
     out = np.empty(encoded.shape, dtype=np.float32)

@@ -10,14 +10,15 @@ What this does instead. :class:`Dropout` draws 64-bit words from the same torch 
 counter-based generators such as Philox (Salmon et al. 2011) hand out several outputs
 per call. An element is dropped where its uniform falls below ``p`` quantised to 1/65536
 (the drop probability differs from ``p`` by less than 8e-6), and kept values are scaled by
-one over the keep probability actually used (inverted dropout, exactly unbiased). Forward and backward each read one float
-mask, as ``F.dropout`` does. On ``base`` activations this is about 2× cheaper than
-``F.dropout`` forward and backward (measured in ``docs/benchmarks.md``).
+one over the keep probability actually used (inverted dropout, exactly unbiased). Forward
+and backward each read one float mask, as ``F.dropout`` does. On ``base`` activations this
+is about 2× cheaper than ``F.dropout`` forward and backward (measured in
+``docs/benchmarks.md``).
 
 Anywhere else (CUDA and other devices, where PyTorch's fused Philox dropout is already
 cheap; inside ``torch.compile``, whose inductor generates and fuses its own masks; and for
-``p`` within 1/65536 of 1) and in eval mode it is exactly ``nn.Dropout``, and it *is* an ``nn.Dropout``:
-``.p``, ``isinstance`` checks, state dicts and ONNX export are unchanged.
+``p`` within 1/65536 of 1) and in eval mode it is exactly ``nn.Dropout``, and it *is* an
+``nn.Dropout``: ``.p``, ``isinstance`` checks, state dicts and ONNX export are unchanged.
 
 Where it is used: the criss-cross blocks (residual, feed-forward and attention-probability
 dropout, all ``(B, C, S, ·)``-sized). Classification heads keep ``nn.Dropout``: on pooled

@@ -12,6 +12,11 @@ Rows per fold (``--methods``):
     the windows as stored, on z-scored + Euclidean-aligned windows (He & Wu 2019), and with
     each subject's features z-scored over its own unlabelled windows (the issue's
     reference). Deterministic: one run per fold.
+``eegnet``
+    braindecode EEGNet (Lawhern et al. 2018) from scratch, ``--eegnet-epochs`` epochs, best
+    validation epoch kept, inputs × ``--eegnet-input-scale`` (0.1: 10-µV channels at unit
+    scale, where the fixed split found it trains under every normalisation), under each
+    ``--normalize`` setting, one run per seed: the deep baseline given the same alignment.
 ``brainfm``
     ``--variants`` of :mod:`bench_alignment` (default ``scratch-tokens``: the ``small``
     architecture from random weights with label-free token statistics, so no pretraining
@@ -60,7 +65,7 @@ from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
 from brainfm.pretrained import RECIPE_ENCODER  # noqa: E402
-from brainfm.tasks import DecodeModule  # noqa: E402
+from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = [f"eegmat{i:02d}" for i in EEGMAT_SUBJECTS]
@@ -111,6 +116,11 @@ def reset_rows(decoder: Path, token_stats: bool, store: str, split: dict[str, li
     return plain, reset_tune(decoder, dm, token_stats, lr, args.reset_steps, seed), val_scores
 
 
+def eegnet_method(input_scale: float) -> str:
+    """The runs log's method name of the EEGNet rows (the input scale is part of the setting)."""
+    return f"braindecode EEGNet (scratch, input × {input_scale:g})"
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     done = done_keys(args.runs_log, "subject", "method", "normalize", "seed")
     rows: list[dict[str, Any]] = []
@@ -140,6 +150,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     continue
                 t0 = time.perf_counter()
                 add(subject, method, normalize, None, classical_rows(dm_for(normalize), normalize, feature_z), t0)
+        if "eegnet" in args.methods:
+            method = eegnet_method(args.eegnet_input_scale)
+            for seed in args.seeds:
+                for normalize in args.normalize:
+                    if (subject, method, normalize, seed) in done:
+                        continue
+                    t0 = time.perf_counter()
+                    pl.seed_everything(seed, workers=True)
+                    module = BaselineModule("EEGNet", input_scale=args.eegnet_input_scale)
+                    add(subject, method, normalize, seed,
+                        fit_test(module, dm_for(normalize), epochs=args.eegnet_epochs, select=True)[0], t0)
         if "brainfm" not in args.methods:
             continue
         for seed in args.seeds:
@@ -197,7 +218,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "",
+def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, eegnet_epochs: int, notes: str = "",
              partial: dict[str, Any] | None = None) -> str:
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
@@ -209,8 +230,9 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, note
         "epoch on the 4 subjects after it (cyclic) and trains on the other 31. 19 EEG channels, 200 Hz, 5-s "
         "windows; normalisation statistics from each subject's own unlabelled session (transductive, no test "
         "label used). brainfm rows: the `small` architecture of `configs/pretrain/small-10s.yaml` from random "
-        f"weights (no pretraining, so nothing saw the held-out subject), full fine-tune {epochs} epochs. Mean ± std "
-        "over subjects; seeds averaged within a subject first.",
+        f"weights (no pretraining, so nothing saw the held-out subject), full fine-tune {epochs} epochs. braindecode "
+        f"EEGNet rows: from scratch, {eegnet_epochs} epochs, best validation epoch kept. Mean ± std over subjects; "
+        "seeds averaged within a subject first.",
         "",
         "| method | normalize | subjects | seeds | balanced accuracy | subjects ≥ 0.80 | Cohen's κ | weighted F1 | AUROC |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -237,10 +259,13 @@ def main() -> None:
     ap.add_argument("--store", help="the sample store (brainfm sample-data), all 36 EEGMAT subjects")
     ap.add_argument("--folds", type=int, nargs="+", default=list(range(len(SUBJECTS))), help="test subject indices")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--methods", nargs="+", default=["classical", "brainfm"], choices=["classical", "brainfm"])
+    ap.add_argument("--methods", nargs="+", default=["classical", "eegnet", "brainfm"],
+                    choices=["classical", "eegnet", "brainfm"])
     ap.add_argument("--variants", nargs="+", default=["scratch-tokens"], choices=list(VARIANTS))
     ap.add_argument("--normalize", nargs="+", default=["align"], choices=["none", "zscore", "align"])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=8, help="brainfm fine-tuning epochs")
+    ap.add_argument("--eegnet-epochs", type=int, default=10, help="braindecode EEGNet epochs")
+    ap.add_argument("--eegnet-input-scale", type=float, default=0.1, help="EEGNet's inputs (µV) are multiplied by it")
     ap.add_argument("--reset-seconds", type=float, default=60.0,
                     help="labelled seconds of the held-out subject for the reset-tuned rows (0: none)")
     ap.add_argument("--reset-steps", type=int, default=20)
@@ -268,11 +293,11 @@ def main() -> None:
     if args.no_write:
         return
     command = ("python benchmarks/bench_loso.py --store STORE --runs-log benchmarks/notes/loso-runs.jsonl"
-               f" --epochs {args.epochs}")
+               f" --epochs {args.epochs} --eegnet-epochs {args.eegnet_epochs}")
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
                                      "summary": summary, "runs": rows, "incomplete": {"summary": partial, "runs": incomplete}},
-                  markdown(summary, command, date, args.epochs, args.notes.read_text() if args.notes else "", partial))
+                  markdown(summary, command, date, args.epochs, args.eegnet_epochs, args.notes.read_text() if args.notes else "", partial))
 
 
 if __name__ == "__main__":

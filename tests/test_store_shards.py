@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from brainfm.cli import main
 from brainfm.data import FixedWindows, ShuffledWindows, collate_windows
-from brainfm.data.shard_codec import decode_shard, shard_layout
+from brainfm.data.shard_codec import decode_shard, decode_shard_chunks, shard_layout
 from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, SIGNAL_BLOSC, ShardStore, StoreError, add_target_set,
                                 prefetch, read_manifest, rewrite_recording, store_lock, upgrade_store, verify_store,
                                 write_target_table)
@@ -70,6 +70,17 @@ def test_missing_inner_chunk_and_truncated_shard_name_the_shard(store):
         ShardStore(store).recording(REST).read_all()
     shard.write_bytes(body[:100])
     with pytest.raises(StoreError, match=r"data/c/0/0: cannot be decoded \(.*shorter than its index"):
+        ShardStore(store).recording(REST).read_all()
+
+
+def test_inner_chunk_of_the_wrong_decoded_size_names_the_shard(store):
+    shard = store / "recordings" / REST / "data/c/0/0"
+    body = bytearray(shard.read_bytes())
+    m = ShardStore(store).recording(REST)._layout.chunks_per_shard
+    offset = int(np.frombuffer(bytes(body[len(body) - 16 * m - 4 : -4]), dtype="<u8").reshape(m, 2)[0, 0])
+    body[offset + 4 : offset + 8] = (123).to_bytes(4, "little")  # the Blosc header's decoded size
+    shard.write_bytes(bytes(body))
+    with pytest.raises(StoreError, match=r"data/c/0/0: cannot be decoded \(inner chunk 0 decompresses to 123 bytes"):
         ShardStore(store).recording(REST).read_all()
 
 
@@ -127,6 +138,9 @@ def test_decode_shard_range_and_bad_range(store):
     lay = rec._layout
     whole = decode_shard(body, lay, 3)
     np.testing.assert_array_equal(decode_shard(body, lay, 2, first=1), whole[:, rec.chunk :])
+    rows = decode_shard_chunks(body, lay, 3)  # (3, C, chunk), as stored
+    assert rows.shape == (3, lay.n_channels, lay.chunk)
+    np.testing.assert_array_equal(np.concatenate(list(rows), axis=1), whole)
     with pytest.raises(ValueError, match="outside a shard"):
         decode_shard(body, lay, 2, first=lay.chunks_per_shard - 1)
 

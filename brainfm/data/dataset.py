@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, default_collate, get_worker_info
 
 from brainfm.data.artifacts import RejectionCounts, RejectionCriteria, summarize, window_codes
 from brainfm.data.shard_codec import read_pool
@@ -496,14 +496,10 @@ def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if len(sfreqs) > 1:
         raise ValueError(f"windows of different sampling rates in one batch: {sorted(sfreqs)}")
     batch: dict[str, Any] = collate_sensors(specs)
-    c_max, t = batch["channel_mask"].shape[1], lengths.pop()
-    if all(s["x"].shape[0] == c_max for s in samples):
-        batch["x"] = torch.stack([s["x"] for s in samples])  # (B, C, T)
-    else:
-        x = torch.zeros(len(samples), c_max, t)
-        for k, s in enumerate(samples):
-            x[k, : s["x"].shape[0]] = s["x"]
-        batch["x"] = x  # (B, C_max, T), zero-padded
+    c_max = batch["channel_mask"].shape[1]
+    # default_collate stacks straight into shared memory inside a DataLoader worker, so the
+    # batch reaches the main process without a second copy (torch.stack would make one)
+    batch["x"] = default_collate([_padded(s["x"], c_max) for s in samples])  # (B, C_max, T), zero-padded
     batch["sfreq"] = sfreqs.pop()
     for key in ("recording", "subject"):
         batch[key] = [s[key] for s in samples]
@@ -511,5 +507,10 @@ def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if all("label" in s for s in samples):
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
     if all("targets" in s for s in samples):
-        batch["targets"] = torch.stack([s["targets"] for s in samples])  # (B, K)
+        batch["targets"] = default_collate([s["targets"] for s in samples])  # (B, K)
     return batch
+
+
+def _padded(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` (C, T) zero-padded to (channels, T) along the channel axis."""
+    return x if x.shape[0] == channels else torch.nn.functional.pad(x, (0, 0, 0, channels - x.shape[0]))

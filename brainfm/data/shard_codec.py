@@ -92,9 +92,14 @@ def shard_layout(metadata: Any) -> ShardLayout | None:
         return None
 
 
-def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int, first: int = 0) -> np.ndarray:
-    """Inner chunks ``[first, first + n_chunks)`` of one shard as float16 ``(C, n_chunks * k)``
-    (only those are decompressed).
+#: Bytes of a Blosc 1 frame's header (version, flags, typesize, nbytes, blocksize, cbytes).
+_BLOSC_HEADER = 16
+
+
+def decode_shard_chunks(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int, first: int = 0) -> np.ndarray:
+    """Inner chunks ``[first, first + n_chunks)`` of one shard as float16 ``(n_chunks, C, k)``,
+    chunk-major as stored: each chunk decompresses straight into its row, with no copy or
+    transpose after (only those chunks are decompressed).
 
     Raises :class:`ShardDecodeError` (index checksum, truncation, a chunk that does not
     decompress to its size) or :class:`MissingInnerChunk`.
@@ -118,14 +123,27 @@ def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int, fi
             raise MissingInnerChunk(f"inner chunk {j} missing from the shard index")
         if int(offset) + int(nbytes) > size - layout.index_bytes:
             raise ShardDecodeError(f"inner chunk {j} runs past the shard's data ({offset} + {nbytes} > {size})")
+        compressed = view[int(offset) : int(offset) + int(nbytes)]
+        decoded_bytes = _blosc_nbytes(compressed)
+        if decoded_bytes != expect:
+            raise ShardDecodeError(f"inner chunk {j} decompresses to {decoded_bytes} bytes, {expect} expected")
         try:
-            raw = blosc.decompress(view[int(offset) : int(offset) + int(nbytes)])
+            blosc.decompress(compressed, out[o])
         except Exception as err:  # noqa: BLE001 - numcodecs raises RuntimeError/ValueError
             raise ShardDecodeError(f"inner chunk {j} does not decompress ({err})") from None
-        if len(raw) != expect:
-            raise ShardDecodeError(f"inner chunk {j} decompresses to {len(raw)} bytes, {expect} expected")
-        out[o] = np.frombuffer(raw, dtype="<f2").reshape(layout.n_channels, layout.chunk)
-    return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(layout.n_channels, -1)  # (C, n * k)
+    return out
+
+
+def _blosc_nbytes(compressed: memoryview) -> int | None:
+    """Decompressed size recorded in a Blosc frame's 16-byte header (bytes 4–7, little-endian
+    uint32, in the Blosc 1 format); None when the frame is shorter than its header."""
+    return int.from_bytes(compressed[4:8], "little") if len(compressed) >= _BLOSC_HEADER else None
+
+
+def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int, first: int = 0) -> np.ndarray:
+    """:func:`decode_shard_chunks` laid out channel-major, float16 ``(C, n_chunks * k)``."""
+    chunks = decode_shard_chunks(buf, layout, n_chunks, first)  # (n, C, k)
+    return np.ascontiguousarray(chunks.transpose(1, 0, 2)).reshape(layout.n_channels, -1)  # (C, n * k)
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None

@@ -250,7 +250,7 @@ import torch
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from brainfm.data.shard_codec import MissingInnerChunk, ShardDecodeError, decode_shard, read_pool, shard_layout
+from brainfm.data.shard_codec import MissingInnerChunk, ShardDecodeError, decode_shard_chunks, read_pool, shard_layout
 from brainfm.signal import SensorSpec
 
 FORMAT = "brainfm-shards"
@@ -564,7 +564,7 @@ class Recording:
             self._read_ahead(k)
             cached = CHUNK_CACHE.get(key)
             if cached is None:  # evicted at once: the cache is smaller than one read
-                cached = self._decode(k, k + 1)
+                cached = self._decode_chunks(k, k + 1)[0]
         return cached  # (C, chunk) float16, as stored
 
     def _decode_missing(self, first: int, last: int) -> dict[int, np.ndarray]:
@@ -579,10 +579,9 @@ class Recording:
                 k += 1
                 continue
             stop = min(last, self.group_of(k)[1])
-            block = self._decode(k, stop)  # (C, n) float16
-            self._cache_group(k, block)
-            for j in range(k, stop):
-                out[j] = block[:, (j - k) * self.chunk : (j - k + 1) * self.chunk]
+            chunks = self._decode_chunks(k, stop)
+            self._cache_group(k, chunks)
+            out.update(zip(range(k, stop), chunks))
             k = stop
         return out
 
@@ -593,7 +592,7 @@ class Recording:
         short recording), so random access reads each group once, not once per chunk.
         """
         first, last = self.group_of(k)
-        self._cache_group(first, self._decode(first, last))
+        self._cache_group(first, self._decode_chunks(first, last))
 
     def group_of(self, k: int) -> tuple[int, int]:
         """The aligned group ``[first, last)`` of chunks that one read decodes with chunk ``k``
@@ -610,10 +609,9 @@ class Recording:
         """Whether chunk ``k`` is decoded in the cache."""
         return CHUNK_CACHE.get((self._cache_id, k)) is not None
 
-    def _cache_group(self, first: int, block: np.ndarray) -> None:
-        for j in range(first, first + -(-block.shape[1] // self.chunk)):
-            a = (j - first) * self.chunk
-            CHUNK_CACHE.put((self._cache_id, j), block[:, a : a + self.chunk])
+    def _cache_group(self, first: int, chunks: list[np.ndarray]) -> None:
+        for j, chunk in enumerate(chunks, start=first):
+            CHUNK_CACHE.put((self._cache_id, j), chunk)
 
     def chunk_file(self, k: int) -> str:
         """Location of the file holding time chunk ``k`` of the signal (format 3: its shard)."""
@@ -628,6 +626,26 @@ class Recording:
         return StoreError(f"{self.chunk_file(k)}: {what}; the store is damaged: run `brainfm verify STORE`, "
                           "then `brainfm convert BIDS_ROOT STORE` to re-make the recording")
 
+    def _decode_chunks(self, first: int, last: int) -> list[np.ndarray]:
+        """Chunks ``[first, last)`` as float16 ``(C, chunk)`` arrays (the recording's last one
+        shorter), as the cache holds them. A shard's chunks decompress straight into their
+        rows of one ``(n, C, chunk)`` array, with no channel-major copy; other layouts are cut
+        from :meth:`_decode`. Errors are those of :meth:`_decode`."""
+        if self._layout is None or self._fs is None or self._object_of(first) != self._object_of(last - 1):
+            block = self._decode(first, last)  # (C, n) float16
+            return [block[:, a : a + self.chunk] for a in range(0, block.shape[1], self.chunk)]
+        rows = self._decode_shard_bytes(first, last, self._read_shard(first))  # (n, C, chunk)
+        tail = self.n_samples - (last - 1) * self.chunk  # samples of the last chunk that exist
+        return [*rows[:-1], rows[-1][:, :tail]]
+
+    def _read_shard(self, k: int) -> bytes:
+        """The whole shard object holding chunk ``k``, with one request."""
+        try:
+            # start=0: one ranged GET; without a range s3fs first asks for the size (a HEAD)
+            return self._filesystem().cat_file(self.chunk_file(k), start=0)
+        except FileNotFoundError:
+            raise self._damaged(k, "missing") from None
+
     def _decode(self, first: int, last: int) -> np.ndarray:
         """Chunks ``[first, last)`` decompressed, float16 as stored (``(C, n)``, before the
         per-channel scale); StoreError naming the chunk file when one is missing or does not
@@ -635,13 +653,9 @@ class Recording:
         if self.format_version == 1 and self._fs is not None:
             self._check_chunk_files(first, last)
         if self._layout is not None and self._fs is not None and self._object_of(first) == self._object_of(last - 1):
-            path = self.chunk_file(first)
-            try:
-                # start=0: one ranged GET; without a range s3fs first asks for the size (a HEAD)
-                body = self._filesystem().cat_file(path, start=0)
-            except FileNotFoundError:
-                raise self._damaged(first, "missing") from None
-            return self._decode_shard_bytes(first, last, body)
+            rows = self._decode_shard_bytes(first, last, self._read_shard(first))  # (n, C, chunk)
+            hi = min(last * self.chunk, self.n_samples) - first * self.chunk
+            return rows.transpose(1, 0, 2).reshape(self.spec.n_channels, -1)[:, :hi]  # (C, n * chunk) -> (C, hi)
         lo, hi = first * self.chunk, min(last * self.chunk, self.n_samples)
         try:
             encoded = self._data[:, lo:hi]
@@ -668,18 +682,16 @@ class Recording:
         return self._fs
 
     def _decode_shard_bytes(self, first: int, last: int, body: bytes) -> np.ndarray:
-        """Chunks ``[first, last)``, all in one shard whose bytes are ``body``, decompressed (float16)."""
-        layout = self._layout
+        """Chunks ``[first, last)``, all in one shard whose bytes are ``body``, decompressed:
+        float16 ``(n, C, chunk)``, the last chunk padded as stored."""
         s = self._object_of(first)
-        skip = first - s * layout.chunks_per_shard
+        skip = first - s * self._layout.chunks_per_shard
         try:
-            encoded = decode_shard(body, layout, last - first, first=skip)
+            return decode_shard_chunks(body, self._layout, last - first, first=skip)
         except MissingInnerChunk as err:
             raise self._damaged(first, f"missing ({err})") from None
         except ShardDecodeError as err:
             raise self._damaged(first, f"cannot be decoded ({err})") from None
-        hi = min(last * self.chunk, self.n_samples) - first * self.chunk
-        return encoded[:, :hi]
 
     def _check_chunk_files(self, first: int, last: int) -> None:
         """Format 1 (fill value 0): list the chunk files once and refuse a missing one."""
@@ -717,9 +729,9 @@ def prefetch(spans: Iterable[tuple[Recording, int, int]]) -> int:
     groups = list(todo.values())
     if len(groups) == 1:
         rec, first, last = groups[0]
-        rec._cache_group(first, rec._decode(first, last))
+        rec._cache_group(first, rec._decode_chunks(first, last))
     elif groups:
-        futures = [read_pool().submit(rec._decode, first, last) for rec, first, last in groups]
+        futures = [read_pool().submit(rec._decode_chunks, first, last) for rec, first, last in groups]
         for (rec, first, _), future in zip(groups, futures):
             rec._cache_group(first, future.result())
     return len(groups)

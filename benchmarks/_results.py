@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 #: Section order in results.md.
-ORDER = ("decoding", "probe")
+ORDER = ("targets", "decoding", "probe")
 
 
 def read_runs(*paths: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,38 @@
+"""``benchmarks/results_summary.py``: the targets table at the top of docs/results.md is what
+the committed sections say (a section regenerated without the summary fails here), and its
+per-seed LOSO means and status rules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import results_summary as rs  # noqa: E402 - benchmarks/ is not a package
+
+
+def test_committed_targets_section_matches_the_sections_it_summarises():
+    sections = json.loads((ROOT / "docs" / "results.json").read_text())["sections"]
+    expected = [dict(zip(("target", "measured", "status", "section"), r)) for r in rs.rows(sections)]
+    assert sections["targets"]["rows"] == expected, "run `python benchmarks/results_summary.py`"
+    assert sections["targets"]["markdown"].strip() == rs.markdown(rs.rows(sections)).strip()
+
+
+def test_loso_per_seed_means_and_status():
+    run = lambda subject, seed, ba: {"subject": subject, "method": rs.LOSO, "normalize": "align",  # noqa: E731
+                                     "seed": seed, "balanced_accuracy": ba}
+    section = {"runs": [run(f"s{i}", 0, 0.875) for i in range(36)],
+               "incomplete": {"runs": [run("s0", 1, 0.7), run("s1", 1, 0.9)]}}
+    per_seed = rs.loso_per_seed(section)[(rs.LOSO, "align")]
+    assert per_seed == {0: (0.875, 36), 1: (0.8, 2)}
+    assert rs._seeds_text(per_seed) == "seed 0: 0.875; seed 1: 0.800 (2 of 36 folds)"
+    assert rs._seeds_status(per_seed, 0.85) == "missed at a seed"
+    assert rs._seeds_status({0: (0.9, 36)}, 0.85) == "met at each seed so far (1 of 3 complete)"
+    assert rs._seeds_status({s: (0.9, 36) for s in range(3)}, 0.85) == "**met**"
+
+
+def test_spreads_apart():
+    assert rs._apart([0.9, 0.01], [0.8, 0.02])
+    assert not rs._apart([0.9, 0.05], [0.85, 0.02])

@@ -59,7 +59,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import collect_rows, done_keys, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import collect_rows, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
@@ -121,7 +121,19 @@ def eegnet_method(input_scale: float) -> str:
     return f"braindecode EEGNet (scratch, input × {input_scale:g})"
 
 
+def check_epochs(rows: list[dict[str, Any]], epochs: int, eegnet_epochs: int) -> None:
+    """Refuse to resume a runs log whose rows were trained for other epoch counts: a resumed
+    run skips rows by (subject, method, normalize, seed), so it would mix two settings."""
+    for r in rows:
+        want = eegnet_epochs if r["method"].startswith("braindecode EEGNet") else epochs
+        if r.get("epochs", want) != want and r["seed"] is not None and " after " not in r["method"]:
+            raise SystemExit(f"the runs log has {r['method']!r} rows trained for {r['epochs']} epochs, not {want}: "
+                             "resume with the same epochs, or start another --runs-log")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.runs_log and args.runs_log.exists():
+        check_epochs(read_runs(args.runs_log), args.epochs, args.eegnet_epochs)
     done = done_keys(args.runs_log, "subject", "method", "normalize", "seed")
     rows: list[dict[str, Any]] = []
 
@@ -160,7 +172,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     pl.seed_everything(seed, workers=True)
                     module = BaselineModule("EEGNet", input_scale=args.eegnet_input_scale)
                     add(subject, method, normalize, seed,
-                        fit_test(module, dm_for(normalize), epochs=args.eegnet_epochs, select=True)[0], t0)
+                        fit_test(module, dm_for(normalize), epochs=args.eegnet_epochs, select=True)[0], t0,
+                        epochs=args.eegnet_epochs)
         if "brainfm" not in args.methods:
             continue
         for seed in args.seeds:
@@ -180,7 +193,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         decoder.parent.mkdir(parents=True, exist_ok=True)
                         module.export_safetensors(decoder)  # the reset rows can be redone without training
                         if (subject, method, normalize, seed) not in done:
-                            add(subject, method, normalize, seed, scores, t0)
+                            add(subject, method, normalize, seed, scores, t0, epochs=args.epochs)
                     if want_reset:
                         t0 = time.perf_counter()
                         plain, tuned, val = reset_rows(decoder, variant.endswith("tokens"), args.store, split,
@@ -189,6 +202,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         add(subject, reset_method, normalize, seed, tuned, t0, reset_lr=max(val, key=val.get),
                             reset_val={f"{k:g}": round(float(v), 4) for k, v in val.items()}, reset_steps=args.reset_steps)
     return rows
+
+
+def logged_epochs(rows: list[dict[str, Any]], prefix: str, default: int) -> int:
+    """The epochs the rows of methods starting with ``prefix`` were trained for (rows logged
+    before the runs log kept them: ``default``)."""
+    found = {r["epochs"] for r in rows if r["method"].startswith(prefix) and "epochs" in r}
+    if len(found) > 1:
+        raise SystemExit(f"{prefix} rows trained for different epochs {sorted(found)}: split the runs log")
+    return found.pop() if found else default
 
 
 def complete_runs(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -284,6 +306,7 @@ def main() -> None:
     if not (args.from_runs or args.store):
         ap.error("--store is needed unless --from-runs is given")
     rows = collect_rows(args, run)
+    epochs = logged_epochs(rows, "brainfm", args.epochs), logged_epochs(rows, "braindecode EEGNet", args.eegnet_epochs)
     rows, incomplete = complete_runs(rows)
     partial = summarise(incomplete)
     for key, p in partial.items():
@@ -293,11 +316,11 @@ def main() -> None:
     if args.no_write:
         return
     command = ("python benchmarks/bench_loso.py --store STORE --runs-log benchmarks/notes/loso-runs.jsonl"
-               f" --epochs {args.epochs} --eegnet-epochs {args.eegnet_epochs}")
+               f" --epochs {epochs[0]} --eegnet-epochs {epochs[1]}")
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
                                      "summary": summary, "runs": rows, "incomplete": {"summary": partial, "runs": incomplete}},
-                  markdown(summary, command, date, args.epochs, args.eegnet_epochs, args.notes.read_text() if args.notes else "", partial))
+                  markdown(summary, command, date, *epochs, args.notes.read_text() if args.notes else "", partial))
 
 
 if __name__ == "__main__":

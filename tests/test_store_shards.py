@@ -84,6 +84,13 @@ def test_inner_chunk_of_the_wrong_decoded_size_names_the_shard(store):
         ShardStore(store).recording(REST).read_all()
 
 
+def test_collate_refuses_a_window_with_more_channels_than_its_spec(store):
+    sample = next(iter(FixedWindows(str(store), 5.0)))
+    wide = dict(sample, x=torch.cat([sample["x"], sample["x"][:1]]))
+    with pytest.raises(ValueError, match="more than its spec's"):
+        collate_windows([sample, wide])
+
+
 def test_batched_reads_equal_single_reads(store):
     ds = FixedWindows(str(store), 5.0)
     idx = np.random.default_rng(0).permutation(len(ds))[:80]

@@ -513,4 +513,6 @@ def collate_windows(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _padded(x: torch.Tensor, channels: int) -> torch.Tensor:
     """``x`` (C, T) zero-padded to (channels, T) along the channel axis."""
+    if x.shape[0] > channels:
+        raise ValueError(f"a window has {x.shape[0]} channels, more than its spec's {channels}")
     return x if x.shape[0] == channels else torch.nn.functional.pad(x, (0, 0, 0, channels - x.shape[0]))

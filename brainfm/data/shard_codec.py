@@ -92,7 +92,7 @@ def shard_layout(metadata: Any) -> ShardLayout | None:
         return None
 
 
-#: Bytes of a Blosc 1 frame's header (version, flags, typesize, nbytes, blocksize, cbytes).
+#: Bytes of a Blosc 1 frame's header (version, versionlz, flags, typesize, nbytes, blocksize, cbytes).
 _BLOSC_HEADER = 16
 
 
@@ -125,6 +125,8 @@ def decode_shard_chunks(buf: bytes | memoryview, layout: ShardLayout, n_chunks: 
             raise ShardDecodeError(f"inner chunk {j} runs past the shard's data ({offset} + {nbytes} > {size})")
         compressed = view[int(offset) : int(offset) + int(nbytes)]
         decoded_bytes = _blosc_nbytes(compressed)
+        if decoded_bytes is None:
+            raise ShardDecodeError(f"inner chunk {j} is {len(compressed)} bytes, shorter than a Blosc header")
         if decoded_bytes != expect:
             raise ShardDecodeError(f"inner chunk {j} decompresses to {decoded_bytes} bytes, {expect} expected")
         try:

@@ -631,6 +631,8 @@ class Recording:
         shorter), as the cache holds them. A shard's chunks decompress straight into their
         rows of one ``(n, C, chunk)`` array, with no channel-major copy; other layouts are cut
         from :meth:`_decode`. Errors are those of :meth:`_decode`."""
+        if last <= first:
+            return []
         if self._layout is None or self._fs is None or self._object_of(first) != self._object_of(last - 1):
             block = self._decode(first, last)  # (C, n) float16
             return [block[:, a : a + self.chunk] for a in range(0, block.shape[1], self.chunk)]

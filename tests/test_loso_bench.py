@@ -1,0 +1,37 @@
+"""``benchmarks/bench_loso.py``: deterministic folds, and a resumed runs log never mixing
+epoch settings."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import bench_loso as bl  # noqa: E402 - benchmarks/ is not a package
+
+
+def test_folds_are_disjoint_and_cover_every_subject():
+    for k in range(len(bl.SUBJECTS)):
+        split = bl.fold_split(k)
+        assert split["test"] == [bl.SUBJECTS[k]] and len(split["val"]) == bl.N_VAL
+        assert sorted(split["train"] + split["val"] + split["test"]) == sorted(bl.SUBJECTS)
+    assert bl.fold_split(35)["val"] == ["eegmat00", "eegmat01", "eegmat02", "eegmat03"]  # cyclic
+
+
+def _row(method: str, epochs: int | None, seed: int | None = 0) -> dict:
+    row = {"subject": "eegmat00", "method": method, "normalize": "align", "seed": seed}
+    return row | ({"epochs": epochs} if epochs is not None else {})
+
+
+def test_resume_refuses_rows_of_other_epochs():
+    eegnet = bl.eegnet_method(0.1)
+    rows = [_row(eegnet, 10), _row("brainfm from scratch", 8), _row("brainfm from scratch", None)]
+    bl.check_epochs(rows, epochs=8, eegnet_epochs=10)  # same settings, and rows that predate the field
+    with pytest.raises(SystemExit, match="trained for 10 epochs, not 20"):
+        bl.check_epochs(rows, epochs=8, eegnet_epochs=20)
+    assert bl.logged_epochs(rows, "braindecode EEGNet", 99) == 10
+    assert bl.logged_epochs(rows[2:], "brainfm", 8) == 8  # no field logged: the default
+    with pytest.raises(SystemExit, match="different epochs"):
+        bl.logged_epochs([_row(eegnet, 10), _row(eegnet, 20)], "braindecode EEGNet", 10)

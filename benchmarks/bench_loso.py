@@ -58,6 +58,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.stats import wilcoxon  # noqa: E402
 
 from _results import collect_rows, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
@@ -204,6 +205,41 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+#: brainfm's LOSO method (``--variants scratch-tokens``) and the paired comparisons the section reports.
+BRAINFM = VARIANTS["scratch-tokens"]
+PAIRS = (
+    ((BRAINFM, "align"), ("log band power + LR", "align")),
+    ((BRAINFM, "align"), ("log band power + LR, per-subject feature z-score", "none")),
+    ((BRAINFM, "align"), ("braindecode EEGNet (scratch, input × 0.1)", "align")),
+    (("braindecode EEGNet (scratch, input × 0.1)", "align"), ("log band power + LR", "align")),
+    ((BRAINFM, "none"), ("log band power + LR", "none")),
+    ((BRAINFM, "align"), (BRAINFM, "none")),
+    ((f"{BRAINFM}, reset-tuned 60 s", "align"), (f"{BRAINFM}, as trained, after 60 s", "align")),
+)
+
+
+def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
+    """``a`` against ``b`` over the subjects both have (each subject's balanced accuracy averaged
+    over its seeds first): mean difference, wins / ties / losses, and the two-sided Wilcoxon
+    signed-rank p-value (Wilcoxon 1945). None when they share fewer than 5 subjects."""
+    def per_subject(key: tuple[str, str]) -> dict[str, float]:
+        scores: dict[str, list[float]] = {}
+        for r in rows:
+            if (r["method"], r["normalize"]) == key:
+                scores.setdefault(r["subject"], []).append(r["balanced_accuracy"])
+        return {s: float(np.mean(v)) for s, v in scores.items()}
+
+    sa, sb = per_subject(a), per_subject(b)
+    common = sorted(set(sa) & set(sb))
+    if len(common) < 5:
+        return None
+    diff = np.array([sa[s] - sb[s] for s in common])
+    p = float(wilcoxon(diff, zero_method="zsplit").pvalue) if np.any(diff != 0) else 1.0
+    return {"a": list(a), "b": list(b), "subjects": len(common), "mean_difference": float(diff.mean()),
+            "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
+            "wilcoxon_p": p}
+
+
 def logged_epochs(rows: list[dict[str, Any]], prefix: str, default: int) -> int:
     """The epochs the rows of methods starting with ``prefix`` were trained for (rows logged
     before the runs log kept them: ``default``)."""
@@ -241,7 +277,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, eegnet_epochs: int, notes: str = "",
-             partial: dict[str, Any] | None = None) -> str:
+             partial: dict[str, Any] | None = None, pairs: list[dict[str, Any]] | None = None) -> str:
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
 
@@ -273,6 +309,13 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, eegn
             method, normalize = key.split(" | ")
             lines.append(f"| {method} | {normalize} | {s['n_subjects']} of 36 | {', '.join(map(str, s['seeds']))} | "
                          f"{cell(s['balanced_accuracy'])} | {s['at_least_0.80']} | {cell(s['auroc'])} |")
+    if pairs:
+        lines += ["", "Paired over subjects (complete and incomplete runs; each subject's seeds averaged first; "
+                  "two-sided Wilcoxon signed-rank test, ties split):", "",
+                  "| A | B | subjects | A − B | A better / equal / worse | p |", "|---|---|---|---|---|---|"]
+        for q in pairs:
+            lines.append(f"| {q['a'][0]} ({q['a'][1]}) | {q['b'][0]} ({q['b'][1]}) | {q['subjects']} | "
+                         f"{q['mean_difference']:+.3f} | {q['wins']} / {q['ties']} / {q['losses']} | {q['wilcoxon_p']:.2g} |")
     return "\n".join(lines) + "\n" + (f"\n{notes}" if notes else "")
 
 
@@ -307,6 +350,7 @@ def main() -> None:
         ap.error("--store is needed unless --from-runs is given")
     rows = collect_rows(args, run)
     epochs = logged_epochs(rows, "brainfm", args.epochs), logged_epochs(rows, "braindecode EEGNet", args.eegnet_epochs)
+    pairs = [q for a, b in PAIRS if (q := paired(rows, a, b))]
     rows, incomplete = complete_runs(rows)
     partial = summarise(incomplete)
     for key, p in partial.items():
@@ -319,8 +363,9 @@ def main() -> None:
                f" --epochs {epochs[0]} --eegnet-epochs {epochs[1]}")
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
-                                     "summary": summary, "runs": rows, "incomplete": {"summary": partial, "runs": incomplete}},
-                  markdown(summary, command, date, *epochs, args.notes.read_text() if args.notes else "", partial))
+                                     "summary": summary, "runs": rows, "incomplete": {"summary": partial, "runs": incomplete},
+                                     "paired": pairs},
+                  markdown(summary, command, date, *epochs, args.notes.read_text() if args.notes else "", partial, pairs))
 
 
 if __name__ == "__main__":

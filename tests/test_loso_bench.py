@@ -35,3 +35,18 @@ def test_resume_refuses_rows_of_other_epochs():
     assert bl.logged_epochs(rows[2:], "brainfm", 8) == 8  # no field logged: the default
     with pytest.raises(SystemExit, match="different epochs"):
         bl.logged_epochs([_row(eegnet, 10), _row(eegnet, 20)], "braindecode EEGNet", 10)
+
+
+def test_paired_comparison_averages_seeds_within_subject():
+    a, b = ("A", "align"), ("B", "align")
+    rows = []
+    for i in range(6):
+        rows += [{"subject": f"s{i}", "method": "A", "normalize": "align", "seed": seed, "balanced_accuracy": 0.75 + 0.125 * seed}
+                 for seed in (0, 1)]  # subject mean 0.8125
+        rows.append({"subject": f"s{i}", "method": "B", "normalize": "align", "seed": None,
+                     "balanced_accuracy": 0.8125 if i == 0 else 0.6875})
+    q = bl.paired(rows, a, b)
+    assert q["subjects"] == 6 and (q["wins"], q["ties"], q["losses"]) == (5, 1, 0)
+    assert q["mean_difference"] == pytest.approx(5 * 0.125 / 6)
+    assert 0 < q["wilcoxon_p"] < 0.1
+    assert bl.paired(rows[:9], a, b) is None  # fewer than 5 shared subjects

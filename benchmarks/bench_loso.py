@@ -57,6 +57,10 @@ from typing import Any
 warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is deprecated")
 
 import lightning.pytorch as pl  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import wilcoxon  # noqa: E402
 
@@ -71,6 +75,8 @@ from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = [f"eegmat{i:02d}" for i in EEGMAT_SUBJECTS]
 N_VAL = 4
+#: The section's per-subject figure, relative to ``--out``.
+FIGURE = Path("figures") / "loso_subjects.png"
 
 
 def fold_split(k: int) -> dict[str, list[str]]:
@@ -240,6 +246,44 @@ def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -
             "wilcoxon_p": p}
 
 
+#: Rows drawn per subject in the section's figure: (method, normalize, label, marker).
+PLOTTED = (
+    (f"{BRAINFM}, reset-tuned 60 s", "align", "brainfm, aligned, reset-tuned on the first 60 s (scored after them)", "^"),
+    (BRAINFM, "align", "brainfm, aligned, no labels", "o"),
+    ("braindecode EEGNet (scratch, input × 0.1)", "align", "EEGNet, aligned", "s"),
+    ("log band power + LR, per-subject feature z-score", "none", "log band power + LR, feature z-score", "D"),
+    ("log band power + LR", "align", "log band power + LR, aligned", "x"),
+)
+
+
+def plot_subjects(rows: list[dict[str, Any]], path: Path) -> None:
+    """Each subject's balanced accuracy (its seeds averaged) under the :data:`PLOTTED` rows,
+    subjects sorted by brainfm aligned without labels."""
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        per.setdefault((r["method"], r["normalize"]), {}).setdefault(r["subject"], []).append(r["balanced_accuracy"])
+    means = {k: {s: float(np.mean(v)) for s, v in d.items()} for k, d in per.items()}
+    anchor = means.get((BRAINFM, "align"), {})
+    order = sorted(SUBJECTS, key=lambda s: anchor.get(s, -1.0))
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for method, normalize, label, marker in PLOTTED:
+        scores = means.get((method, normalize), {})
+        xs = [i for i, s in enumerate(order) if s in scores]
+        if xs:
+            ax.plot(xs, [scores[order[i]] for i in xs], marker=marker, linestyle="none", alpha=0.8,
+                    label=f"{label} ({len(xs)} subjects)")
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(0.8, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(order)), [s.removeprefix("eegmat") for s in order], fontsize=7)
+    ax.set(xlabel="held-out subject (sorted by brainfm, aligned, no labels)", ylabel="balanced accuracy",
+           ylim=(0, 1.02), title="EEGMAT leave-one-subject-out: each held-out subject")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def logged_epochs(rows: list[dict[str, Any]], prefix: str, default: int) -> int:
     """The epochs the rows of methods starting with ``prefix`` were trained for (rows logged
     before the runs log kept them: ``default``)."""
@@ -309,6 +353,7 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, eegn
             method, normalize = key.split(" | ")
             lines.append(f"| {method} | {normalize} | {s['n_subjects']} of 36 | {', '.join(map(str, s['seeds']))} | "
                          f"{cell(s['balanced_accuracy'])} | {s['at_least_0.80']} | {cell(s['auroc'])} |")
+    lines += ["", f"![Each held-out subject's balanced accuracy]({FIGURE.as_posix()})"]
     if pairs:
         lines += ["", "Paired over subjects (complete and incomplete runs; each subject's seeds averaged first; "
                   "two-sided Wilcoxon signed-rank test, ties split):", "",
@@ -351,6 +396,8 @@ def main() -> None:
     rows = collect_rows(args, run)
     epochs = logged_epochs(rows, "brainfm", args.epochs), logged_epochs(rows, "braindecode EEGNet", args.eegnet_epochs)
     pairs = [q for a, b in PAIRS if (q := paired(rows, a, b))]
+    if not args.no_write:
+        plot_subjects(rows, args.out / FIGURE)
     rows, incomplete = complete_runs(rows)
     partial = summarise(incomplete)
     for key, p in partial.items():

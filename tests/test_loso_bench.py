@@ -50,3 +50,13 @@ def test_paired_comparison_averages_seeds_within_subject():
     assert q["mean_difference"] == pytest.approx(5 * 0.125 / 6)
     assert 0 < q["wilcoxon_p"] < 0.1
     assert bl.paired(rows[:9], a, b) is None  # fewer than 5 shared subjects
+
+
+def test_subject_figure_is_written(tmp_path):
+    rows = [{"subject": s, "method": bl.BRAINFM, "normalize": "align", "seed": 0, "balanced_accuracy": 0.5 + i / 100}
+            for i, s in enumerate(bl.SUBJECTS)]
+    rows.append({"subject": "eegmat03", "method": "log band power + LR", "normalize": "align", "seed": None,
+                 "balanced_accuracy": 0.7})
+    path = tmp_path / "figures" / "loso.png"
+    bl.plot_subjects(rows, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -147,6 +147,27 @@ def test_datamodules(small_sample):
     assert batch["label"].shape == (32,) and batch["x"].shape == (32, 19, 1000)
 
 
+def test_pretraining_windows_can_be_subject_aligned(small_sample):
+    """``PretrainDataModule(normalize='align')`` aligns every part's windows with each subject's
+    own statistics, as decoding does, and never pairs them with targets of the raw signal."""
+    _, url = small_sample
+    kw = dict(window_s=5.0, batch_size=4, val_subjects=["eegmat28"], channel_types=["eeg"])
+    raw = PretrainDataModule(str(url), **kw)
+    aligned = PretrainDataModule(str(url), normalize="align", target_set="auto", **kw)
+    raw.setup("fit"), aligned.setup("fit")
+    assert raw.normalizer is None and aligned.target_set is None
+    assert aligned.normalizer.describe()["method"] == "align"
+    assert set(aligned.normalizer.stats) >= {"eegmat00", "eegmat28"}
+    for part in ("train_set", "val_set", "test_set"):
+        assert getattr(aligned, part).normalizer is aligned.normalizer
+    plain, done = raw.val_set[0], aligned.val_set[0]
+    expected = aligned.normalizer(plain["subject"], plain["x"].numpy())
+    np.testing.assert_allclose(done["x"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert aligned.statistics_windows().normalizer is aligned.normalizer
+    with pytest.raises(ValueError, match="would not match the windows"):
+        PretrainDataModule(str(url), normalize="align", target_set="w5", **kw)
+
+
 def test_resumable_loader_continues_mid_epoch(small_sample):
     from brainfm.data.datamodule import ResumableLoader
 

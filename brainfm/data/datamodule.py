@@ -226,6 +226,14 @@ class PretrainDataModule(BrainDataModule):
         ``{"epoch", "batch", "rank", "time", "windows": [[recording, start], ...]}`` to
         ``windows.rank{R}.jsonl`` (an audit of who saw which window; see
         ``tests/test_distributed.py``).
+    normalize : {None, 'zscore', 'align'}
+        Subject-adaptive normalisation of every window, as :class:`DecodingDataModule` does
+        (:mod:`brainfm.data.normalize`; Euclidean alignment: He & Wu 2019), so that an
+        encoder is pretrained on the same kind of signal its decoders are fine-tuned on.
+        Each subject's statistics come from its own recordings, unlabelled
+        (``stats_source``: ``session`` or its first ``stats_seconds``: ``calibration``).
+        Precomputed targets were computed from the signal as stored, so with ``normalize``
+        ``target_set: auto`` computes targets on the fly, and a named set is refused.
     """
 
     def __init__(
@@ -246,10 +254,18 @@ class PretrainDataModule(BrainDataModule):
         target_set: str | None = None,
         reject: dict[str, Any] | bool | None = None,
         window_log: str | None = None,
+        normalize: str | None = None,
+        stats_source: str = "session",
+        stats_seconds: float = 60.0,
     ):
         super().__init__()
         self.criteria = RejectionCriteria.resolve(reject)  # validate at construction
+        if check_method(normalize, stats_source) is not None and target_set not in (None, "auto"):
+            raise ValueError(f"target_set {target_set!r} holds targets of the signal as stored; with normalize="
+                             f"{normalize!r} they would not match the windows: use target_set 'auto' or null")
         self.save_hyperparameters()
+        #: The subject normaliser of every part (after ``setup``; None without ``normalize``).
+        self.normalizer: SubjectNormalizer | None = None
         self.store_url = store
         self.train_set: ShuffledWindows | None = None
         self.val_set: FixedWindows | None = None
@@ -267,7 +283,9 @@ class PretrainDataModule(BrainDataModule):
             split = SubjectSplit([s for s in subjects if s not in hp.val_subjects], hp.val_subjects)
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
-        self.target_set = _match_target_set(store, hp) if hp.target_set == "auto" else hp.target_set
+        normalize = check_method(hp.normalize, hp.stats_source)
+        auto = hp.target_set == "auto" and normalize is None  # stored targets are of the raw signal
+        self.target_set = _match_target_set(store, hp) if auto else None if hp.target_set == "auto" else hp.target_set
         common = dict(channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
         self.split = split
         self.train_set = ShuffledWindows(
@@ -280,7 +298,14 @@ class PretrainDataModule(BrainDataModule):
             check_windows(self.val_set, "validation", hp.window_s)
         test = hp.test_subjects if hp.test_subjects is not None else split.val
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
-        self._summary = DataSummary.of(self.train_set, target_set=self.target_set)
+        description = None
+        if normalize is not None:
+            parts = (self.train_set, self.val_set, self.test_set)
+            self.normalizer = fit_normalizer(parts, normalize, hp.stats_source, hp.stats_seconds)
+            for ds in parts:
+                ds.normalizer = self.normalizer
+            description = self.normalizer.describe()
+        self._summary = DataSummary.of(self.train_set, target_set=self.target_set, normalization=description)
 
     @property
     def rejections(self) -> dict[str, RejectionCounts]:
@@ -295,8 +320,10 @@ class PretrainDataModule(BrainDataModule):
         """The training windows as :class:`FixedWindows` (same window, stride, picks, targets and
         artifact rejection)."""
         hp = self.hparams
-        return FixedWindows(self.train_set.store, hp.window_s, hp.stride_s, recordings=self.train_set.recordings,
-                            channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
+        windows = FixedWindows(self.train_set.store, hp.window_s, hp.stride_s, recordings=self.train_set.recordings,
+                               channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
+        windows.normalizer = self.normalizer
+        return windows
 
     def _rank(self) -> tuple[int, int]:
         """(rank, world size) of the trainer, or of torch.distributed without one."""

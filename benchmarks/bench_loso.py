@@ -211,31 +211,35 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-#: brainfm's LOSO method (``--variants scratch-tokens``) and the paired comparisons the section reports.
+#: brainfm's LOSO method (``--variants scratch-tokens``), EEGNet's at the default input scale, and
+#: the paired comparisons the section reports.
 BRAINFM = VARIANTS["scratch-tokens"]
+EEGNET = eegnet_method(0.1)
 PAIRS = (
     ((BRAINFM, "align"), ("log band power + LR", "align")),
     ((BRAINFM, "align"), ("log band power + LR, per-subject feature z-score", "none")),
-    ((BRAINFM, "align"), ("braindecode EEGNet (scratch, input × 0.1)", "align")),
-    (("braindecode EEGNet (scratch, input × 0.1)", "align"), ("log band power + LR", "align")),
+    ((BRAINFM, "align"), (EEGNET, "align")),
+    ((EEGNET, "align"), ("log band power + LR", "align")),
     ((BRAINFM, "none"), ("log band power + LR", "none")),
     ((BRAINFM, "align"), (BRAINFM, "none")),
     ((f"{BRAINFM}, reset-tuned 60 s", "align"), (f"{BRAINFM}, as trained, after 60 s", "align")),
 )
 
 
+def subject_means(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(method, normalize): {subject: balanced accuracy averaged over the subject's seeds}}``."""
+    scores: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        scores.setdefault((r["method"], r["normalize"]), {}).setdefault(r["subject"], []).append(r["balanced_accuracy"])
+    return {key: {s: float(np.mean(v)) for s, v in per.items()} for key, per in scores.items()}
+
+
 def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> dict[str, Any] | None:
     """``a`` against ``b`` over the subjects both have (each subject's balanced accuracy averaged
     over its seeds first): mean difference, wins / ties / losses, and the two-sided Wilcoxon
     signed-rank p-value (Wilcoxon 1945). None when they share fewer than 5 subjects."""
-    def per_subject(key: tuple[str, str]) -> dict[str, float]:
-        scores: dict[str, list[float]] = {}
-        for r in rows:
-            if (r["method"], r["normalize"]) == key:
-                scores.setdefault(r["subject"], []).append(r["balanced_accuracy"])
-        return {s: float(np.mean(v)) for s, v in scores.items()}
-
-    sa, sb = per_subject(a), per_subject(b)
+    means = subject_means(rows)
+    sa, sb = means.get(a, {}), means.get(b, {})
     common = sorted(set(sa) & set(sb))
     if len(common) < 5:
         return None
@@ -250,7 +254,7 @@ def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -
 PLOTTED = (
     (f"{BRAINFM}, reset-tuned 60 s", "align", "brainfm, aligned, reset-tuned on the first 60 s (scored after them)", "^"),
     (BRAINFM, "align", "brainfm, aligned, no labels", "o"),
-    ("braindecode EEGNet (scratch, input × 0.1)", "align", "EEGNet, aligned", "s"),
+    (EEGNET, "align", "EEGNet, aligned", "s"),
     ("log band power + LR, per-subject feature z-score", "none", "log band power + LR, feature z-score", "D"),
     ("log band power + LR", "align", "log band power + LR, aligned", "x"),
 )
@@ -259,10 +263,7 @@ PLOTTED = (
 def plot_subjects(rows: list[dict[str, Any]], path: Path) -> None:
     """Each subject's balanced accuracy (its seeds averaged) under the :data:`PLOTTED` rows,
     subjects sorted by brainfm aligned without labels."""
-    per: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for r in rows:
-        per.setdefault((r["method"], r["normalize"]), {}).setdefault(r["subject"], []).append(r["balanced_accuracy"])
-    means = {k: {s: float(np.mean(v)) for s, v in d.items()} for k, d in per.items()}
+    means = subject_means(rows)
     anchor = means.get((BRAINFM, "align"), {})
     order = sorted(SUBJECTS, key=lambda s: anchor.get(s, -1.0))
     fig, ax = plt.subplots(figsize=(11, 5))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from brainfm.cli import main
 from brainfm.data import FixedWindows, ShuffledWindows, collate_windows
-from brainfm.data.shard_codec import decode_shard, decode_shard_chunks, shard_layout
+from brainfm.data.shard_codec import decode_shard_chunks, shard_layout
 from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, SIGNAL_BLOSC, ShardStore, StoreError, add_target_set,
                                 prefetch, read_manifest, rewrite_recording, store_lock, upgrade_store, verify_store,
                                 write_target_table)
@@ -143,13 +143,13 @@ def test_decode_shard_range_and_bad_range(store):
     rec = ShardStore(store).recording(REST)
     body = (store / "recordings" / REST / "data/c/0/0").read_bytes()
     lay = rec._layout
-    whole = decode_shard(body, lay, 3)
-    np.testing.assert_array_equal(decode_shard(body, lay, 2, first=1), whole[:, rec.chunk :])
     rows = decode_shard_chunks(body, lay, 3)  # (3, C, chunk), as stored
     assert rows.shape == (3, lay.n_channels, lay.chunk)
-    np.testing.assert_array_equal(np.concatenate(list(rows), axis=1), whole)
+    np.testing.assert_array_equal(decode_shard_chunks(body, lay, 2, first=1), rows[1:])
+    zarr_f16 = zarr.open_array(zarr.storage.LocalStore(store / "recordings" / REST / "data"), mode="r")[:, : 3 * rec.chunk]
+    np.testing.assert_array_equal(np.concatenate(list(rows), axis=1), zarr_f16)
     with pytest.raises(ValueError, match="outside a shard"):
-        decode_shard(body, lay, 2, first=lay.chunks_per_shard - 1)
+        decode_shard_chunks(body, lay, 2, first=lay.chunks_per_shard - 1)
 
 
 def test_split_block_loaders_yield_every_window_once_across_workers(store):

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -80,6 +80,18 @@ def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool = False, d
         pin_memory=False,
         drop_last=drop_last,
     )
+
+
+def _attach_normalizer(parts: Iterable[Any], hp: Any) -> SubjectNormalizer | None:
+    """Fit the subject normaliser of ``hp.normalize`` (None: off) on every part's subjects and
+    give it to each part, so train, validation and test windows are normalised alike."""
+    if check_method(hp.normalize, hp.stats_source) is None:
+        return None
+    parts = [ds for ds in parts if ds is not None]
+    normalizer = fit_normalizer(parts, hp.normalize, hp.stats_source, hp.stats_seconds)
+    for ds in parts:
+        ds.normalizer = normalizer
+    return normalizer
 
 
 def _match_target_set(store: ShardStore, hp: Any) -> str | None:
@@ -284,8 +296,9 @@ class PretrainDataModule(BrainDataModule):
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
         normalize = check_method(hp.normalize, hp.stats_source)
-        auto = hp.target_set == "auto" and normalize is None  # stored targets are of the raw signal
-        self.target_set = _match_target_set(store, hp) if auto else None if hp.target_set == "auto" else hp.target_set
+        self.target_set = hp.target_set
+        if self.target_set == "auto":  # stored targets are of the raw signal: normalised windows compute theirs
+            self.target_set = _match_target_set(store, hp) if normalize is None else None
         common = dict(channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
         self.split = split
         self.train_set = ShuffledWindows(
@@ -298,14 +311,9 @@ class PretrainDataModule(BrainDataModule):
             check_windows(self.val_set, "validation", hp.window_s)
         test = hp.test_subjects if hp.test_subjects is not None else split.val
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
-        description = None
-        if normalize is not None:
-            parts = (self.train_set, self.val_set, self.test_set)
-            self.normalizer = fit_normalizer(parts, normalize, hp.stats_source, hp.stats_seconds)
-            for ds in parts:
-                ds.normalizer = self.normalizer
-            description = self.normalizer.describe()
-        self._summary = DataSummary.of(self.train_set, target_set=self.target_set, normalization=description)
+        self.normalizer = _attach_normalizer((self.train_set, self.val_set, self.test_set), hp)
+        self._summary = DataSummary.of(self.train_set, target_set=self.target_set,
+                                       normalization=self.normalizer and self.normalizer.describe())
 
     @property
     def rejections(self) -> dict[str, RejectionCounts]:
@@ -500,15 +508,9 @@ class DecodingDataModule(BrainDataModule):
 
     def _summarize(self) -> None:
         hp = self.hparams
-        description = None
-        if check_method(hp.normalize, hp.stats_source) is not None:
-            self.normalizer = fit_normalizer(self.sets.values(), hp.normalize, hp.stats_source, hp.stats_seconds)
-            for ds in self.sets.values():
-                if ds is not None:
-                    ds.normalizer = self.normalizer
-            description = self.normalizer.describe()
+        self.normalizer = _attach_normalizer(self.sets.values(), hp)
         self._summary = DataSummary.of(self.sets["train"], class_counts=self.class_counts("train"),
-                                       normalization=description)
+                                       normalization=self.normalizer and self.normalizer.describe())
 
     def statistics_windows(self) -> FixedWindows | EventWindows:
         return self.sets["train"]

@@ -142,12 +142,6 @@ def _blosc_nbytes(compressed: memoryview) -> int | None:
     return int.from_bytes(compressed[4:8], "little") if len(compressed) >= _BLOSC_HEADER else None
 
 
-def decode_shard(buf: bytes | memoryview, layout: ShardLayout, n_chunks: int, first: int = 0) -> np.ndarray:
-    """:func:`decode_shard_chunks` laid out channel-major, float16 ``(C, n_chunks * k)``."""
-    chunks = decode_shard_chunks(buf, layout, n_chunks, first)  # (n, C, k)
-    return np.ascontiguousarray(chunks.transpose(1, 0, 2)).reshape(layout.n_channels, -1)  # (C, n * k)
-
-
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
 

@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--targets-features", nargs="+", default=None, metavar="GROUP",
                    help="target groups to precompute (brainfm.targets.FEATURES; default: all), e.g. the "
                         "small-10s recipe's: relpow logpow hjorth plv pac indices")
+    c.add_argument("--targets-normalize", choices=("zscore", "align"), default=None,
+                   help="compute the targets of per-subject normalised windows, for pretraining with the same "
+                        "data normalize (e.g. configs/pretrain/small-10s-aligned.yaml: align)")
+    c.add_argument("--targets-stats-source", choices=("session", "calibration"), default="session",
+                   help="where --targets-normalize takes each subject's statistics from (default: session)")
+    c.add_argument("--targets-stats-seconds", type=float, default=60.0, metavar="SECONDS",
+                   help="calibration length of --targets-stats-source calibration (default: 60)")
     c.add_argument("--prune", action="store_true",
                    help="remove stored recordings whose source is no longer in the dataset")
     c.add_argument("--verify", action="store_true",
@@ -332,6 +339,10 @@ def _check_convert_args(args: argparse.Namespace) -> None:
         raise UsageError("--targets-stride needs --targets and must be > 0 s")
     if args.targets_features is not None and args.targets is None:
         raise UsageError("--targets-features needs --targets")
+    if args.targets_normalize is not None and args.targets is None:
+        raise UsageError("--targets-normalize needs --targets")
+    if not args.targets_stats_seconds > 0:
+        raise UsageError(f"--targets-stats-seconds must be > 0, got {args.targets_stats_seconds:g}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.wait < 0:
@@ -400,7 +411,8 @@ def _convert(args: argparse.Namespace) -> int:
 
         spec = TargetSpec(features=tuple(args.targets_features)) if args.targets_features else None
         key = precompute_targets(args.store, args.targets, args.targets_stride, spec, progress=not args.no_progress,
-                                 wait=args.wait)
+                                 wait=args.wait, normalize=args.targets_normalize,
+                                 stats_source=args.targets_stats_source, stats_seconds=args.targets_stats_seconds)
         print(f"targets: set {key!r} (use --data.init_args.target_set {key})")
     return 0 if report.ok or args.skip_errors else 1
 

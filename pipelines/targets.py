@@ -7,6 +7,15 @@ the format is specified in :mod:`brainfm.data.store`). Windows come from
 :class:`~brainfm.data.FixedWindows` with the loader's default channel picking, so a window
 dataset with the same window, a stride that is a multiple of the stored one and
 ``targets=key`` reads exactly the targets it would compute itself.
+
+With ``normalize``, the windows are first normalised per subject with statistics from the
+subject's own unlabelled recordings (:func:`brainfm.data.normalize.fit_normalizer`, the same
+function and inputs :class:`~brainfm.data.datamodule.PretrainDataModule` uses), so the set
+matches a pretraining run with the same ``normalize`` and ``stats_source``. Computing targets
+is what limits such a run on a CPU (6-10 windows/s on the fly against 58 with a set:
+``configs/pretrain/small-10s-aligned.yaml``). Subjects whose recordings have several
+montages have no per-subject statistics: their recordings get no targets, and the set lists
+the recordings it covers.
 """
 
 from __future__ import annotations
@@ -20,29 +29,56 @@ from tqdm.auto import tqdm
 
 from brainfm.data import store as shard
 from brainfm.data.dataset import FixedWindows, collate_windows
+from brainfm.data.normalize import fit_normalizer, normalization_entry
 from brainfm.targets import TargetSpec, compute_targets, target_names
 
 
 def precompute_targets(store_url: str, window_s: float, stride_s: float | None = None,
-                       spec: Any = None, batch_size: int = 64, progress: bool = True, wait: float | None = 0.0) -> str:
+                       spec: Any = None, batch_size: int = 64, progress: bool = True, wait: float | None = 0.0,
+                       normalize: str | None = None, stats_source: str = "session",
+                       stats_seconds: float = 60.0) -> str:
     """Write the targets of every fixed window of every recording; return the target-set key.
 
-    Holds the store's writer lock (``wait``: as for :func:`brainfm.pipelines.convert.convert`).
+    ``normalize`` (``zscore`` or ``align``), ``stats_source`` and ``stats_seconds``: compute
+    them from per-subject normalised windows, as ``PretrainDataModule`` with the same
+    arguments feeds them. Holds the store's writer lock (``wait``: as for
+    :func:`brainfm.pipelines.convert.convert`).
     """
     if not window_s > 0 or (stride_s is not None and not stride_s > 0):
         raise ValueError(f"target windows need a positive length and stride (got {window_s}, {stride_s})")
+    normalization = normalization_entry(normalize, stats_source, stats_seconds)
+    if normalization is not None and stats_source == "running":
+        raise ValueError("stats_source='running' is for live use; precomputed targets need 'session' or 'calibration'")
     with shard.store_lock(store_url, timeout=wait, command="convert --targets"):
-        return _precompute(store_url, window_s, stride_s, spec, batch_size, progress)
+        return _precompute(store_url, window_s, stride_s, spec, batch_size, progress, normalization)
+
+
+def _one_montage_recordings(windows: FixedWindows) -> tuple[list[str], list[str]]:
+    """(recordings of subjects with one montage, subjects with several)."""
+    montages: dict[str, set] = {}
+    for subject, spec in zip(windows.subjects, windows.specs):
+        montages.setdefault(subject, set()).add(spec)
+    several = sorted(s for s, specs in montages.items() if len(specs) > 1)
+    return [rid for rid, s in zip(windows.recordings, windows.subjects) if s not in several], several
 
 
 def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: Any, batch_size: int,
-                progress: bool) -> str:
+                progress: bool, normalization: dict | None) -> str:
     spec = spec or TargetSpec()
     stride_s = stride_s or window_s
     spec_dict = json.loads(json.dumps(dataclasses.asdict(spec)))
-    key = shard.target_set_key(spec_dict, window_s, stride_s)
+    key = shard.target_set_key(spec_dict, window_s, stride_s, normalization)
     store = shard.ShardStore(store_url)
-    windows = FixedWindows(store, window_s, stride_s)
+    windows = FixedWindows(store, window_s, stride_s)  # leaves out recordings without a positioned channel
+    if normalization is not None:
+        kept, several = _one_montage_recordings(windows)
+        if several:
+            print(f"targets: no per-subject statistics for {', '.join(several)} (several montages): "
+                  "their recordings get no targets")
+        windows = FixedWindows(store, window_s, stride_s, recordings=kept)
+        windows.normalizer = fit_normalizer([windows], normalization["method"], normalization["source"],
+                                            normalization["seconds"] or 60.0)
+    covered = None if set(windows.recordings) == set(store.recording_ids) else windows.recordings
     names = target_names(spec)
     for i, rid in enumerate(tqdm(windows.recordings, desc="targets", unit="rec", disable=not progress)):
         idx = np.flatnonzero(windows.rec_index == i)
@@ -53,6 +89,6 @@ def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: A
             values[lo : lo + len(y)] = y.float().numpy()
         shard.write_target_table(store, rid, key, values)
     shard.add_target_set(store_url, key, spec=spec_dict, window_s=window_s, stride_s=stride_s, names=names,
-                         positioned_only=windows.positioned_only, channel_types=windows.channel_types)
+                         positioned_only=windows.positioned_only, channel_types=windows.channel_types,
+                         normalization=normalization, recordings=covered)
     return key
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,9 @@ from brainfm.data import (
     random_split,
 )
 from brainfm.data.datamodule import DecodingDataModule, PretrainDataModule
-from brainfm.data.store import decode_signal, encode_signal
+from brainfm.data.store import decode_signal, encode_signal, verify_store
+from brainfm.pipelines.targets import precompute_targets
+from brainfm.targets import TargetSpec, compute_targets
 
 EEGMAT_LABELS = EntityLabels("task", {"rest": 0, "arithmetic": 1})
 
@@ -164,8 +168,32 @@ def test_pretraining_windows_can_be_subject_aligned(small_sample):
     expected = aligned.normalizer(plain["subject"], plain["x"].numpy())
     np.testing.assert_allclose(done["x"].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert aligned.statistics_windows().normalizer is aligned.normalizer
-    with pytest.raises(ValueError, match="would not match the windows"):
-        PretrainDataModule(str(url), normalize="align", target_set="w5", **kw)
+
+
+def test_pretraining_reads_targets_precomputed_from_aligned_windows(small_sample, tmp_path):
+    """``precompute_targets(normalize='align')`` stores the targets of each subject's aligned
+    windows; only a data module that aligns the same way picks them, and they equal what it
+    would compute on the fly."""
+    _, url = small_sample
+    store = tmp_path / "store"
+    shutil.copytree(url, store)
+    spec = TargetSpec(features=("relpow", "hjorth"))
+    key = precompute_targets(str(store), 5.0, spec=spec, progress=False, normalize="align")
+    entry = ShardStore(store).target_set(key)
+    assert entry["normalization"] == {"method": "align", "source": "session", "seconds": None}
+    assert key != precompute_targets(str(store), 5.0, spec=spec, progress=False)  # the raw set keeps its own key
+    assert verify_store(str(store)).ok
+    kw = dict(window_s=5.0, batch_size=4, val_subjects=["eegmat28"], channel_types=None,
+              exclude_subjects=[s for s in ShardStore(store).subjects() if not s.startswith("eegmat")])
+    aligned = PretrainDataModule(str(store), normalize="align", target_set="auto", **kw)
+    zscored = PretrainDataModule(str(store), normalize="zscore", target_set="auto", **kw)
+    aligned.setup("fit"), zscored.setup("fit")
+    assert aligned.target_set == key and zscored.target_set is None
+    batch = collate_windows([aligned.val_set[k] for k in range(3)])
+    expected = compute_targets(batch["x"], aligned.val_set.sfreq, batch["channel_mask"], batch["sensor_geometry"], spec)
+    torch.testing.assert_close(batch["targets"], expected.float(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="normalised as"):
+        PretrainDataModule(str(store), normalize="zscore", target_set=key, **kw).setup("fit")
 
 
 def test_resumable_loader_continues_mid_epoch(small_sample):

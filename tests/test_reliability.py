@@ -550,7 +550,8 @@ def test_corrupt_manifest_is_named_and_left_alone(eeg, tmp_path):
     (("--report", "{tmp}"), "--report {tmp} is a folder; give a file name"),
     (("--report", "{tmp}/no/such/report.json"), "folder {tmp}/no/such does not exist"),
     (("--workers", "0"), "--workers must be at least 1"),
-], ids=["targets-0", "stride", "report-folder", "report-parent", "workers-0"])
+    (("--targets-normalize", "align"), "--targets-normalize needs --targets"),
+], ids=["targets-0", "stride", "report-folder", "report-parent", "workers-0", "normalize-without-targets"])
 def test_arguments_are_checked_before_converting(bids, tmp_path, args, message):
     store = tmp_path / "store"
     args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from brainfm.data.artifacts import RejectionCounts, RejectionCriteria
 from brainfm.data.dataset import EntityLabels, EventWindows, FixedWindows, ShuffledWindows, collate_windows
-from brainfm.data.normalize import SubjectNormalizer, check_method, fit_normalizer
+from brainfm.data.normalize import SubjectNormalizer, check_method, fit_normalizer, normalization_entry
 from brainfm.data.sampling import EpochWindows, evenly_spaced, window_loader
 from brainfm.data.splits import SubjectSplit, calibration_spans, eegmat_cbramod, random_split
 from brainfm.data.store import ShardStore
@@ -94,14 +94,28 @@ def _attach_normalizer(parts: Iterable[Any], hp: Any) -> SubjectNormalizer | Non
     return normalizer
 
 
-def _match_target_set(store: ShardStore, hp: Any) -> str | None:
-    """The key of a precomputed target set for these windows and default picks, if any."""
+def _match_target_set(store: ShardStore, hp: Any, recordings: Sequence[str]) -> str | None:
+    """The key of a precomputed target set for these windows, default picks and normalisation
+    that covers ``recordings``, if any."""
+    wanted = normalization_entry(hp.normalize, hp.stats_source, hp.stats_seconds)
     for key, entry in sorted(store.target_sets.items()):
         stride = hp.stride_s or hp.window_s
+        covered = entry.get("recordings")
         if (entry["window_s"], entry["positioned_only"], entry["channel_types"]) == (hp.window_s, True, hp.channel_types) \
-                and abs(stride / entry["stride_s"] - round(stride / entry["stride_s"])) < 1e-9:
+                and abs(stride / entry["stride_s"] - round(stride / entry["stride_s"])) < 1e-9 \
+                and entry.get("normalization") == wanted and (covered is None or set(recordings) <= set(covered)):
             return key
     return None
+
+
+def _check_target_normalization(store: ShardStore, key: str, hp: Any) -> None:
+    """A named target set must have been computed from windows normalised as these are."""
+    have = store.target_set(key).get("normalization")
+    wanted = normalization_entry(hp.normalize, hp.stats_source, hp.stats_seconds)
+    if have != wanted:
+        raise ValueError(f"target set {key!r} holds targets of windows normalised as {have} (None: as stored), "
+                         f"but these windows are normalised as {wanted}; use target_set 'auto' or null, or "
+                         "precompute a matching set (brainfm convert --targets ... --targets-normalize)")
 
 
 class ResumableLoader(DataLoader):
@@ -244,8 +258,10 @@ class PretrainDataModule(BrainDataModule):
         encoder is pretrained on the same kind of signal its decoders are fine-tuned on.
         Each subject's statistics come from its own recordings, unlabelled
         (``stats_source``: ``session`` or its first ``stats_seconds``: ``calibration``).
-        Precomputed targets were computed from the signal as stored, so with ``normalize``
-        ``target_set: auto`` computes targets on the fly, and a named set is refused.
+        A precomputed target set records how its windows were normalised (``brainfm convert
+        --targets ... --targets-normalize``): ``target_set: auto`` picks only a set normalised
+        as these windows are (else targets are computed on the fly), and a named set that was
+        normalised otherwise is refused.
     """
 
     def __init__(
@@ -272,9 +288,7 @@ class PretrainDataModule(BrainDataModule):
     ):
         super().__init__()
         self.criteria = RejectionCriteria.resolve(reject)  # validate at construction
-        if check_method(normalize, stats_source) is not None and target_set not in (None, "auto"):
-            raise ValueError(f"target_set {target_set!r} holds targets of the signal as stored; with normalize="
-                             f"{normalize!r} they would not match the windows: use target_set 'auto' or null")
+        check_method(normalize, stats_source)
         self.save_hyperparameters()
         #: The subject normaliser of every part (after ``setup``; None without ``normalize``).
         self.normalizer: SubjectNormalizer | None = None
@@ -295,10 +309,12 @@ class PretrainDataModule(BrainDataModule):
             split = SubjectSplit([s for s in subjects if s not in hp.val_subjects], hp.val_subjects)
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
-        normalize = check_method(hp.normalize, hp.stats_source)
+        test = hp.test_subjects if hp.test_subjects is not None else split.val
         self.target_set = hp.target_set
-        if self.target_set == "auto":  # stored targets are of the raw signal: normalised windows compute theirs
-            self.target_set = _match_target_set(store, hp) if normalize is None else None
+        if self.target_set == "auto":
+            self.target_set = _match_target_set(store, hp, store.select([*split.train, *split.val, *test]))
+        elif self.target_set is not None:
+            _check_target_normalization(store, self.target_set, hp)
         common = dict(channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
         self.split = split
         self.train_set = ShuffledWindows(
@@ -309,7 +325,6 @@ class PretrainDataModule(BrainDataModule):
         check_windows(self.train_set, "training", hp.window_s)
         if split.val:
             check_windows(self.val_set, "validation", hp.window_s)
-        test = hp.test_subjects if hp.test_subjects is not None else split.val
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
         self.normalizer = _attach_normalizer((self.train_set, self.val_set, self.test_set), hp)
         self._summary = DataSummary.of(self.train_set, target_set=self.target_set,

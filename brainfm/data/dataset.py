@@ -161,8 +161,14 @@ class _StoreWindows:
                 f"target set {self.targets!r} is for {entry['window_s']} s windows every {entry['stride_s']} s; "
                 "use that window and a multiple of that stride"
             )
-        if (entry["positioned_only"], entry["channel_types"]) != (self.positioned_only, self.channel_types):
+        picks = (entry["positioned_only"], tuple(entry["channel_types"]) if entry["channel_types"] else None)
+        if picks != (self.positioned_only, self.channel_types):
             raise ValueError(f"target set {self.targets!r} was computed with other channel picks")
+        covered = entry.get("recordings")
+        uncovered = [rid for rid in self.recordings if covered is not None and rid not in covered]
+        if uncovered:
+            raise ValueError(f"target set {self.targets!r} has no targets for {len(uncovered)} recording(s): "
+                             f"{', '.join(uncovered[:5])}; exclude their subjects or compute targets on the fly")
 
     def _target_row(self, i: int, start: int) -> torch.Tensor:
         table = self._target_tables.get(i)

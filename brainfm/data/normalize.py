@@ -79,6 +79,14 @@ def check_method(method: str | None, source: str = "session") -> str | None:
     return method
 
 
+def normalization_entry(method: str | None, source: str = "session", seconds: float = 60.0) -> dict | None:
+    """How windows are normalised, as a target set's manifest entry records it (None: not at all)."""
+    method = check_method(method, source)
+    if method is None:
+        return None
+    return {"method": method, "source": source, "seconds": float(seconds) if source == "calibration" else None}
+
+
 @dataclass
 class RunningMoments:
     """First and second moments of a multichannel signal, accumulated sample by sample.
@@ -354,4 +362,4 @@ def fit_normalizer(datasets: Iterable, method: str, source: str = "session",
 
 
 __all__ = ["METHODS", "POPULATION_SCALE", "SOURCES", "RunningMoments", "SubjectNormalizer", "SubjectStats",
-           "check_method", "fit_normalizer", "inverse_sqrt", "population_scale", "subject_stats"]
+           "check_method", "fit_normalizer", "normalization_entry", "inverse_sqrt", "population_scale", "subject_stats"]

@@ -142,9 +142,16 @@ as the array ``targets-<key>`` of shape ``(n_windows, K)``. Its manifest entry::
 
     "targets": {"<key>": {"spec": {...TargetSpec fields...}, "window_s": s, "stride_s": s,
                           "names": [K target names], "positioned_only": true,
-                          "channel_types": null | [types]}}
+                          "channel_types": null | [types],
+                          "normalization": null | {"method": m, "source": s, "seconds": s | null},
+                          "recordings": null | [recording ids]}}
 
-``key`` is :func:`target_set_key` of (spec, window_s, stride_s). Each array is written under a
+``key`` is :func:`target_set_key` of (spec, window_s, stride_s, normalization). Targets of a set
+with ``normalization`` were computed from windows normalised per subject
+(:mod:`brainfm.data.normalize`: method, source of statistics, calibration seconds), so they match
+a loader that normalises the same way (``PretrainDataModule(normalize=...)``). Statistics need
+one montage per subject; such a set may cover only the ``recordings`` listed (``null``: all of
+them). Each array is written under a
 temporary name and renamed (:func:`write_target_table`); the manifest lists the set
 (:func:`add_target_set`) only after every recording has its array, so readers never see a
 partial set. Windows use the loader's channel picking (``positioned_only``, ``channel_types``),
@@ -1271,9 +1278,10 @@ def verify_store(store_url: str, quick: bool = False, progress: Callable[[str], 
             out.notes[rid] = notes
         if progress is not None:
             progress(rid)
-    for key in manifest.get("targets", {}):
+    for key, target_entry in manifest.get("targets", {}).items():
+        covered = target_entry.get("recordings")
         missing = [rid for rid, e in sorted(manifest["recordings"].items())
-                   if not fs.exists(f"{root}/{e['path']}/{TARGETS_PREFIX}{key}/zarr.json")]
+                   if (covered is None or rid in covered) and not fs.exists(f"{root}/{e['path']}/{TARGETS_PREFIX}{key}/zarr.json")]
         if missing:
             out.problems[f"{TARGETS_PREFIX}{key}"] = [f"no array in {len(missing)} recording(s): {', '.join(missing[:5])}"]
     return out
@@ -1385,9 +1393,14 @@ def _locked_message(fs: fsspec.AbstractFileSystem, owner_path: str, store_url: s
 # --------------------------------------------------------------------------------------
 # target sets
 # --------------------------------------------------------------------------------------
-def target_set_key(spec: Mapping[str, Any], window_s: float, stride_s: float) -> str:
-    """The key of a target set: a hash of its target spec (as JSON), window and stride."""
-    payload = json.dumps({"spec": spec, "window_s": window_s, "stride_s": stride_s}, sort_keys=True)
+def target_set_key(spec: Mapping[str, Any], window_s: float, stride_s: float,
+                   normalization: Mapping[str, Any] | None = None) -> str:
+    """The key of a target set: a hash of its target spec (as JSON), window, stride and, for
+    targets of normalised windows, the normalisation (sets of raw windows keep their old keys)."""
+    fields = {"spec": spec, "window_s": window_s, "stride_s": stride_s}
+    if normalization is not None:
+        fields["normalization"] = dict(normalization)
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -1411,13 +1424,17 @@ def write_target_table(store: ShardStore, recording_id: str, key: str, values: n
 
 def add_target_set(store_url: str, key: str, *, spec: Mapping[str, Any], window_s: float, stride_s: float,
                    names: Sequence[str], positioned_only: bool = True,
-                   channel_types: Sequence[str] | None = None) -> None:
-    """List target set ``key`` in the manifest (after every recording has its table)."""
+                   channel_types: Sequence[str] | None = None, normalization: Mapping[str, Any] | None = None,
+                   recordings: Sequence[str] | None = None) -> None:
+    """List target set ``key`` in the manifest (after every recording it covers has its table:
+    ``recordings``, or all of them when None)."""
     manifest = read_manifest(store_url)
     if manifest is None:
         raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
     manifest.setdefault("targets", {})[key] = {
         "spec": dict(spec), "window_s": window_s, "stride_s": stride_s, "names": list(names),
         "positioned_only": positioned_only, "channel_types": None if channel_types is None else list(channel_types),
+        "normalization": None if normalization is None else dict(normalization),
+        "recordings": None if recordings is None else sorted(recordings),
     }
     commit(store_url, manifest)

@@ -294,9 +294,15 @@ class PretrainModule(BrainTask):
         """Precomputed targets must be the ones this module's spec computes, column for column."""
         datamodule = self.trainer.datamodule
         key = getattr(datamodule, "target_set", None)
-        if self.target_spec is None or not key:
+        if self.target_spec is None:
             return
-        names = list(datamodule.train_set.store.target_set(key)["names"])
+        if not key:
+            rank_zero_info("neurodynamics targets: computed on the fly (no matching precomputed set in the store)")
+            return
+        entry = datamodule.train_set.store.target_set(key)
+        rank_zero_info(f"neurodynamics targets: precomputed set {key!r} (windows normalised as "
+                       f"{entry.get('normalization') or 'stored'})")
+        names = list(entry["names"])
         if names != self.target_names:
             raise ValueError(
                 f"the store's target set {key!r} holds {len(names)} targets ({', '.join(names[:4])}, ...) but the model's "

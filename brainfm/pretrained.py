@@ -14,6 +14,8 @@ The cache lives in ``$BRAINFM_HOME/pretrained/`` and is keyed by steps and seed.
 :func:`recipe_encoder` returns the encoder of the CPU recipe
 (``configs/pretrain/small-10s.yaml``, seed 0), shipped in the repository with its SHA-256
 because it takes about 40 minutes to rebuild: the benchmarks of issue #12 use it.
+``recipe_encoder("small-10s-aligned")`` is the same recipe pretrained on per-subject aligned
+windows (``configs/pretrain/small-10s-aligned.yaml``).
 """
 
 from __future__ import annotations
@@ -33,29 +35,44 @@ from brainfm.tasks.pretrain import PretrainModule
 #: EEGMAT subjects kept out of demo pretraining (CBraMod's test split).
 HELD_OUT = ["eegmat32", "eegmat33", "eegmat34", "eegmat35"]
 
-#: The recipe's encoder: ``brainfm fit --config configs/pretrain/small-10s.yaml`` (seed 0, 4000 steps,
-#: EEGMAT 28-31 validation only and 32-35 never seen), as exported at the end of that run.
-RECIPE_ENCODER = Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "weights" / "small-10s-seed0.safetensors"
-RECIPE_SHA256 = "fef493a7fb71809430a190e16190df0f86a63ca3bba87bf4fc41c01b212d1d17"
+#: The shipped recipe encoders, by recipe: ``brainfm fit --config configs/pretrain/<recipe>.yaml`` (seed 0,
+#: 4000 steps, EEGMAT 28-31 validation only and 32-35 never seen), as exported at the end of that run,
+#: with the SHA-256 each file is checked against. ``small-10s-aligned`` is pretrained on per-subject
+#: Euclidean-aligned windows, for decoders fine-tuned on aligned windows.
+RECIPES: dict[str, tuple[str, str]] = {
+    "small-10s": ("small-10s-seed0.safetensors", "fef493a7fb71809430a190e16190df0f86a63ca3bba87bf4fc41c01b212d1d17"),
+    "small-10s-aligned": ("small-10s-aligned-seed0.safetensors",
+                          "c2f7c18d852519722a0a9180298725e26c55ba701bc763c59864c3898e9ce394"),
+}
+WEIGHTS = Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "weights"
+#: The default recipe's encoder and hash (``recipe_encoder()``).
+RECIPE_ENCODER = WEIGHTS / RECIPES["small-10s"][0]
+RECIPE_SHA256 = RECIPES["small-10s"][1]
 
 
-def recipe_encoder() -> Path:
-    """Path of the shipped ``small-10s`` recipe encoder, checked against its SHA-256.
+def recipe_encoder(recipe: str = "small-10s") -> Path:
+    """Path of a shipped recipe encoder (:data:`RECIPES`), checked against its SHA-256.
 
     Raises
     ------
+    KeyError
+        ``recipe`` is not one of :data:`RECIPES`.
     FileNotFoundError
         Not in a source checkout (the weights live in ``configs/pretrain/weights/``).
     ValueError
-        The file's hash differs from :data:`RECIPE_SHA256`.
+        The file's hash differs from the recipe's.
     """
-    if not RECIPE_ENCODER.is_file():
-        raise FileNotFoundError(f"{RECIPE_ENCODER} is missing: the recipe encoder ships with a source checkout of "
-                                "brainfm; rebuild it with brainfm fit --config configs/pretrain/small-10s.yaml")
-    digest = hashlib.sha256(RECIPE_ENCODER.read_bytes()).hexdigest()
-    if digest != RECIPE_SHA256:
-        raise ValueError(f"{RECIPE_ENCODER} has SHA-256 {digest}, expected {RECIPE_SHA256}: not the shipped recipe encoder")
-    return RECIPE_ENCODER
+    if recipe not in RECIPES:
+        raise KeyError(f"no shipped encoder for recipe {recipe!r}; there are {sorted(RECIPES)}")
+    name, sha256 = RECIPES[recipe]
+    path = WEIGHTS / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the recipe encoders ship with a source checkout of "
+                                f"brainfm; rebuild it with brainfm fit --config configs/pretrain/{recipe}.yaml")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{path} has SHA-256 {digest}, expected {sha256}: not the shipped {recipe} encoder")
+    return path
 
 
 def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, progress: bool = False) -> Path:

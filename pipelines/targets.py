@@ -12,8 +12,8 @@ With ``normalize``, the windows are first normalised per subject with statistics
 subject's own unlabelled recordings (:func:`brainfm.data.normalize.fit_normalizer`, the same
 function and inputs :class:`~brainfm.data.datamodule.PretrainDataModule` uses), so the set
 matches a pretraining run with the same ``normalize`` and ``stats_source``. Computing targets
-is what limits such a run on a CPU (6-10 windows/s on the fly against 58 with a set:
-``configs/pretrain/small-10s-aligned.yaml``). Subjects whose recordings have several
+is what limits such a run on a CPU: ``configs/pretrain/small-10s-aligned.yaml`` trained at 6-10
+windows/s with targets computed on the fly and at 36 with this set (2-core CPU, 2026-12-01). Subjects whose recordings have several
 montages have no per-subject statistics: their recordings get no targets, and the set lists
 the recordings it covers.
 """

@@ -19,7 +19,7 @@ from brainfm.data.dataset import FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.store import ShardStore
 from brainfm.models import BrainDecoder, ModelConfig, load_decoder, load_pretrained, resolve_config, save_decoder
 from brainfm.models.tokenizer import LOG_POWER_SCALE, PatchEmbedding
-from brainfm.pretrained import recipe_encoder
+from brainfm.pretrained import RECIPES, recipe_encoder
 from brainfm.tasks import DecodeModule, PretrainModule
 from brainfm.tasks.pretrain import mean_baseline, neighbour_baseline, random_patch_mask, type_balanced_mse
 
@@ -187,8 +187,9 @@ def test_hybrid_fine_tune_on_real_windows(small_sample, tmp_path):
 
 
 # -- the shipped recipe encoder ---------------------------------------------------------
-def test_recipe_encoder_ships_with_its_hash():
-    encoder = load_pretrained(recipe_encoder())
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_encoder_ships_with_its_hash(recipe):
+    encoder = load_pretrained(recipe_encoder(recipe))
     config = encoder.config
     assert (config.name, config.n_layers, config.d_model, config.log_spectrum) == ("small", 6, 128, True)
     x = torch.randn(1, 19, 2000) * 10

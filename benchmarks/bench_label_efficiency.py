@@ -27,6 +27,7 @@ the ``label-efficiency`` section of ``docs/results.md`` and ``docs/results.json`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -59,6 +60,15 @@ def train_draw(n: int, seed: int) -> list[str]:
     train = list(SPLIT.train)
     picked = np.random.default_rng(seed).choice(len(train), size=n, replace=False)
     return [train[i] for i in sorted(picked)]
+
+
+def variant_method(variant: str, encoder_label: str | None) -> str:
+    """The row's method name: ``VARIANTS[variant]``, naming the encoder of pretrained rows when
+    it is not the recipe's (``--encoder-label``), so rows of two encoders share one runs log."""
+    method = VARIANTS[variant]
+    if encoder_label and variant.startswith("pretrained"):
+        method = method.replace("brainfm pretrained", f"brainfm pretrained ({encoder_label})", 1)
+    return method
 
 
 def datamodule(store: str, train: list[str], normalize: str) -> DecodingDataModule:
@@ -97,13 +107,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     add(n, train, method, normalize, seed, classical_rows(dm_for(normalize), normalize, feature_z), t0)
             epochs = math.ceil(args.epochs * len(SPLIT.train) / n)
             for variant in args.variants:
-                if (n, VARIANTS[variant], seed) in done:
+                method = variant_method(variant, args.encoder_label)
+                if (n, method, seed) in done:
                     continue
                 t0 = time.perf_counter()
                 pl.seed_everything(seed, workers=True)
                 scores, _ = fit_test(brainfm_module(variant, args.encoder), dm_for("align"), epochs=epochs,
                                      select=True, val_every=max(1, epochs // VAL_CHECKS))
-                add(n, train, VARIANTS[variant], "align", seed, scores, t0, epochs=epochs)
+                add(n, train, method, "align", seed, scores, t0, epochs=epochs, encoder_sha256=args.encoder_sha256)
     return rows
 
 
@@ -117,14 +128,23 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[f"{n} | {method}"] = {k: (float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs])))
                                   for k in METRICS} | {"seeds": sorted(r["seed"] for r in rs),
                                                        "normalize": rs[0]["normalize"]}
+    scratch = VARIANTS["scratch-tokens"]
+    pretrained = sorted({r["method"] for r in rows if r["method"].startswith("brainfm pretrained")})
     for n in sorted({r["train_subjects"] for r in rows}):
         by = {m: {r["seed"]: r["balanced_accuracy"] for r in rows if r["train_subjects"] == n and r["method"] == m}
-              for m in (VARIANTS["pretrained-tokens"], VARIANTS["scratch-tokens"])}
-        seeds = sorted(set(by[VARIANTS["pretrained-tokens"]]) & set(by[VARIANTS["scratch-tokens"]]))
-        if seeds:
-            diffs = [by[VARIANTS["pretrained-tokens"]][s] - by[VARIANTS["scratch-tokens"]][s] for s in seeds]
-            out[f"{n} | pretrained − scratch"] = {"per_seed": dict(zip(seeds, diffs)), "mean": float(np.mean(diffs))}
+              for m in (*pretrained, scratch)}
+        for method in pretrained:
+            seeds = sorted(set(by[method]) & set(by[scratch]))
+            if seeds:
+                diffs = [by[method][s] - by[scratch][s] for s in seeds]
+                key = f"{n} | {paired_name(method)} − scratch"
+                out[key] = {"per_seed": dict(zip(seeds, diffs)), "mean": float(np.mean(diffs)), "pretrained": method}
     return out
+
+
+def paired_name(method: str) -> str:
+    """``pretrained`` or ``pretrained (LABEL)``: the encoder part of a pretrained row's method."""
+    return method.removeprefix("brainfm ").split(" + ")[0]
 
 
 def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "") -> str:
@@ -152,11 +172,11 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, note
         lines.append(f"| {n} | {method} | {s['normalize']} | {len(s['seeds'])} | {cell(s['balanced_accuracy'])} | "
                      f"{cell(s['auroc'])} |")
     lines += ["", "Paired difference in balanced accuracy, pretrained − scratch (same seed, same labelled subjects):", "",
-              "| labelled subjects | mean | per seed |", "|---|---|---|"]
+              "| labelled subjects | encoder | mean | per seed |", "|---|---|---|---|"]
     for key, s in summary.items():
         if "per_seed" in s:
             per = ", ".join(f"{d:+.3f}" for d in s["per_seed"].values())
-            lines.append(f"| {key.split(' | ')[0]} | {s['mean']:+.3f} | {per} |")
+            lines.append(f"| {key.split(' | ')[0]} | {paired_name(s['pretrained'])} | {s['mean']:+.3f} | {per} |")
     return "\n".join(lines) + "\n" + (f"\n{notes}" if notes else "")
 
 
@@ -169,6 +189,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["pretrained-tokens", "scratch-tokens"], choices=list(VARIANTS))
     ap.add_argument("--epochs", type=int, default=8, help="epochs at 28 subjects; fewer subjects get as many steps")
     ap.add_argument("--encoder", type=Path, default=None, help="default: brainfm.pretrained.recipe_encoder()")
+    ap.add_argument("--encoder-label", default=None,
+                    help="name of --encoder in the pretrained rows' method, e.g. 'aligned pretraining' (default: "
+                         "none, the recipe encoder)")
     ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
     ap.add_argument("--from-runs", type=Path, nargs="+", default=None, help="only write the section from these rows")
     ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table")
@@ -178,6 +201,7 @@ def main() -> None:
     if any(not 1 <= n <= len(SPLIT.train) for n in args.train_subjects):
         ap.error(f"--train-subjects must lie in 1..{len(SPLIT.train)}")
     args.encoder = args.encoder or recipe_encoder()
+    args.encoder_sha256 = hashlib.sha256(Path(args.encoder).read_bytes()).hexdigest()[:16]
     if not (args.from_runs or args.store):
         ap.error("--store is needed unless --from-runs is given")
     rows = collect_rows(args, run)

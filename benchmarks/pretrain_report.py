@@ -15,6 +15,8 @@ masks fixed per batch, so the rows compare across steps and runs::
 
     brainfm fit --config configs/pretrain/small-10s.yaml
     python benchmarks/pretrain_report.py runs/small-10s/csv/version_0
+
+``--section pretraining-aligned`` writes the same report of ``configs/pretrain/small-10s-aligned.yaml``.
 """
 
 from __future__ import annotations
@@ -54,15 +56,26 @@ def read_run(run: Path) -> dict:
             "train_samples_per_s_median": float(speed.median()) if len(speed) else None}
 
 
-def markdown(report: dict, command: str, date: str, machine: str, minutes: float | None) -> str:
+#: Heading of each section this script writes (``--section``).
+TITLES = {
+    "pretraining": "Pretraining: held-out masked reconstruction against trivial predictors (issue #12, item 2)",
+    "pretraining-aligned": "Pretraining on per-subject aligned windows (`small-10s-aligned`): held-out masked "
+                           "reconstruction against trivial predictors (issue #12)",
+}
+
+
+def markdown(report: dict, command: str, date: str, machine: str, minutes: float | None,
+             section: str = "pretraining") -> str:
     lines = [
-        "## Pretraining: held-out masked reconstruction against trivial predictors (issue #12, item 2)",
+        f"## {TITLES[section]}",
         "",
         f"Command: `{command}` ({machine}; {date}).",
         "MSE on the masked patches of the validation subjects' windows, in the encoder's input units "
         "(µV / 100), with fixed masks. `copy-the-mean` predicts each channel's visible mean; `neighbour` "
         "interpolates each masked patch from the nearest visible channels of its type (inverse-distance "
-        "weights). Negative percentages mean the model is worse than the baseline.",
+        "weights). Negative percentages mean the model is worse than the baseline." + (
+            " Windows are Euclidean-aligned per subject, so the MSE is in aligned units (each channel's "
+            "population scale, 10 µV for EEG, / 100) and compares only within this table." if "aligned" in section else ""),
         "",
         "| step | brainfm MSE | copy-the-mean | neighbour | below copy-the-mean | below neighbour | neurodynamics loss |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -99,15 +112,20 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None, help="wall time of the run, if known")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--section", choices=list(TITLES), default="pretraining",
+                    help="the section of docs/results.md to write (pretraining-aligned: small-10s-aligned.yaml)")
+    ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     report = read_run(args.run)
-    text = markdown(report, args.command, args.date, args.machine, args.minutes)
+    text = markdown(report, args.command, args.date, args.machine, args.minutes, args.section)
+    if args.notes:
+        text += "\n\n" + args.notes.read_text().strip()
     print(text)
     if not args.no_write:
-        payload = {"experiment": "pretraining", "command": args.command, "date": args.date, "machine": args.machine,
+        payload = {"experiment": args.section, "command": args.command, "date": args.date, "machine": args.machine,
                    **report}
-        write_section(args.out, "pretraining", payload, text)
+        write_section(args.out, args.section, payload, text)
 
 
 if __name__ == "__main__":

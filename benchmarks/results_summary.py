@@ -106,19 +106,22 @@ def rows(sections: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if method.startswith(EEGNET_PREFIX):
             out.append((f"LOSO reference: {method}, normalize {normalize}", _seeds_text(per_seed), "reference", "loso"))
     label = sections["label-efficiency"]["summary"]
-    diffs = []
-    for n in sorted({int(k.split(" | ")[0]) for k in label}):
-        pre = label.get(f"{n} | brainfm pretrained + full fine-tune, label-free token statistics")
-        scr = label.get(f"{n} | brainfm from scratch, label-free token statistics")
-        if pre and scr:
-            p, s = pre["balanced_accuracy"], scr["balanced_accuracy"]
-            diffs.append((n, p[0] - s[0], _apart(p, s)))
-    helps = [n for n, d, apart in diffs if d >= 0.03 and apart]
-    out.append(("Pretrained beats scratch by ≥ 0.03, seed spreads apart",
-                "pretrained − scratch by labelled subjects: " + ", ".join(f"{n}: {d:+.3f}" + (" (apart)" if a else "")
-                                                                         for n, d, a in diffs),
-                f"met at {', '.join(map(str, helps))} labelled subjects only" if helps else "missed",
-                "label-efficiency"))
+    scratch = "brainfm from scratch, label-free token statistics"
+    encoders = sorted({k.split(" | ")[1] for k in label if k.split(" | ")[1].startswith("brainfm pretrained")})
+    for method in encoders:
+        diffs = []
+        for n in sorted({int(k.split(" | ")[0]) for k in label}):
+            pre, scr = label.get(f"{n} | {method}"), label.get(f"{n} | {scratch}")
+            if pre and scr:
+                p, s = pre["balanced_accuracy"], scr["balanced_accuracy"]
+                diffs.append((n, p[0] - s[0], _apart(p, s)))
+        helps = [n for n, d, apart in diffs if d >= 0.03 and apart]
+        name = method.removeprefix("brainfm ").split(" + ")[0]
+        out.append((f"Pretrained beats scratch by ≥ 0.03, seed spreads apart ({name})",
+                    f"{name} − scratch by labelled subjects: " + ", ".join(
+                        f"{n}: {d:+.3f}" + (" (apart)" if a else "") for n, d, a in diffs),
+                    f"met at {', '.join(map(str, helps))} labelled subjects only" if helps else "missed",
+                    "label-efficiency"))
     probe = sections["probe"]["summary"]
     mr, nd = probe["masked reconstruction"]["balanced_accuracy"], probe["masked reconstruction + neurodynamics"]["balanced_accuracy"]
     out.append(("Frozen probe: masked reconstruction + neurodynamics beats masked reconstruction alone",

@@ -43,3 +43,18 @@ def test_summary_pairs_pretrained_and_scratch_by_seed():
     assert paired["per_seed"] == pytest.approx({0: 0.10, 1: -0.05})
     assert paired["mean"] == pytest.approx(0.025)
     assert "pretrained − scratch" in ble.markdown(summary, "cmd", "2026-12-01", 8)
+
+
+def test_a_second_encoder_is_named_and_paired_with_the_same_scratch_rows():
+    aligned = ble.variant_method("pretrained-tokens", "aligned pretraining")
+    assert aligned == "brainfm pretrained (aligned pretraining) + full fine-tune, label-free token statistics"
+    assert ble.variant_method("scratch-tokens", "aligned pretraining") == SCRATCH  # scratch rows are shared
+
+    def row(method, seed, acc):
+        return {"train_subjects": 2, "method": method, "normalize": "align", "seed": seed, "balanced_accuracy": acc,
+                "kappa": 0.0, "f1_weighted": 0.0, "auroc": 0.5}
+
+    summary = ble.summarise([row(PRETRAINED, 0, 0.7), row(aligned, 0, 0.9), row(SCRATCH, 0, 0.8)])
+    assert summary["2 | pretrained − scratch"]["mean"] == pytest.approx(-0.1)
+    assert summary["2 | pretrained (aligned pretraining) − scratch"]["mean"] == pytest.approx(0.1)
+    assert "| 2 | pretrained (aligned pretraining) | +0.100 |" in ble.markdown(summary, "cmd", "2026-12-01", 8)

@@ -49,6 +49,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.data.splits import eegmat_cbramod, kfold_subjects  # noqa: E402
+from brainfm.pipelines.targets import has_target_set, precompute_targets  # noqa: E402
 from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 from brainfm.tasks.baselines import classical_pipeline, log_bandpower_features  # noqa: E402
 from probe_eegmat import pretrain  # noqa: E402
@@ -327,9 +328,7 @@ def main() -> None:
     probe_dm = DecodingDataModule(store=args.store, split="eegmat-cbramod", window_s=5.0, label_map=LABELS)
     probe_dm.setup()
     store = probe_dm.sets["train"].store.url
-    if not probe_dm.sets["train"].store.manifest.get("targets"):
-        from brainfm.pipelines.targets import precompute_targets
-
+    if not has_target_set(probe_dm.sets["train"].store, 2.0):
         precompute_targets(store, 2.0)
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:

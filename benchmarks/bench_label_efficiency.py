@@ -66,7 +66,7 @@ def variant_method(variant: str, encoder_label: str | None) -> str:
     """The row's method name: ``VARIANTS[variant]``, naming the encoder of pretrained rows when
     it is not the recipe's (``--encoder-label``), so rows of two encoders share one runs log."""
     method = VARIANTS[variant]
-    if encoder_label and variant.startswith("pretrained"):
+    if encoder_label and method.startswith("brainfm pretrained"):  # every variant fine-tuned from --encoder
         method = method.replace("brainfm pretrained", f"brainfm pretrained ({encoder_label})", 1)
     return method
 
@@ -129,7 +129,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                   for k in METRICS} | {"seeds": sorted(r["seed"] for r in rs),
                                                        "normalize": rs[0]["normalize"]}
     scratch = VARIANTS["scratch-tokens"]
-    pretrained = sorted({r["method"] for r in rows if r["method"].startswith("brainfm pretrained")})
+    tokens = scratch.removeprefix("brainfm from scratch")  # ", label-free token statistics": pair like with like
+    pretrained = sorted({r["method"] for r in rows
+                         if r["method"].startswith("brainfm pretrained") and r["method"].endswith(tokens)})
     for n in sorted({r["train_subjects"] for r in rows}):
         by = {m: {r["seed"]: r["balanced_accuracy"] for r in rows if r["train_subjects"] == n and r["method"] == m}
               for m in (*pretrained, scratch)}

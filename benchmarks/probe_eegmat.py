@@ -31,6 +31,7 @@ from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path wh
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.models import load_pretrained, masked_mean
 from brainfm.pipelines.sample import sample_store
+from brainfm.pipelines.targets import has_target_set, precompute_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = {
@@ -109,11 +110,9 @@ def main() -> None:
                             batch_size=64)
     dm.setup()
     store = dm.sets["train"].store
-    if not store.manifest.get("targets"):
+    if not has_target_set(store, 2.0):
         # Precompute the 2-s targets once: 6x faster neurodynamics pretraining on CPU, and
         # bit-identical to computing them on the fly (docs/benchmarks.md).
-        from brainfm.pipelines.targets import precompute_targets
-
         precompute_targets(store.url, 2.0)
     rows = []
     for seed in args.seeds:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -64,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--targets-normalize", choices=("zscore", "align"), default=None,
                    help="compute the targets of per-subject normalised windows, for pretraining with the same "
                         "data normalize (e.g. configs/pretrain/small-10s-aligned.yaml: align)")
-    c.add_argument("--targets-stats-source", choices=("session", "calibration"), default="session",
+    c.add_argument("--targets-stats-source", choices=("session", "calibration"), default=None,
                    help="where --targets-normalize takes each subject's statistics from (default: session)")
-    c.add_argument("--targets-stats-seconds", type=float, default=60.0, metavar="SECONDS",
+    c.add_argument("--targets-stats-seconds", type=float, default=None, metavar="SECONDS",
                    help="calibration length of --targets-stats-source calibration (default: 60)")
     c.add_argument("--prune", action="store_true",
                    help="remove stored recordings whose source is no longer in the dataset")
@@ -341,8 +342,12 @@ def _check_convert_args(args: argparse.Namespace) -> None:
         raise UsageError("--targets-features needs --targets")
     if args.targets_normalize is not None and args.targets is None:
         raise UsageError("--targets-normalize needs --targets")
-    if not args.targets_stats_seconds > 0:
-        raise UsageError(f"--targets-stats-seconds must be > 0, got {args.targets_stats_seconds:g}")
+    if args.targets_stats_source is not None and args.targets_normalize is None:
+        raise UsageError("--targets-stats-source needs --targets-normalize")
+    if args.targets_stats_seconds is not None and args.targets_stats_source != "calibration":
+        raise UsageError("--targets-stats-seconds needs --targets-stats-source calibration")
+    if args.targets_stats_seconds is not None and not 0 < args.targets_stats_seconds < math.inf:
+        raise UsageError(f"--targets-stats-seconds must be a finite number > 0, got {args.targets_stats_seconds:g}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.wait < 0:
@@ -412,8 +417,11 @@ def _convert(args: argparse.Namespace) -> int:
         spec = TargetSpec(features=tuple(args.targets_features)) if args.targets_features else None
         key = precompute_targets(args.store, args.targets, args.targets_stride, spec, progress=not args.no_progress,
                                  wait=args.wait, normalize=args.targets_normalize,
-                                 stats_source=args.targets_stats_source, stats_seconds=args.targets_stats_seconds)
-        print(f"targets: set {key!r} (use --data.init_args.target_set {key})")
+                                 stats_source=args.targets_stats_source or "session",
+                                 stats_seconds=args.targets_stats_seconds or 60.0)
+        hint = "" if args.targets_normalize is None else (
+            f", with --data.init_args.normalize {args.targets_normalize} and the same stats_source")
+        print(f"targets: set {key!r} (target_set: auto picks it; or --data.init_args.target_set {key}{hint})")
     return 0 if report.ok or args.skip_errors else 1
 
 

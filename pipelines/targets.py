@@ -33,6 +33,14 @@ from brainfm.data.normalize import fit_normalizer, normalization_entry
 from brainfm.targets import TargetSpec, compute_targets, target_names
 
 
+def has_target_set(store: shard.ShardStore, window_s: float, spec: Any = None, normalization: dict | None = None) -> bool:
+    """Whether ``store`` lists the target set of ``spec`` (default: every group) for ``window_s``
+    windows, with that ``normalization`` (None: the signal as stored)."""
+    spec_dict = json.loads(json.dumps(dataclasses.asdict(spec or TargetSpec())))
+    return any(e["window_s"] == window_s and e["spec"] == spec_dict and e.get("normalization") == normalization
+               for e in store.target_sets.values())
+
+
 def precompute_targets(store_url: str, window_s: float, stride_s: float | None = None,
                        spec: Any = None, batch_size: int = 64, progress: bool = True, wait: float | None = 0.0,
                        normalize: str | None = None, stats_source: str = "session",
@@ -46,6 +54,8 @@ def precompute_targets(store_url: str, window_s: float, stride_s: float | None =
     """
     if not window_s > 0 or (stride_s is not None and not stride_s > 0):
         raise ValueError(f"target windows need a positive length and stride (got {window_s}, {stride_s})")
+    if not 0 < stats_seconds < float("inf"):
+        raise ValueError(f"stats_seconds must be a finite number > 0, got {stats_seconds}")
     normalization = normalization_entry(normalize, stats_source, stats_seconds)
     if normalization is not None and stats_source == "running":
         raise ValueError("stats_source='running' is for live use; precomputed targets need 'session' or 'calibration'")
@@ -77,7 +87,7 @@ def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: A
                   "their recordings get no targets")
         windows = FixedWindows(store, window_s, stride_s, recordings=kept)
         windows.normalizer = fit_normalizer([windows], normalization["method"], normalization["source"],
-                                            normalization["seconds"] or 60.0)
+                                            60.0 if normalization["seconds"] is None else normalization["seconds"])
     covered = None if set(windows.recordings) == set(store.recording_ids) else windows.recordings
     names = target_names(spec)
     for i, rid in enumerate(tqdm(windows.recordings, desc="targets", unit="rec", disable=not progress)):

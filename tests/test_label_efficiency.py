@@ -49,6 +49,7 @@ def test_a_second_encoder_is_named_and_paired_with_the_same_scratch_rows():
     aligned = ble.variant_method("pretrained-tokens", "aligned pretraining")
     assert aligned == "brainfm pretrained (aligned pretraining) + full fine-tune, label-free token statistics"
     assert ble.variant_method("scratch-tokens", "aligned pretraining") == SCRATCH  # scratch rows are shared
+    assert ble.variant_method("hybrid", "aligned pretraining").startswith("brainfm pretrained (aligned pretraining)")
 
     def row(method, seed, acc):
         return {"train_subjects": 2, "method": method, "normalize": "align", "seed": seed, "balanced_accuracy": acc,

@@ -551,7 +551,11 @@ def test_corrupt_manifest_is_named_and_left_alone(eeg, tmp_path):
     (("--report", "{tmp}/no/such/report.json"), "folder {tmp}/no/such does not exist"),
     (("--workers", "0"), "--workers must be at least 1"),
     (("--targets-normalize", "align"), "--targets-normalize needs --targets"),
-], ids=["targets-0", "stride", "report-folder", "report-parent", "workers-0", "normalize-without-targets"])
+    (("--targets", "2", "--targets-stats-source", "calibration"), "--targets-stats-source needs --targets-normalize"),
+    (("--targets", "2", "--targets-normalize", "align", "--targets-stats-seconds", "30"),
+     "--targets-stats-seconds needs --targets-stats-source calibration"),
+], ids=["targets-0", "stride", "report-folder", "report-parent", "workers-0", "normalize-without-targets",
+        "stats-source-without-normalize", "seconds-without-calibration"])
 def test_arguments_are_checked_before_converting(bids, tmp_path, args, message):
     store = tmp_path / "store"
     args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)

@@ -238,9 +238,9 @@ class PretrainDataModule(BrainDataModule):
     target_set : str, optional
         Key of a precomputed target set in the store (``brainfm convert --targets``);
         batches then carry ``targets`` and the neurodynamics objective reads them
-        instead of computing them. ``"auto"`` picks the set whose window and stride
-        match, if the store has one, and otherwise leaves targets to be computed on
-        the fly.
+        instead of computing them. ``"auto"`` picks the set whose window, stride and
+        normalisation match and that covers every recording the loaders read, if the
+        store has one, and otherwise leaves targets to be computed on the fly.
     reject : dict or bool, optional
         Window-level artifact rejection (:mod:`brainfm.data.artifacts`) for training,
         validation and test windows: ``true`` or ``{}`` for the defaults (CBraMod's 100 uV
@@ -310,12 +310,7 @@ class PretrainDataModule(BrainDataModule):
         else:
             split = random_split(subjects, val=hp.val_fraction, seed=hp.seed)
         test = hp.test_subjects if hp.test_subjects is not None else split.val
-        self.target_set = hp.target_set
-        if self.target_set == "auto":
-            self.target_set = _match_target_set(store, hp, store.select([*split.train, *split.val, *test]))
-        elif self.target_set is not None:
-            _check_target_normalization(store, self.target_set, hp)
-        common = dict(channel_types=hp.channel_types, targets=self.target_set, reject=self.criteria)
+        common = dict(channel_types=hp.channel_types, reject=self.criteria)
         self.split = split
         self.train_set = ShuffledWindows(
             store, hp.window_s, hp.stride_s, recordings=store.select(split.train),
@@ -326,7 +321,15 @@ class PretrainDataModule(BrainDataModule):
         if split.val:
             check_windows(self.val_set, "validation", hp.window_s)
         self.test_set = FixedWindows(store, hp.window_s, hp.stride_s, recordings=store.select(test), **common)
-        self.normalizer = _attach_normalizer((self.train_set, self.val_set, self.test_set), hp)
+        parts = (self.train_set, self.val_set, self.test_set)
+        self.target_set = hp.target_set
+        if self.target_set == "auto":  # the recordings the loaders read (picking leaves some out)
+            self.target_set = _match_target_set(store, hp, [rid for ds in parts for rid in ds.recordings])
+        elif self.target_set is not None:
+            _check_target_normalization(store, self.target_set, hp)
+        for ds in parts:
+            ds.use_targets(self.target_set)
+        self.normalizer = _attach_normalizer(parts, hp)
         self._summary = DataSummary.of(self.train_set, target_set=self.target_set,
                                        normalization=self.normalizer and self.normalizer.describe())
 

@@ -170,6 +170,12 @@ class _StoreWindows:
             raise ValueError(f"target set {self.targets!r} has no targets for {len(uncovered)} recording(s): "
                              f"{', '.join(uncovered[:5])}; exclude their subjects or compute targets on the fly")
 
+    def use_targets(self, key: str | None) -> None:
+        """Read precomputed target set ``key`` (None: none) from now on, checked against these windows."""
+        self.targets = key
+        self._target_tables.clear()
+        self._check_targets(self.window, self.stride)
+
     def _target_row(self, i: int, start: int) -> torch.Tensor:
         table = self._target_tables.get(i)
         if table is None:

@@ -93,7 +93,7 @@ Integrity
   does not decode is an error naming its file, and so is a manifest that is not JSON.
 * :func:`verify_store` (``brainfm verify STORE``) checks every listed recording: the group
   exists, its ``zarr.json`` hashes to ``group_sha256``, and every file of ``files`` exists with
-  its size and SHA-256; every listed target set has its array in every recording.
+  its size and SHA-256; every listed target set has its array in every recording it covers.
   ``quick=True`` (what ``brainfm convert`` runs before skipping a recording) checks existence
   and sizes only. ``convert`` re-makes every recording that fails, and unlists an entry whose
   group is gone.
@@ -150,8 +150,9 @@ as the array ``targets-<key>`` of shape ``(n_windows, K)``. Its manifest entry::
 with ``normalization`` were computed from windows normalised per subject
 (:mod:`brainfm.data.normalize`: method, source of statistics, calibration seconds), so they match
 a loader that normalises the same way (``PretrainDataModule(normalize=...)``). Statistics need
-one montage per subject; such a set may cover only the ``recordings`` listed (``null``: all of
-them). Each array is written under a
+one montage per subject, so such a set may cover only the ``recordings`` listed (``null``: all of
+them; a set of windows as stored lists them too when the loader's picking leaves a recording
+out, e.g. one without a positioned channel). Each array is written under a
 temporary name and renamed (:func:`write_target_table`); the manifest lists the set
 (:func:`add_target_set`) only after every recording has its array, so readers never see a
 partial set. Windows use the loader's channel picking (``positioned_only``, ``channel_types``),

@@ -155,6 +155,20 @@ VARIANTS = {
 }
 
 
+def variant_method(variant: str, encoder_label: str | None) -> str:
+    """The row's method name: ``VARIANTS[variant]``, naming the encoder of pretrained rows when
+    it is not the recipe's (``--encoder-label``), so rows of two encoders share one runs log."""
+    method = VARIANTS[variant]
+    if encoder_label and method.startswith("brainfm pretrained"):  # every variant fine-tuned from --encoder
+        method = method.replace("brainfm pretrained", f"brainfm pretrained ({encoder_label})", 1)
+    return method
+
+
+def paired_name(method: str) -> str:
+    """``pretrained`` or ``pretrained (LABEL)``: the encoder part of a pretrained row's method."""
+    return method.removeprefix("brainfm ").split(" + ")[0]
+
+
 def brainfm_module(variant: str, encoder: Path, token_source: str = "session") -> DecodeModule:
     """A decoding task for one ``--variants`` entry: fine-tuned from ``encoder``, or its
     architecture from random weights; ``hybrid`` adds the neurodynamics features to the head,

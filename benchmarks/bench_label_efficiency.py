@@ -41,7 +41,7 @@ import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
 from _results import collect_rows, done_keys, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
-from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
+from bench_alignment import VARIANTS, brainfm_module, classical_rows, paired_name, variant_method  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.data.splits import eegmat_cbramod  # noqa: E402
@@ -60,15 +60,6 @@ def train_draw(n: int, seed: int) -> list[str]:
     train = list(SPLIT.train)
     picked = np.random.default_rng(seed).choice(len(train), size=n, replace=False)
     return [train[i] for i in sorted(picked)]
-
-
-def variant_method(variant: str, encoder_label: str | None) -> str:
-    """The row's method name: ``VARIANTS[variant]``, naming the encoder of pretrained rows when
-    it is not the recipe's (``--encoder-label``), so rows of two encoders share one runs log."""
-    method = VARIANTS[variant]
-    if encoder_label and method.startswith("brainfm pretrained"):  # every variant fine-tuned from --encoder
-        method = method.replace("brainfm pretrained", f"brainfm pretrained ({encoder_label})", 1)
-    return method
 
 
 def datamodule(store: str, train: list[str], normalize: str) -> DecodingDataModule:
@@ -142,11 +133,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 key = f"{n} | {paired_name(method)} − scratch"
                 out[key] = {"per_seed": dict(zip(seeds, diffs)), "mean": float(np.mean(diffs)), "pretrained": method}
     return out
-
-
-def paired_name(method: str) -> str:
-    """``pretrained`` or ``pretrained (LABEL)``: the encoder part of a pretrained row's method."""
-    return method.removeprefix("brainfm ").split(" + ")[0]
 
 
 def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, notes: str = "") -> str:

@@ -21,7 +21,12 @@ Rows per fold (``--methods``):
     ``--variants`` of :mod:`bench_alignment` (default ``scratch-tokens``: the ``small``
     architecture from random weights with label-free token statistics, so no pretraining
     can have seen the held-out subject), fully fine-tuned ``--epochs`` epochs, best
-    validation epoch kept, under each ``--normalize`` setting, one run per seed.
+    validation epoch kept, under each ``--normalize`` setting, one run per seed. Pretrained
+    variants (``pretrained-tokens``: fine-tuned from ``--encoder``, named by ``--encoder-label``)
+    run only on folds whose test subject the encoder's pretraining never trained on
+    (:func:`brainfm.pretrained.trained_on`; folds 28–35 for the shipped recipes, since
+    pretraining per fold costs the recipe's ~1 h of CPU 36 times per seed), and are reported
+    apart, each paired with the scratch rows of the same subjects and seeds.
 ``reset`` (with ``brainfm``, ``--reset-seconds`` > 0)
     The fold's decoder reset-tuned on the held-out subject's first ``--reset-seconds`` of
     labelled data (:func:`brainfm.data.splits.calibration_spans`: the same fraction of each
@@ -48,6 +53,7 @@ normalize, seed) rows already there, so an interrupted run resumes. The summary 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 import warnings
@@ -65,11 +71,11 @@ import numpy as np  # noqa: E402
 from scipy.stats import wilcoxon  # noqa: E402
 
 from _results import collect_rows, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
-from bench_alignment import VARIANTS, brainfm_module, classical_rows  # noqa: E402
+from bench_alignment import VARIANTS, brainfm_module, classical_rows, paired_name, variant_method  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
-from brainfm.pretrained import RECIPE_ENCODER  # noqa: E402
+from brainfm.pretrained import RECIPE_ENCODER, trained_on  # noqa: E402
 from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,9 +144,28 @@ def check_epochs(rows: list[dict[str, Any]], epochs: int, eegnet_epochs: int) ->
                              "resume with the same epochs, or start another --runs-log")
 
 
+def is_pretrained(method: str) -> bool:
+    """Whether a row's method fine-tunes a pretrained encoder (its folds are restricted)."""
+    return method.startswith("brainfm pretrained")
+
+
+def check_held_out(encoder: Path, folds: list[int]) -> None:
+    """Refuse folds whose test subject ``encoder``'s pretraining trained on: under LOSO the
+    held-out subject must be new to every stage (``brainfm.pretrained.trained_on``)."""
+    seen = trained_on(encoder, [SUBJECTS[k] for k in folds])
+    if seen:
+        raise SystemExit(f"{encoder} was pretrained on {', '.join(seen)}: their folds would leak. Run the "
+                         "pretrained variants on the folds of subjects it never trained on (shipped recipes: "
+                         "--folds 28 29 30 31 32 33 34 35), or pretrain without them")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.runs_log and args.runs_log.exists():
         check_epochs(read_runs(args.runs_log), args.epochs, args.eegnet_epochs)
+    pretrained_variants = "brainfm" in args.methods and any(is_pretrained(VARIANTS[v]) for v in args.variants)
+    if pretrained_variants:
+        check_held_out(args.encoder, args.folds)
+    encoder_sha = hashlib.sha256(args.encoder.read_bytes()).hexdigest()[:16] if pretrained_variants else None
     done = done_keys(args.runs_log, "subject", "method", "normalize", "seed")
     rows: list[dict[str, Any]] = []
 
@@ -186,12 +211,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for seed in args.seeds:
             for normalize in args.normalize:
                 for variant in args.variants:
-                    method = VARIANTS[variant]
+                    method = variant_method(variant, args.encoder_label)
+                    encoder = {"encoder_sha256": encoder_sha} if is_pretrained(method) else {}
                     reset_method = f"{method}, reset-tuned {args.reset_seconds:g} s"
                     want_reset = args.reset_seconds > 0 and (subject, reset_method, normalize, seed) not in done
                     if (subject, method, normalize, seed) in done and not want_reset:
                         continue
-                    decoder = args.decoders / f"fold{k:02d}-{variant}-{normalize}-seed{seed}.safetensors"
+                    tag = f"-{encoder_sha}" if encoder else ""  # decoders of two encoders do not collide
+                    decoder = args.decoders / f"fold{k:02d}-{variant}{tag}-{normalize}-seed{seed}.safetensors"
                     if (subject, method, normalize, seed) not in done or not decoder.is_file():
                         t0 = time.perf_counter()
                         pl.seed_everything(seed, workers=True)
@@ -200,14 +227,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         decoder.parent.mkdir(parents=True, exist_ok=True)
                         module.export_safetensors(decoder)  # the reset rows can be redone without training
                         if (subject, method, normalize, seed) not in done:
-                            add(subject, method, normalize, seed, scores, t0, epochs=args.epochs)
+                            add(subject, method, normalize, seed, scores, t0, epochs=args.epochs, **encoder)
                     if want_reset:
                         t0 = time.perf_counter()
                         plain, tuned, val = reset_rows(decoder, variant.endswith("tokens"), args.store, split,
                                                        normalize, seed, args)
-                        add(subject, f"{method}, as trained, after {args.reset_seconds:g} s", normalize, seed, plain, t0)
+                        add(subject, f"{method}, as trained, after {args.reset_seconds:g} s", normalize, seed, plain, t0,
+                            **encoder)
                         add(subject, reset_method, normalize, seed, tuned, t0, reset_lr=max(val, key=val.get),
-                            reset_val={f"{k:g}": round(float(v), 4) for k, v in val.items()}, reset_steps=args.reset_steps)
+                            reset_val={f"{k:g}": round(float(v), 4) for k, v in val.items()}, reset_steps=args.reset_steps,
+                            **encoder)
     return rows
 
 
@@ -248,6 +277,61 @@ def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -
     return {"a": list(a), "b": list(b), "subjects": len(common), "mean_difference": float(diff.mean()),
             "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
             "wilcoxon_p": p}
+
+
+def scratch_counterpart(method: str) -> str:
+    """The scratch method a pretrained row is paired with: the same head and adaptation
+    (``, label-free token statistics, reset-tuned 60 s``), from random weights."""
+    return "brainfm from scratch" + method.split(" + full fine-tune", 1)[1]
+
+
+def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each pretrained (method, normalize) against its :func:`scratch_counterpart` on the same
+    subjects and seeds: per seed the mean over subjects of each, their difference, and the
+    subject × seed pairs won, tied and lost. Mean ± std are over seeds, as in the issue's
+    "seed spreads that do not overlap"."""
+    score = {(r["method"], r["normalize"], r["seed"], r["subject"]): r["balanced_accuracy"] for r in rows}
+    out: dict[str, dict[str, Any]] = {}
+    for method, normalize in sorted({(r["method"], r["normalize"]) for r in rows if is_pretrained(r["method"])}):
+        scratch = scratch_counterpart(method)
+        pairs = [(seed, subject, a, score[(scratch, normalize, seed, subject)])
+                 for (m, n, seed, subject), a in score.items()
+                 if (m, n) == (method, normalize) and (scratch, normalize, seed, subject) in score]
+        if not pairs:
+            continue
+        seeds = sorted({p[0] for p in pairs})
+        pre = [float(np.mean([p[2] for p in pairs if p[0] == s])) for s in seeds]
+        scr = [float(np.mean([p[3] for p in pairs if p[0] == s])) for s in seeds]
+        diff = np.array([p[2] - p[3] for p in pairs])
+        out[f"{method} | {normalize}"] = {
+            "scratch": scratch, "subjects": sorted({p[1] for p in pairs}), "seeds": seeds,
+            "balanced_accuracy": (float(np.mean(pre)), float(np.std(pre))),
+            "scratch_balanced_accuracy": (float(np.mean(scr)), float(np.std(scr))),
+            "per_seed": {str(s): a - b for s, a, b in zip(seeds, pre, scr)},
+            "mean_difference": float(np.mean(pre) - np.mean(scr)),
+            "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
+    return out
+
+
+def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
+    """The section's table of pretrained rows against scratch (:func:`pretrained_vs_scratch`)."""
+    def cell(v) -> str:
+        return f"{v[0]:.3f} ± {v[1]:.3f}"
+
+    lines = ["", "Pretrained encoders, only on the folds whose test subject their pretraining never trained on "
+             "(`brainfm.pretrained.trained_on` refuses the other folds; the shipped recipe encoders trained on EEGMAT "
+             "0–27 and other sample recordings, so folds 28–35). Each is paired with the scratch rows of the same "
+             "subjects and seeds; mean ± std over seeds of the mean over those subjects:", "",
+             "| method | normalize | subjects | seeds | pretrained | scratch | pretrained − scratch, per seed | "
+             "subject × seed pairs better / equal / worse |", "|---|---|---|---|---|---|---|---|"]
+    for key, e in encoders.items():
+        method, normalize = key.split(" | ")
+        subjects = ", ".join(s.removeprefix("eegmat") for s in e["subjects"])
+        per_seed = ", ".join(f"{d:+.3f}" for d in e["per_seed"].values())
+        lines.append(f"| {method} | {normalize} | {subjects} | {', '.join(map(str, e['seeds']))} | "
+                     f"{cell(e['balanced_accuracy'])} | {cell(e['scratch_balanced_accuracy'])} | "
+                     f"{per_seed} (mean {e['mean_difference']:+.3f}) | {e['wins']} / {e['ties']} / {e['losses']} |")
+    return lines
 
 
 #: Rows drawn per subject in the section's figure: (method, normalize, label, marker).
@@ -322,7 +406,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, eegnet_epochs: int, notes: str = "",
-             partial: dict[str, Any] | None = None, pairs: list[dict[str, Any]] | None = None) -> str:
+             partial: dict[str, Any] | None = None, pairs: list[dict[str, Any]] | None = None,
+             encoders: dict[str, dict[str, Any]] | None = None) -> str:
     def cell(v) -> str:
         return f"{v[0]:.3f} ± {v[1]:.3f}"
 
@@ -354,6 +439,8 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, eegn
             method, normalize = key.split(" | ")
             lines.append(f"| {method} | {normalize} | {s['n_subjects']} of 36 | {', '.join(map(str, s['seeds']))} | "
                          f"{cell(s['balanced_accuracy'])} | {s['at_least_0.80']} | {cell(s['auroc'])} |")
+    if encoders:
+        lines += pretrained_markdown(encoders)
     lines += ["", f"![Each held-out subject's balanced accuracy]({FIGURE.as_posix()})"]
     if pairs:
         lines += ["", "Paired over subjects (complete and incomplete runs; each subject's seeds averaged first; "
@@ -384,6 +471,8 @@ def main() -> None:
                     help="each fold's trained decoder is kept here, so reset rows are redone without training")
     ap.add_argument("--reset-lrs", type=float, nargs="+", default=[1e-2, 3e-2, 1e-1],
                     help="reset-tuning learning rates, chosen per fold on the validation subjects")
+    ap.add_argument("--encoder-label", default=None,
+                    help="name of --encoder in the pretrained rows' method, e.g. 'aligned pretraining'")
     ap.add_argument("--encoder", type=Path, default=RECIPE_ENCODER,
                     help="weights file: the architecture of scratch variants, the start of pretrained ones")
     ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
@@ -395,6 +484,11 @@ def main() -> None:
     if not (args.from_runs or args.store):
         ap.error("--store is needed unless --from-runs is given")
     rows = collect_rows(args, run)
+    encoders, pretrained = pretrained_vs_scratch(rows), [r for r in rows if is_pretrained(r["method"])]
+    rows = [r for r in rows if not is_pretrained(r["method"])]  # their folds are restricted by design
+    for key, e in encoders.items():
+        print(f"{key} on {len(e['subjects'])} subjects: {e['balanced_accuracy'][0]:.3f} against scratch "
+              f"{e['scratch_balanced_accuracy'][0]:.3f} ({e['mean_difference']:+.3f})")
     epochs = logged_epochs(rows, "brainfm", args.epochs), logged_epochs(rows, "braindecode EEGNet", args.eegnet_epochs)
     pairs = [q for a, b in PAIRS if (q := paired(rows, a, b))]
     if not args.no_write:
@@ -412,8 +506,9 @@ def main() -> None:
     date = time.strftime("%Y-%m-%d")
     write_section(args.out, "loso", {"experiment": "eegmat-loso", "command": command, "date": date,
                                      "summary": summary, "runs": rows, "incomplete": {"summary": partial, "runs": incomplete},
-                                     "paired": pairs},
-                  markdown(summary, command, date, *epochs, args.notes.read_text() if args.notes else "", partial, pairs))
+                                     "paired": pairs, "pretrained": {"summary": encoders, "runs": pretrained}},
+                  markdown(summary, command, date, *epochs, args.notes.read_text() if args.notes else "", partial, pairs,
+                           encoders))
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
 
 from brainfm.data.datamodule import PretrainDataModule
 from brainfm.data.root import cache_home
+from brainfm.models.serialization import read_metadata
 from brainfm.tasks.pretrain import PretrainModule
 
 #: EEGMAT subjects kept out of demo pretraining (CBraMod's test split).
@@ -44,10 +46,18 @@ RECIPES: dict[str, tuple[str, str]] = {
     "small-10s-aligned": ("small-10s-aligned-seed0.safetensors",
                           "c2f7c18d852519722a0a9180298725e26c55ba701bc763c59864c3898e9ce394"),
 }
+#: Sample-store subjects no shipped recipe encoder was trained on: EEGMAT 28-31 only scored its
+#: validation loss (the file is the last step's weights, not chosen on them), 32-35 were never read.
+#: The shipped files predate the ``train_subjects`` metadata that :func:`trained_on` reads.
+RECIPE_UNTRAINED = frozenset(f"eegmat{i:02d}" for i in range(28, 36))
 WEIGHTS = Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "weights"
 #: The default recipe's encoder and hash (``recipe_encoder()``).
 RECIPE_ENCODER = WEIGHTS / RECIPES["small-10s"][0]
 RECIPE_SHA256 = RECIPES["small-10s"][1]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def recipe_encoder(recipe: str = "small-10s") -> Path:
@@ -69,10 +79,35 @@ def recipe_encoder(recipe: str = "small-10s") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the recipe encoders ship with a source checkout of "
                                 f"brainfm; rebuild it with brainfm fit --config configs/pretrain/{recipe}.yaml")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = _sha256(path)
     if digest != sha256:
         raise ValueError(f"{path} has SHA-256 {digest}, expected {sha256}: not the shipped {recipe} encoder")
     return path
+
+
+def trained_on(encoder: str | os.PathLike, subjects: Sequence[str]) -> list[str]:
+    """Those of ``subjects`` whose windows the pretraining of ``encoder`` trained on.
+
+    An evaluation that calls a subject held out must find it absent here. Read from the
+    file's ``train_subjects`` (written by :meth:`PretrainModule.export_safetensors
+    <brainfm.tasks.pretrain.PretrainModule.export_safetensors>`), or, for a shipped recipe
+    encoder (matched by SHA-256), from its recipe: every subject but :data:`RECIPE_UNTRAINED`,
+    which is conservative for subjects outside the sample store.
+
+    Raises
+    ------
+    ValueError
+        ``encoder`` records no training subjects and is not a shipped recipe encoder.
+    """
+    path = Path(encoder)
+    listed = read_metadata(path)["extra"].get("train_subjects")
+    if listed is not None:
+        return [s for s in subjects if s in set(listed)]
+    if _sha256(path) in {sha for _, sha in RECIPES.values()}:
+        return [s for s in subjects if s not in RECIPE_UNTRAINED]
+    raise ValueError(f"{path} does not record the subjects it was pretrained on (no train_subjects in its "
+                     "metadata; encoders exported by brainfm fit record them): cannot check that "
+                     f"{', '.join(subjects)} were held out")
 
 
 def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, progress: bool = False) -> Path:

@@ -60,3 +60,28 @@ def test_subject_figure_is_written(tmp_path):
     path = tmp_path / "figures" / "loso.png"
     bl.plot_subjects(rows, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
+    recipe = Path(bl.RECIPE_ENCODER)
+    bl.check_held_out(recipe, list(range(28, 36)))  # the shipped recipes never trained on 28-35
+    with pytest.raises(SystemExit, match="pretrained on eegmat05"):
+        bl.check_held_out(recipe, [5, 30])
+    pretrained = bl.variant_method("pretrained-tokens", "aligned pretraining")
+    reset = f"{pretrained}, reset-tuned 60 s"
+    assert bl.scratch_counterpart(reset) == f"{bl.BRAINFM}, reset-tuned 60 s"
+
+    def row(method, subject, seed, acc):
+        return {"subject": subject, "method": method, "normalize": "align", "seed": seed, "balanced_accuracy": acc}
+
+    rows = [row(pretrained, "eegmat30", 1, 0.9), row(bl.BRAINFM, "eegmat30", 1, 0.8),
+            row(pretrained, "eegmat31", 1, 0.7), row(bl.BRAINFM, "eegmat31", 1, 0.7),
+            row(pretrained, "eegmat30", 2, 0.6), row(bl.BRAINFM, "eegmat30", 2, 0.7),
+            row(pretrained, "eegmat31", 3, 0.9),  # no scratch row for seed 3 yet: not paired
+            row(bl.BRAINFM, "eegmat00", 1, 0.5)]
+    e = bl.pretrained_vs_scratch(rows)[f"{pretrained} | align"]
+    assert e["seeds"] == [1, 2] and e["subjects"] == ["eegmat30", "eegmat31"]
+    assert e["per_seed"] == pytest.approx({"1": 0.05, "2": -0.1})
+    assert (e["wins"], e["ties"], e["losses"]) == (1, 1, 1)
+    assert e["balanced_accuracy"][0] == pytest.approx(0.7)  # seed means 0.8 and 0.6
+    assert "30, 31" in "\n".join(bl.pretrained_markdown(bl.pretrained_vs_scratch(rows)))

@@ -17,9 +17,10 @@ from brainfm.data.artifacts import AMPLITUDE, FLAT, LINE, RejectionCriteria, lin
 from brainfm.data.datamodule import DecodingDataModule, PretrainDataModule
 from brainfm.data.dataset import FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.store import ShardStore
-from brainfm.models import BrainDecoder, ModelConfig, load_decoder, load_pretrained, resolve_config, save_decoder
+from brainfm.models import (BrainDecoder, BrainEncoder, ModelConfig, load_decoder, load_pretrained, resolve_config,
+                            save_decoder, save_encoder)
 from brainfm.models.tokenizer import LOG_POWER_SCALE, PatchEmbedding
-from brainfm.pretrained import RECIPES, recipe_encoder
+from brainfm.pretrained import RECIPE_UNTRAINED, RECIPES, recipe_encoder, trained_on
 from brainfm.tasks import DecodeModule, PretrainModule
 from brainfm.tasks.pretrain import mean_baseline, neighbour_baseline, random_patch_mask, type_balanced_mse
 
@@ -197,3 +198,25 @@ def test_recipe_encoder_ships_with_its_hash(recipe):
     geometry[0, :, 0] = torch.linspace(-0.08, 0.08, 19)
     tokens = encoder.eval()(x, geometry, torch.zeros(1, 19, dtype=torch.long), torch.ones(1, 19, dtype=torch.bool))
     assert tokens.shape == (1, 19, 10, 128) and bool(torch.isfinite(tokens).all())
+
+
+# -- what a pretraining saw: no held-out subject leaks into an evaluation ------------------
+def test_exported_encoder_records_the_subjects_it_trained_on(small_sample, tmp_path):
+    _, store = small_sample
+    module = PretrainModule("tiny", warmup_steps=1, max_steps=1)
+    data = PretrainDataModule(str(store), window_s=2.0, batch_size=4, val_subjects=["eegmat28"],
+                              exclude_subjects=["eegmat32"])
+    pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(module, data)
+    module.export_safetensors(tmp_path / "encoder.safetensors")
+    subjects = ["eegmat00", "eegmat01", "eegmat28", "eegmat32"]
+    assert trained_on(tmp_path / "encoder.safetensors", subjects) == ["eegmat00", "eegmat01"]
+
+
+def test_trained_on_knows_the_shipped_recipes_and_refuses_an_unrecorded_encoder(tmp_path):
+    for recipe in RECIPES:
+        seen = trained_on(recipe_encoder(recipe), [f"eegmat{i:02d}" for i in range(36)])
+        assert seen == [f"eegmat{i:02d}" for i in range(28)] and not set(seen) & RECIPE_UNTRAINED
+    save_encoder(BrainEncoder(ModelConfig.from_name("tiny")), tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="does not record the subjects"):
+        trained_on(tmp_path / "bare.safetensors", ["eegmat00"])

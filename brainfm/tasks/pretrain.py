@@ -390,6 +390,18 @@ class PretrainModule(BrainTask):
 
     def export_safetensors(self, path: str | os.PathLike) -> None:
         """Write encoder weights and config as safetensors (read back with
-        :func:`brainfm.models.load_pretrained`); the reconstruction head is not exported."""
+        :func:`brainfm.models.load_pretrained`); the reconstruction head is not exported.
+
+        When the datamodule split its subjects (``PretrainDataModule.split``), the file records
+        which ones the weights were trained on and which only validated them, so an evaluation
+        can check that its test subjects were never pretrained on
+        (:func:`brainfm.pretrained.trained_on`)."""
         extra = {"task": "pretrain", "mask_ratio": self.hparams.mask_ratio}
+        try:
+            datamodule = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer: nothing known of the data
+            datamodule = None
+        split = getattr(datamodule, "split", None)
+        if split is not None:
+            extra |= {"train_subjects": sorted(split.train), "val_subjects": sorted(split.val)}
         save_encoder(self.encoder, path, extra=extra)

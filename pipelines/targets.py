@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from brainfm.data import store as shard
 from brainfm.data.dataset import FixedWindows, collate_windows
 from brainfm.data.normalize import fit_normalizer, normalization_entry
 from brainfm.targets import TargetSpec, compute_targets, target_names
+
+log = logging.getLogger(__name__)
 
 
 def has_target_set(store: shard.ShardStore, window_s: float, spec: Any = None, normalization: dict | None = None) -> bool:
@@ -83,8 +86,8 @@ def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: A
     if normalization is not None:
         kept, several = _one_montage_recordings(windows)
         if several:
-            print(f"targets: no per-subject statistics for {', '.join(several)} (several montages): "
-                  "their recordings get no targets")
+            log.warning("targets: no per-subject statistics for %s (several montages): their recordings get "
+                        "no targets", ", ".join(several))
         windows = FixedWindows(store, window_s, stride_s, recordings=kept)
         windows.normalizer = fit_normalizer([windows], normalization["method"], normalization["source"],
                                             60.0 if normalization["seconds"] is None else normalization["seconds"])

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -153,6 +154,22 @@ VARIANTS = {
     "pretrained-tokens": "brainfm pretrained + full fine-tune, label-free token statistics",
     "scratch-tokens": "brainfm from scratch, label-free token statistics",
 }
+
+
+#: The scratch variant each pretrained variant is compared with: same head, random weights.
+SCRATCH_OF = {"pretrained": "scratch", "pretrained-equal-lr": "scratch", "hybrid": "scratch-hybrid",
+              "pretrained-tokens": "scratch-tokens"}
+
+
+def scratch_counterpart(method: str) -> str | None:
+    """The scratch method a pretrained row's ``method`` is paired with (:data:`SCRATCH_OF`),
+    keeping what follows the variant's name (``, reset-tuned 60 s``); None when ``method`` is
+    not a pretrained variant's. The encoder label of :func:`variant_method` is ignored."""
+    base = re.sub(r"^brainfm pretrained \([^)]*\)", "brainfm pretrained", method)
+    for variant in sorted(SCRATCH_OF, key=lambda v: -len(VARIANTS[v])):  # longest name first
+        if base.startswith(VARIANTS[variant]):
+            return VARIANTS[SCRATCH_OF[variant]] + base[len(VARIANTS[variant]):]
+    return None
 
 
 def variant_method(variant: str, encoder_label: str | None) -> str:

@@ -71,7 +71,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import wilcoxon  # noqa: E402
 
 from _results import collect_rows, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
-from bench_alignment import VARIANTS, brainfm_module, classical_rows, paired_name, variant_method  # noqa: E402
+from bench_alignment import VARIANTS, brainfm_module, classical_rows, scratch_counterpart, variant_method  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
@@ -159,6 +159,16 @@ def check_held_out(encoder: Path, folds: list[int]) -> None:
                          "--folds 28 29 30 31 32 33 34 35), or pretrain without them")
 
 
+def check_encoder(rows: list[dict[str, Any]], methods: list[str], encoder_sha: str) -> None:
+    """Refuse to resume pretrained rows of another encoder under the same method name: a
+    resumed run skips rows by (subject, method, normalize, seed), so it would mix two encoders."""
+    for r in rows:
+        if is_pretrained(r["method"]) and r["method"].split(", as trained")[0].split(", reset-tuned")[0] in methods \
+                and r.get("encoder_sha256") != encoder_sha:
+            raise SystemExit(f"the runs log has {r['method']!r} rows of encoder {r.get('encoder_sha256')}, not "
+                             f"{encoder_sha}: name this encoder with another --encoder-label, or another --runs-log")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.runs_log and args.runs_log.exists():
         check_epochs(read_runs(args.runs_log), args.epochs, args.eegnet_epochs)
@@ -166,6 +176,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if pretrained_variants:
         check_held_out(args.encoder, args.folds)
     encoder_sha = hashlib.sha256(args.encoder.read_bytes()).hexdigest()[:16] if pretrained_variants else None
+    if encoder_sha and args.runs_log and args.runs_log.exists():
+        check_encoder(read_runs(args.runs_log), [variant_method(v, args.encoder_label) for v in args.variants],
+                      encoder_sha)
     done = done_keys(args.runs_log, "subject", "method", "normalize", "seed")
     rows: list[dict[str, Any]] = []
 
@@ -279,18 +292,19 @@ def paired(rows: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -
             "wilcoxon_p": p}
 
 
-def scratch_counterpart(method: str) -> str:
-    """The scratch method a pretrained row is paired with: the same head and adaptation
-    (``, label-free token statistics, reset-tuned 60 s``), from random weights."""
-    return "brainfm from scratch" + method.split(" + full fine-tune", 1)[1]
-
-
 def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each pretrained (method, normalize) against its :func:`scratch_counterpart` on the same
-    subjects and seeds: per seed the mean over subjects of each, their difference, and the
-    subject × seed pairs won, tied and lost. Mean ± std are over seeds, as in the issue's
-    "seed spreads that do not overlap"."""
-    score = {(r["method"], r["normalize"], r["seed"], r["subject"]): r["balanced_accuracy"] for r in rows}
+    """Each pretrained (method, normalize) against its scratch counterpart
+    (:func:`bench_alignment.scratch_counterpart`) on the same subjects and seeds: per seed the
+    mean over subjects of each, their difference, and the subject × seed pairs won, tied and
+    lost. Mean ± std are over seeds, as in the issue's "seed spreads that do not overlap"; only
+    seeds paired on every subject any seed is paired on count (the others are listed as
+    incomplete), so each seed's mean is over the same subjects."""
+    score: dict[tuple, float] = {}
+    for r in rows:
+        key = (r["method"], r["normalize"], r["seed"], r["subject"])
+        if key in score:
+            raise SystemExit(f"the runs log has two rows for {key}: two runs wrote the same fold")
+        score[key] = r["balanced_accuracy"]
     out: dict[str, dict[str, Any]] = {}
     for method, normalize in sorted({(r["method"], r["normalize"]) for r in rows if is_pretrained(r["method"])}):
         scratch = scratch_counterpart(method)
@@ -298,13 +312,20 @@ def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any
                  for (m, n, seed, subject), a in score.items()
                  if (m, n) == (method, normalize) and (scratch, normalize, seed, subject) in score]
         if not pairs:
+            print(f"{method} ({normalize}): no scratch row of the same subject and seed to pair with ({scratch})")
             continue
-        seeds = sorted({p[0] for p in pairs})
+        subjects = sorted({p[1] for p in pairs})
+        covered = {s: {p[1] for p in pairs if p[0] == s} for s in sorted({p[0] for p in pairs})}
+        seeds = [s for s, have in covered.items() if have == set(subjects)]
+        pairs = [p for p in pairs if p[0] in seeds]
+        if not pairs:
+            continue
         pre = [float(np.mean([p[2] for p in pairs if p[0] == s])) for s in seeds]
         scr = [float(np.mean([p[3] for p in pairs if p[0] == s])) for s in seeds]
         diff = np.array([p[2] - p[3] for p in pairs])
         out[f"{method} | {normalize}"] = {
-            "scratch": scratch, "subjects": sorted({p[1] for p in pairs}), "seeds": seeds,
+            "scratch": scratch, "subjects": subjects, "seeds": seeds,
+            "incomplete_seeds": {str(s): len(have) for s, have in covered.items() if s not in seeds},
             "balanced_accuracy": (float(np.mean(pre)), float(np.std(pre))),
             "scratch_balanced_accuracy": (float(np.mean(scr)), float(np.std(scr))),
             "per_seed": {str(s): a - b for s, a, b in zip(seeds, pre, scr)},
@@ -328,7 +349,10 @@ def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
         method, normalize = key.split(" | ")
         subjects = ", ".join(s.removeprefix("eegmat") for s in e["subjects"])
         per_seed = ", ".join(f"{d:+.3f}" for d in e["per_seed"].values())
-        lines.append(f"| {method} | {normalize} | {subjects} | {', '.join(map(str, e['seeds']))} | "
+        seeds = ", ".join(map(str, e["seeds"])) + "".join(
+            f" (seed {s}: {n} of {len(e['subjects'])} subjects so far, not counted)"
+            for s, n in e.get("incomplete_seeds", {}).items())
+        lines.append(f"| {method} | {normalize} | {subjects} | {seeds} | "
                      f"{cell(e['balanced_accuracy'])} | {cell(e['scratch_balanced_accuracy'])} | "
                      f"{per_seed} (mean {e['mean_difference']:+.3f}) | {e['wins']} / {e['ties']} / {e['losses']} |")
     return lines

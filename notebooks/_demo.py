@@ -9,7 +9,9 @@ notebooks' own output. Each filter below names the warning and why it is harmles
   windows fit in memory and worker start-up costs more than it saves on 2 cores);
 * Lightning's ``isinstance(treespec, LeafSpec)`` (a torch/Lightning version deprecation
   inside Lightning's own code);
-* Lightning's ``IterableDataset has __len__`` (the pretraining sampler's length is exact).
+* Lightning's ``IterableDataset has __len__`` (the pretraining sampler's length is exact);
+* tqdm's ``IProgress not found`` (``tqdm.auto`` looks for Jupyter widgets, which the demos do
+  not install; progress bars fall back to text).
 
 The helpers: :func:`learning_curves` (loss per epoch from a ``CSVLogger``),
 :func:`classical_scores` (the log band power pipeline's test metrics),
@@ -42,6 +44,7 @@ FILTERS = (
     ".*does not have many workers.*",
     ".*isinstance\\(treespec, LeafSpec\\).*",
     ".*IterableDataset.*has `__len__` defined.*",
+    "IProgress not found",
 )
 
 

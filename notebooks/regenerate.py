@@ -1,7 +1,8 @@
 """Re-execute the decoding demos in place with their full default settings, so that the outputs
 committed with them (scores, figures) are real.
 
-One command regenerates all three (a few minutes each on a 2-core CPU)::
+One command regenerates the decoding demos 01-03 and the fMRI demo 05 (a few minutes each on a
+2-core CPU)::
 
     python notebooks/regenerate.py
     python notebooks/regenerate.py 03_motor_imagery.ipynb   # or only some
@@ -24,7 +25,8 @@ from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-DEMOS = ("01_quickstart_decoding.ipynb", "02_new_subject_reset_tuning.ipynb", "03_motor_imagery.ipynb")
+DEMOS = ("01_quickstart_decoding.ipynb", "02_new_subject_reset_tuning.ipynb", "03_motor_imagery.ipynb",
+         "05_fmri.ipynb")
 
 
 def kernel_env() -> None:

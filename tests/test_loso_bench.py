@@ -70,6 +70,9 @@ def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
     pretrained = bl.variant_method("pretrained-tokens", "aligned pretraining")
     reset = f"{pretrained}, reset-tuned 60 s"
     assert bl.scratch_counterpart(reset) == f"{bl.BRAINFM}, reset-tuned 60 s"
+    assert bl.scratch_counterpart(bl.VARIANTS["pretrained-equal-lr"]) == bl.VARIANTS["scratch"]
+    assert bl.scratch_counterpart(bl.variant_method("hybrid", "x")) == bl.VARIANTS["scratch-hybrid"]
+    assert bl.scratch_counterpart(bl.BRAINFM) is None
 
     def row(method, subject, seed, acc):
         return {"subject": subject, "method": method, "normalize": "align", "seed": seed, "balanced_accuracy": acc}
@@ -77,11 +80,19 @@ def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
     rows = [row(pretrained, "eegmat30", 1, 0.9), row(bl.BRAINFM, "eegmat30", 1, 0.8),
             row(pretrained, "eegmat31", 1, 0.7), row(bl.BRAINFM, "eegmat31", 1, 0.7),
             row(pretrained, "eegmat30", 2, 0.6), row(bl.BRAINFM, "eegmat30", 2, 0.7),
-            row(pretrained, "eegmat31", 3, 0.9),  # no scratch row for seed 3 yet: not paired
+            row(pretrained, "eegmat31", 2, 0.6), row(bl.BRAINFM, "eegmat31", 2, 0.6),
+            row(pretrained, "eegmat30", 3, 0.9), row(bl.BRAINFM, "eegmat30", 3, 0.5),  # seed 3: one subject so far
+            row(pretrained, "eegmat31", 3, 0.9),  # no scratch row for it yet: not paired
             row(bl.BRAINFM, "eegmat00", 1, 0.5)]
     e = bl.pretrained_vs_scratch(rows)[f"{pretrained} | align"]
-    assert e["seeds"] == [1, 2] and e["subjects"] == ["eegmat30", "eegmat31"]
-    assert e["per_seed"] == pytest.approx({"1": 0.05, "2": -0.1})
-    assert (e["wins"], e["ties"], e["losses"]) == (1, 1, 1)
+    assert e["seeds"] == [1, 2] and e["subjects"] == ["eegmat30", "eegmat31"] and e["incomplete_seeds"] == {"3": 1}
+    assert e["per_seed"] == pytest.approx({"1": 0.05, "2": -0.05})
+    assert (e["wins"], e["ties"], e["losses"]) == (1, 2, 1)
     assert e["balanced_accuracy"][0] == pytest.approx(0.7)  # seed means 0.8 and 0.6
     assert "30, 31" in "\n".join(bl.pretrained_markdown(bl.pretrained_vs_scratch(rows)))
+    with pytest.raises(SystemExit, match="two rows"):
+        bl.pretrained_vs_scratch(rows + rows[:1])
+    logged = [row(pretrained, "eegmat30", 1, 0.9) | {"encoder_sha256": "aaaa"}]
+    bl.check_encoder(logged, [pretrained], "aaaa")
+    with pytest.raises(SystemExit, match="of encoder aaaa, not bbbb"):
+        bl.check_encoder([r | {"method": reset} for r in logged], [pretrained, bl.BRAINFM], "bbbb")

@@ -1,6 +1,6 @@
 """The notebooks run top to bottom on CPU against the real data (offline), as users run them.
 
-The decoding demos 01-03 are committed with the outputs of ``python notebooks/regenerate.py``
+The decoding demos 01-03 and the fMRI demo 05 are committed with the outputs of ``python notebooks/regenerate.py``
 (their full default epochs); here they run in fast mode (``BRAINFM_NB_EPOCHS=2``) without
 being written back.
 """
@@ -20,8 +20,9 @@ ALL_NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 #: Notebooks executed by a test file of their own, with their own checks (run once, not twice).
 OWN_TEST = {"05_fmri.ipynb": "tests/test_fmri_notebook.py", "04_attention_state.ipynb": "tests/test_attention_notebook.py"}
 NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.name not in OWN_TEST]
-#: The decoding demos that notebooks/regenerate.py re-executes and that are committed with outputs.
-DEMOS = ("01_quickstart_decoding.ipynb", "02_new_subject_reset_tuning.ipynb", "03_motor_imagery.ipynb")
+#: The demos that notebooks/regenerate.py re-executes and that are committed with outputs.
+DEMOS = ("01_quickstart_decoding.ipynb", "02_new_subject_reset_tuning.ipynb", "03_motor_imagery.ipynb",
+         "05_fmri.ipynb")
 #: Lightning's info lines, which notebooks/_demo.py silences.
 NOISE = ("GPU available:", "💡 Tip", "Seed set to")
 
@@ -36,7 +37,7 @@ def _images(book) -> list:
 
 def test_the_demos_are_all_there():
     names = [p.name for p in ALL_NOTEBOOKS]
-    assert set(DEMOS) | {"05_fmri.ipynb"} <= set(names)
+    assert set(DEMOS) | {"04_attention_state.ipynb"} <= set(names)
     root = NOTEBOOK_DIR.parent
     assert all((root / test).is_file() for test in OWN_TEST.values())
     spec = importlib.util.spec_from_file_location("regenerate", NOTEBOOK_DIR / "regenerate.py")

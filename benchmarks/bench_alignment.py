@@ -246,7 +246,7 @@ def markdown(summary: dict[str, Any], settings: dict[str, Any], command: str) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", required=True, help="the sample store (brainfm sample-data), all 36 EEGMAT subjects")
+    ap.add_argument("--store", help="the sample store (brainfm sample-data), all 36 EEGMAT subjects")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--normalize", nargs="+", default=list(NORMALIZE), choices=NORMALIZE)
     ap.add_argument("--stats-source", default="session", choices=["session", "calibration"])
@@ -274,6 +274,8 @@ def main() -> None:
     ap.add_argument("--from-runs", type=Path, nargs="+", default=None,
                     help="write the section from the rows of a --runs-log file (a run stopped early) instead of running")
     args = ap.parse_args()
+    if not (args.from_runs or args.store):
+        ap.error("--store is needed unless --from-runs is given")
     if args.from_runs:
         rows = read_runs(*args.from_runs)
         args.seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})

@@ -1,0 +1,170 @@
+"""One command regenerates ``docs/results.md`` and ``docs/results.json`` (issue #12, item 5).
+
+Two depths::
+
+    python benchmarks/regenerate_results.py                  # every section from its logged rows (seconds)
+    python benchmarks/regenerate_results.py --rerun          # run every benchmark first (tens of hours on 2 cores)
+    python benchmarks/regenerate_results.py --rerun --runs-dir runs/rerun   # ... with new runs logs: every row anew
+    python benchmarks/regenerate_results.py --dry-run [--rerun]             # print what would run
+
+Refresh (the default) rewrites, in process, the sections whose rows are kept in runs logs under
+``--runs-dir`` (default ``benchmarks/notes/``, the committed logs): ``recipe`` and ``calibration``
+(``bench_alignment.py --from-runs`` with the settings the section records), ``label-efficiency``,
+``loso``, then the ``targets`` summary that reads them all. So the committed documents can be
+checked against the committed rows (``tests/test_results_docs.py`` does), and a re-check on other
+seeds only has to append rows and run this.
+
+``--rerun`` first runs every benchmark behind the document, in :data:`RERUN` order, each with its
+section's full command: the sections without runs logs (``decoding``, ``probe``, ``alignment``,
+``fmri``, the two ``pretraining`` sections) are written by those commands directly; the logged
+ones append to ``--runs-dir``'s logs and resume from them, so with the committed logs it only fills
+what is missing (for example LOSO seeds still incomplete) and with an empty ``--runs-dir`` it
+recomputes every row. The hand-written notes under each table (``benchmarks/notes/*.md``) are
+kept; after a rerun on new rows, read them against the new tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+NOTES = HERE / "notes"
+RECIPE_ENCODER = "configs/pretrain/weights/small-10s-seed0.safetensors"
+ALIGNED_ENCODER = "configs/pretrain/weights/small-10s-aligned-seed0.safetensors"
+
+#: The sections written from bench_alignment's runs logs: (section, runs log, notes).
+ALIGNMENT_LOGGED = (("recipe", "recipe-runs.jsonl", "recipe.md"), ("calibration", "calibration-runs.jsonl", "calibration.md"))
+#: bench_alignment settings that a ``--from-runs`` call must repeat to rewrite its section as it was.
+REPLAYED = ("title", "encoder_description", "epochs", "methods", "stats_source", "stats_seconds", "token_stats_source",
+            "date")
+
+
+def refresh_commands(runs_dir: Path, docs: Path) -> list[list[str]]:
+    """``[script, *argv]`` per logged section, then the targets summary (their order matters:
+    the summary reads the others)."""
+    sections = json.loads((docs / "results.json").read_text())["sections"] if (docs / "results.json").exists() else {}
+    out: list[list[str]] = []
+    for section, log, notes in ALIGNMENT_LOGGED:
+        settings = sections.get(section, {}).get("settings")
+        if settings is None or not (runs_dir / log).exists():
+            print(f"{section}: no recorded settings in {docs / 'results.json'} or no {runs_dir / log}; run --rerun",
+                  file=sys.stderr)
+            continue
+        argv = ["bench_alignment.py", "--from-runs", str(runs_dir / log), "--section", section, "--out", str(docs),
+                "--notes", str(NOTES / notes), "--command", sections[section]["command"]]
+        for key in REPLAYED:
+            value = settings.get(key)
+            if value is not None:
+                argv += [f"--{key.replace('_', '-')}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+        out.append(argv)
+    for script, log, notes in (("bench_label_efficiency.py", "label-efficiency-runs.jsonl", "label-efficiency.md"),
+                               ("bench_loso.py", "loso-runs.jsonl", "loso.md")):
+        if (runs_dir / log).exists():
+            out.append([script, "--from-runs", str(runs_dir / log), "--notes", str(NOTES / notes), "--out", str(docs)])
+    out.append(["results_summary.py", "--out", str(docs)])
+    return out
+
+
+def rerun_commands(runs_dir: Path) -> list[str]:
+    """Every benchmark behind docs/results.*, as shell commands run from the repository root.
+    ``$STORE`` is the sample store (built on first use)."""
+    log = lambda name: shlex.quote(str(runs_dir / name))  # noqa: E731 - a local shorthand
+    align = f"python benchmarks/bench_alignment.py --store $STORE --encoder {RECIPE_ENCODER}"
+    return [
+        # issue #5's comparison and issue #4's probe: they write their sections themselves
+        "python benchmarks/bench_decoding.py --seeds 0 1 2",
+        "python benchmarks/probe_eegmat.py --seeds 0 1 2 --steps 1000",
+        # the alignment section: the sample encoder, EEGNet at both input scales
+        f"python benchmarks/bench_alignment.py --store $STORE --seeds 0 1 2 --epochs 10 --methods classical eegnet brainfm "
+        f"--eegnet-epochs 10 --eegnet-input-scale 0.01 --runs-log {log('alignment-runs.jsonl')} --no-write",
+        f"python benchmarks/bench_alignment.py --store $STORE --seeds 0 1 2 --methods eegnet --eegnet-input-scale 0.1 "
+        f"--runs-log {log('alignment-runs.jsonl')} --no-write",
+        f"python benchmarks/bench_alignment.py --from-runs {log('alignment-runs.jsonl')} --epochs 10 "
+        "--methods classical eegnet brainfm --eegnet-epochs 10",
+        # the recipe section: the shipped small-10s encoder
+        f"{align} --methods classical brainfm --variants pretrained hybrid --normalize none align --seeds 0 1 2 --epochs 8 "
+        f"--runs-log {log('recipe-runs.jsonl')} --no-write",
+        f"{align} --methods brainfm --variants scratch --normalize align --seeds 0 1 2 --epochs 8 "
+        f"--runs-log {log('recipe-runs.jsonl')} --no-write",
+        f"{align} --methods brainfm --variants pretrained-tokens --normalize none align --seeds 0 1 2 --epochs 8 "
+        f"--runs-log {log('recipe-runs.jsonl')} --no-write",
+        f"{align} --methods brainfm --variants pretrained-equal-lr --normalize align none --seeds 0 --epochs 8 "
+        f"--runs-log {log('recipe-runs.jsonl')} --no-write",
+        # the calibration section: statistics from each subject's first 60 s
+        f"{align} --methods classical brainfm --variants pretrained-tokens --normalize align --stats-source calibration "
+        f"--stats-seconds 60 --token-stats-source calibration --seeds 0 1 2 --epochs 8 "
+        f"--runs-log {log('calibration-runs.jsonl')} --no-write",
+        # label efficiency: both shipped encoders against scratch
+        f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
+        "--no-write",
+        f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
+        f"--variants pretrained-tokens --encoder {ALIGNED_ENCODER} --encoder-label 'aligned pretraining' --no-write",
+        # LOSO: classical, EEGNet and brainfm from scratch over 36 folds, then the aligned encoder on the folds
+        # it never trained on
+        f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "
+        "--methods classical eegnet brainfm --normalize align none --no-write",
+        f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "
+        "--methods brainfm --variants pretrained-tokens --encoder " + ALIGNED_ENCODER + " --encoder-label "
+        "'aligned pretraining' --folds 28 29 30 31 32 33 34 35 --no-write",
+        # fMRI, one process per seed
+        "for s in 0 1 2; do python benchmarks/bench_fmri.py --seed-list $s --out runs/bench_fmri_s$s.json; done && "
+        "python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "
+        "runs/bench_fmri_s2.json --out runs/bench_fmri.json --results docs",
+        # the two pretraining recipes (about 1 h each), then their reports
+        "brainfm convert $BRAINFM_HOME/sample/bids $STORE --targets 10.0 --targets-stride 5.0 "
+        "--targets-features relpow logpow hjorth plv pac indices && brainfm fit --config configs/pretrain/small-10s.yaml && "
+        "python benchmarks/pretrain_report.py runs/small-10s/csv/version_0 --section pretraining",
+        "brainfm convert $BRAINFM_HOME/sample/bids $STORE --targets 10.0 --targets-stride 5.0 "
+        "--targets-features relpow logpow hjorth plv pac indices --targets-normalize align && "
+        "brainfm fit --config configs/pretrain/small-10s-aligned.yaml && python benchmarks/pretrain_report.py "
+        "runs/small-10s-aligned/csv/version_0 --section pretraining-aligned --command 'brainfm fit --config "
+        "configs/pretrain/small-10s-aligned.yaml' --notes benchmarks/notes/pretraining-aligned.md",
+    ]
+
+
+def run_in_process(argv: list[str]) -> None:
+    """Run ``benchmarks/<argv[0]>`` as ``__main__`` with ``argv[1:]``, in this process (the
+    heavy imports are paid once for every section)."""
+    saved = sys.argv
+    sys.argv = [str(HERE / argv[0]), *argv[1:]]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        sys.argv = saved
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rerun", action="store_true", help="run every benchmark first (tens of hours on 2 cores)")
+    ap.add_argument("--runs-dir", type=Path, default=NOTES, help="folder of the runs logs (default: the committed ones)")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="folder of results.md and results.json")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = ap.parse_args()
+    if args.rerun:
+        from brainfm.pipelines.sample import sample_store  # noqa: PLC0415 - imports MNE; only a rerun needs the store
+
+        store = str(sample_store()) if not args.dry_run else "$STORE"
+        args.runs_dir.mkdir(parents=True, exist_ok=True)
+        # `python` and `brainfm` in the commands are this environment's
+        env = {**os.environ, "STORE": store, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
+        for command in rerun_commands(args.runs_dir):
+            print(f"$ {command}", flush=True)
+            if not args.dry_run:
+                subprocess.run(command, shell=True, check=True, cwd=ROOT, executable="/bin/bash", env=env)
+    sys.path.insert(0, str(HERE))  # the scripts import their siblings
+    for argv in refresh_commands(args.runs_dir, args.docs):
+        print("$ python benchmarks/" + shlex.join(argv), flush=True)
+        if not args.dry_run:
+            run_in_process(argv)
+
+
+if __name__ == "__main__":
+    main()

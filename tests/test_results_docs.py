@@ -1,0 +1,37 @@
+"""``docs/results.*`` are what ``benchmarks/regenerate_results.py`` writes from the committed
+runs logs: no number in them was typed in or left behind by an older run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _undated(text: str) -> str:
+    return re.sub(r"\d{4}-\d{2}-\d{2}", "DATE", text)  # a refresh stamps some sections with today's date
+
+
+def test_results_are_regenerated_from_the_committed_runs_logs(tmp_path):
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    out = subprocess.run([sys.executable, "benchmarks/regenerate_results.py", "--docs", str(docs)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("recipe", "calibration", "label-efficiency", "loso", "results_summary"):
+        assert name in out.stdout  # every logged section was rewritten
+    committed, regenerated = (_undated((d / "results.md").read_text()) for d in (ROOT / "docs", docs))
+    assert regenerated == committed, "docs/results.md is out of date: run python benchmarks/regenerate_results.py"
+
+
+def test_dry_run_lists_every_benchmark_behind_the_document():
+    out = subprocess.run([sys.executable, "benchmarks/regenerate_results.py", "--rerun", "--dry-run"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for script in ("bench_decoding.py", "probe_eegmat.py", "bench_alignment.py", "bench_label_efficiency.py",
+                   "bench_loso.py", "bench_fmri.py", "pretrain_report.py", "results_summary.py"):
+        assert script in out.stdout

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, encoder: Path) -> list[dict[str, Any]]:
             continue
         t0 = time.perf_counter()
         add("log band power + LR", normalize, None, classical_rows(dm, normalize, False), t0)
-        if normalize == "none":
+        if normalize == "none" and args.stats_source == "session":  # its z-score is over the whole session
             t0 = time.perf_counter()
             add("log band power + LR, per-subject feature z-score", normalize, None, classical_rows(dm, normalize, True), t0)
     for seed in args.seeds:

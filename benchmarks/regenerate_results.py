@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from brainfm.data.root import default_sample_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "benchmarks"
 NOTES = HERE / "notes"
@@ -75,8 +77,10 @@ def refresh_commands(runs_dir: Path, docs: Path) -> list[list[str]]:
 
 def rerun_commands(runs_dir: Path) -> list[str]:
     """Every benchmark behind docs/results.*, as shell commands run from the repository root.
-    ``$STORE`` is the sample store (built on first use)."""
+    ``$STORE`` is the sample store (built on first use), ``$SAMPLE_BIDS`` the BIDS dataset it was
+    converted from."""
     log = lambda name: shlex.quote(str(runs_dir / name))  # noqa: E731 - a local shorthand
+    latest = lambda run: f"$(ls -d runs/{run}/csv/version_* | sort -V | tail -1)"  # noqa: E731 - this fit's log folder
     align = f"python benchmarks/bench_alignment.py --store $STORE --encoder {RECIPE_ENCODER}"
     return [
         # issue #5's comparison and issue #4's probe: they write their sections themselves
@@ -119,13 +123,13 @@ def rerun_commands(runs_dir: Path) -> list[str]:
         "python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "
         "runs/bench_fmri_s2.json --out runs/bench_fmri.json --results docs",
         # the two pretraining recipes (about 1 h each), then their reports
-        "brainfm convert $BRAINFM_HOME/sample/bids $STORE --targets 10.0 --targets-stride 5.0 "
+        "brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
         "--targets-features relpow logpow hjorth plv pac indices && brainfm fit --config configs/pretrain/small-10s.yaml && "
-        "python benchmarks/pretrain_report.py runs/small-10s/csv/version_0 --section pretraining",
-        "brainfm convert $BRAINFM_HOME/sample/bids $STORE --targets 10.0 --targets-stride 5.0 "
+        f"python benchmarks/pretrain_report.py {latest('small-10s')} --section pretraining",
+        "brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
         "--targets-features relpow logpow hjorth plv pac indices --targets-normalize align && "
         "brainfm fit --config configs/pretrain/small-10s-aligned.yaml && python benchmarks/pretrain_report.py "
-        "runs/small-10s-aligned/csv/version_0 --section pretraining-aligned --command 'brainfm fit --config "
+        f"{latest('small-10s-aligned')} --section pretraining-aligned --command 'brainfm fit --config "
         "configs/pretrain/small-10s-aligned.yaml' --notes benchmarks/notes/pretraining-aligned.md",
     ]
 
@@ -154,7 +158,8 @@ def main() -> None:
         store = str(sample_store()) if not args.dry_run else "$STORE"
         args.runs_dir.mkdir(parents=True, exist_ok=True)
         # `python` and `brainfm` in the commands are this environment's
-        env = {**os.environ, "STORE": store, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
+        env = {**os.environ, "STORE": store, "SAMPLE_BIDS": str(default_sample_dir() / "bids"),
+               "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
         for command in rerun_commands(args.runs_dir):
             print(f"$ {command}", flush=True)
             if not args.dry_run:

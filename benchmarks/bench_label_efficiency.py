@@ -11,8 +11,8 @@ benchmark measures that case on the CBraMod split:
   with the run's seed (``numpy.random.default_rng(seed)``), so each seed is another draw
   and the pretrained and scratch runs of a seed see the same subjects (a paired comparison);
 * validation on subjects 28–31 (best validation check kept), test on 32–35, as always;
-* brainfm ``pretrained-tokens`` (fine-tuned from the recipe encoder, which saw subjects 0–31
-  *unlabelled* and never 32–35) against ``scratch-tokens`` (same architecture, random
+* brainfm ``pretrained-tokens`` (fine-tuned from the recipe encoder, trained on subjects 0–27
+  *unlabelled*, validated on 28–31, never shown 32–35) against ``scratch-tokens`` (same architecture, random
   weights), both with label-free token statistics, on Euclidean-aligned windows;
 * the same number of gradient steps at every ``N``: ``--epochs`` × 28 / N epochs, validated
   about 8 times, so scratch is not short of steps when ``N`` is small;
@@ -146,9 +146,9 @@ def markdown(summary: dict[str, Any], command: str, date: str, epochs: int, note
         "labelled (drawn per seed; pretrained and scratch runs of a seed share the draw); validation 28–31, test "
         "32–35; 19 EEG channels, 200 Hz, 5-s windows, Euclidean alignment from each subject's own unlabelled "
         "session. brainfm: `small` encoder of `configs/pretrain/small-10s.yaml` (`pretrained`: the recipe weights, "
-        "which saw subjects 0–31 unlabelled, never 32–35; `scratch`: random weights), label-free token statistics, "
-        f"full fine-tune for the steps of {epochs} epochs of 28 subjects ({epochs} × 28 / N epochs), best validation "
-        "check kept. Mean ± std over seeds.",
+        "trained on subjects 0–27 unlabelled, validated on 28–31, never saw 32–35; `scratch`: random weights), "
+        f"label-free token statistics, full fine-tune for the steps of {epochs} epochs of 28 subjects "
+        f"({epochs} × 28 / N epochs), best validation check kept. Mean ± std over seeds.",
         "",
         "| labelled subjects | method | normalize | seeds | balanced accuracy | AUROC |",
         "|---|---|---|---|---|---|",

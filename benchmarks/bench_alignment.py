@@ -42,7 +42,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_decoding import C_GRID, LABELS, METRICS, arrays, classical_scores, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.models import read_weights  # noqa: E402
@@ -101,8 +101,11 @@ def classical_rows(dm: DecodingDataModule, normalize: str, feature_zscore: bool)
 
 
 def run(args: argparse.Namespace, encoder: Path) -> list[dict[str, Any]]:
-    """Every row; seeds outermost, so a run stopped early still has every normalisation per seed."""
+    """Every row; seeds outermost, so a run stopped early still has every normalisation per seed.
+    Rows already in ``--runs-log`` (same method, normalisation and seed) are not run again, so a
+    stopped run resumes."""
     rows: list[dict[str, Any]] = []
+    done = done_keys(args.runs_log, "method", "normalize", "seed")
 
     def add(method: str, normalize: str, seed: int | None, scores: dict[str, float], t0: float) -> None:
         rows.append({"method": method, "normalize": normalize, "stats_source": args.stats_source, "seed": seed,
@@ -121,22 +124,26 @@ def run(args: argparse.Namespace, encoder: Path) -> list[dict[str, Any]]:
         dm.setup()
         if "classical" not in args.methods:
             continue
-        t0 = time.perf_counter()
-        add("log band power + LR", normalize, None, classical_rows(dm, normalize, False), t0)
-        if normalize == "none" and args.stats_source == "session":  # its z-score is over the whole session
+        if ("log band power + LR", normalize, None) not in done:
             t0 = time.perf_counter()
-            add("log band power + LR, per-subject feature z-score", normalize, None, classical_rows(dm, normalize, True), t0)
+            add("log band power + LR", normalize, None, classical_rows(dm, normalize, False), t0)
+        feature_z = "log band power + LR, per-subject feature z-score"
+        if normalize == "none" and args.stats_source == "session" and (feature_z, normalize, None) not in done:
+            t0 = time.perf_counter()  # (its z-score is over the whole session)
+            add(feature_z, normalize, None, classical_rows(dm, normalize, True), t0)
     for seed in args.seeds:
         for normalize, dm in dms.items():
-            if "eegnet" in args.methods:
+            eegnet = f"braindecode EEGNet (scratch, input × {args.eegnet_input_scale:g})"
+            if "eegnet" in args.methods and (eegnet, normalize, seed) not in done:
                 t0 = time.perf_counter()
                 pl.seed_everything(seed, workers=True)
-                add(f"braindecode EEGNet (scratch, input × {args.eegnet_input_scale:g})", normalize, seed,
-                    fit_test(BaselineModule("EEGNet", input_scale=args.eegnet_input_scale), dm,
-                             epochs=args.eegnet_epochs, select=True)[0], t0)
+                add(eegnet, normalize, seed, fit_test(BaselineModule("EEGNet", input_scale=args.eegnet_input_scale), dm,
+                                                      epochs=args.eegnet_epochs, select=True)[0], t0)
             if "brainfm" not in args.methods:
                 continue
             for variant in args.variants:
+                if (VARIANTS[variant], normalize, seed) in done:
+                    continue
                 t0 = time.perf_counter()
                 pl.seed_everything(seed, workers=True)
                 module = brainfm_module(variant, encoder, args.token_stats_source)

@@ -9,18 +9,22 @@ Two depths::
 
 Refresh (the default) rewrites, in process, the sections whose rows are kept in runs logs under
 ``--runs-dir`` (default ``benchmarks/notes/``, the committed logs): ``recipe`` and ``calibration``
-(``bench_alignment.py --from-runs`` with the settings the section records), ``label-efficiency``,
-``loso``, then the ``targets`` summary that reads them all. So the committed documents can be
-checked against the committed rows (``tests/test_results_docs.py`` does), and a re-check on other
-seeds only has to append rows and run this.
+(``bench_alignment.py --from-runs`` with the settings the section records, and its date),
+``label-efficiency``, ``loso``, then the ``targets`` summary that reads them all; ``alignment``
+too once a rerun has written its log. So the committed documents can be checked against the
+committed rows (``tests/test_results_docs.py`` does), and a re-check on other seeds only has to
+append rows and run this.
 
-``--rerun`` first runs every benchmark behind the document, in :data:`RERUN` order, each with its
-section's full command: the sections without runs logs (``decoding``, ``probe``, ``alignment``,
-``fmri``, the two ``pretraining`` sections) are written by those commands directly; the logged
-ones append to ``--runs-dir``'s logs and resume from them, so with the committed logs it only fills
-what is missing (for example LOSO seeds still incomplete) and with an empty ``--runs-dir`` it
-recomputes every row. The hand-written notes under each table (``benchmarks/notes/*.md``) are
-kept; after a rerun on new rows, read them against the new tables.
+``--rerun`` first runs every benchmark behind the document, in :func:`rerun_commands` order, each
+writing into ``--docs``: the sections without runs logs (``decoding``, ``probe``, ``fmri``, the
+two ``pretraining`` sections) are written by their commands; the logged ones (``alignment``
+included) append to ``--runs-dir``'s logs and skip the rows already there, so with the committed
+logs a rerun only fills what is missing (LOSO seeds still incomplete, for example) and with an
+empty ``--runs-dir`` it recomputes every row; the refreshed sections are then dated today. The
+decoding benchmarks fine-tune the shipped encoders (``configs/pretrain/weights``, checked by
+hash), not the ones the pretraining commands train again: those commands regenerate their own
+sections only. The hand-written notes under each table (``benchmarks/notes/*.md``) are kept;
+after a rerun on new rows, read them against the new tables.
 """
 
 from __future__ import annotations
@@ -42,27 +46,41 @@ NOTES = HERE / "notes"
 RECIPE_ENCODER = "configs/pretrain/weights/small-10s-seed0.safetensors"
 ALIGNED_ENCODER = "configs/pretrain/weights/small-10s-aligned-seed0.safetensors"
 
-#: The sections written from bench_alignment's runs logs: (section, runs log, notes).
-ALIGNMENT_LOGGED = (("recipe", "recipe-runs.jsonl", "recipe.md"), ("calibration", "calibration-runs.jsonl", "calibration.md"))
+#: The sections written from bench_alignment's runs logs: (section, runs log, notes; None: the script's own).
+#: The alignment section's rows predate its runs log; a --rerun writes one.
+ALIGNMENT_LOGGED = (("alignment", "alignment-runs.jsonl", None), ("recipe", "recipe-runs.jsonl", "recipe.md"),
+                    ("calibration", "calibration-runs.jsonl", "calibration.md"))
+#: The command text that the rerun's pretraining sections show (as the committed sections do).
+PRETRAIN_COMMAND = ("brainfm convert $BRAINFM_HOME/sample/bids STORE --targets 10.0 --targets-stride 5.0 "
+                    "--targets-features relpow logpow hjorth plv pac indices{normalize}; brainfm fit --config "
+                    "configs/pretrain/{recipe}.yaml")
+#: Settings a section records wrongly, corrected when it is replayed: the calibration rows ran with
+#: --token-stats-source calibration (their command says so), but the call that wrote the section
+#: from them recorded the default.
+CORRECTED = {"calibration": {"token_stats_source": "calibration"}}
 #: bench_alignment settings that a ``--from-runs`` call must repeat to rewrite its section as it was.
 REPLAYED = ("title", "encoder_description", "epochs", "methods", "stats_source", "stats_seconds", "token_stats_source",
             "date")
 
 
-def refresh_commands(runs_dir: Path, docs: Path) -> list[list[str]]:
+def refresh_commands(runs_dir: Path, docs: Path, keep_dates: bool = True) -> list[list[str]]:
     """``[script, *argv]`` per logged section, then the targets summary (their order matters:
-    the summary reads the others)."""
+    the summary reads the others). ``keep_dates``: the sections keep the dates they record (a
+    refresh changes no measurement); otherwise they are dated today."""
     sections = json.loads((docs / "results.json").read_text())["sections"] if (docs / "results.json").exists() else {}
     out: list[list[str]] = []
     for section, log, notes in ALIGNMENT_LOGGED:
         settings = sections.get(section, {}).get("settings")
         if settings is None or not (runs_dir / log).exists():
-            print(f"{section}: no recorded settings in {docs / 'results.json'} or no {runs_dir / log}; run --rerun",
-                  file=sys.stderr)
+            print(f"{section}: no {runs_dir / log} (or no settings recorded in {docs / 'results.json'}): its "
+                  "section stays as it is; --rerun writes both", file=sys.stderr)
             continue
         argv = ["bench_alignment.py", "--from-runs", str(runs_dir / log), "--section", section, "--out", str(docs),
-                "--notes", str(NOTES / notes), "--command", sections[section]["command"]]
+                "--command", sections[section]["command"]] + (["--notes", str(NOTES / notes)] if notes else [])
+        settings = {**settings, **CORRECTED.get(section, {})}
         for key in REPLAYED:
+            if key == "date" and not keep_dates:
+                continue
             value = settings.get(key)
             if value is not None:
                 argv += [f"--{key.replace('_', '-')}", *(map(str, value) if isinstance(value, list) else [str(value)])]
@@ -75,24 +93,24 @@ def refresh_commands(runs_dir: Path, docs: Path) -> list[list[str]]:
     return out
 
 
-def rerun_commands(runs_dir: Path) -> list[str]:
-    """Every benchmark behind docs/results.*, as shell commands run from the repository root.
+def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
+    """Every benchmark behind docs/results.* (each writing into ``docs``), as shell commands run
+    from the repository root.
     ``$STORE`` is the sample store (built on first use), ``$SAMPLE_BIDS`` the BIDS dataset it was
     converted from."""
     log = lambda name: shlex.quote(str(runs_dir / name))  # noqa: E731 - a local shorthand
+    out = f"--out {shlex.quote(str(docs))}"
     latest = lambda run: f"$(ls -d runs/{run}/csv/version_* | sort -V | tail -1)"  # noqa: E731 - this fit's log folder
     align = f"python benchmarks/bench_alignment.py --store $STORE --encoder {RECIPE_ENCODER}"
     return [
         # issue #5's comparison and issue #4's probe: they write their sections themselves
-        "python benchmarks/bench_decoding.py --seeds 0 1 2",
-        "python benchmarks/probe_eegmat.py --seeds 0 1 2 --steps 1000",
+        f"python benchmarks/bench_decoding.py --seeds 0 1 2 {out}",
+        f"python benchmarks/probe_eegmat.py --seeds 0 1 2 --steps 1000 {out}",
         # the alignment section: the sample encoder, EEGNet at both input scales
         f"python benchmarks/bench_alignment.py --store $STORE --seeds 0 1 2 --epochs 10 --methods classical eegnet brainfm "
         f"--eegnet-epochs 10 --eegnet-input-scale 0.01 --runs-log {log('alignment-runs.jsonl')} --no-write",
         f"python benchmarks/bench_alignment.py --store $STORE --seeds 0 1 2 --methods eegnet --eegnet-input-scale 0.1 "
         f"--runs-log {log('alignment-runs.jsonl')} --no-write",
-        f"python benchmarks/bench_alignment.py --from-runs {log('alignment-runs.jsonl')} --epochs 10 "
-        "--methods classical eegnet brainfm --eegnet-epochs 10",
         # the recipe section: the shipped small-10s encoder
         f"{align} --methods classical brainfm --variants pretrained hybrid --normalize none align --seeds 0 1 2 --epochs 8 "
         f"--runs-log {log('recipe-runs.jsonl')} --no-write",
@@ -119,18 +137,20 @@ def rerun_commands(runs_dir: Path) -> list[str]:
         "--methods brainfm --variants pretrained-tokens --encoder " + ALIGNED_ENCODER + " --encoder-label "
         "'aligned pretraining' --folds 28 29 30 31 32 33 34 35 --no-write",
         # fMRI, one process per seed
-        "for s in 0 1 2; do python benchmarks/bench_fmri.py --seed-list $s --out runs/bench_fmri_s$s.json; done && "
-        "python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "
-        "runs/bench_fmri_s2.json --out runs/bench_fmri.json --results docs",
+        "for s in 0 1 2; do python benchmarks/bench_fmri.py --seed-list $s --out runs/bench_fmri_s$s.json || exit 1; "
+        "done && python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "
+        f"runs/bench_fmri_s2.json --out runs/bench_fmri.json --results {shlex.quote(str(docs))}",
         # the two pretraining recipes (about 1 h each), then their reports
         "brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
         "--targets-features relpow logpow hjorth plv pac indices && brainfm fit --config configs/pretrain/small-10s.yaml && "
-        f"python benchmarks/pretrain_report.py {latest('small-10s')} --section pretraining",
+        f"python benchmarks/pretrain_report.py {latest('small-10s')} --section pretraining {out} --command "
+        + shlex.quote(PRETRAIN_COMMAND.format(recipe="small-10s", normalize="")),
         "brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
         "--targets-features relpow logpow hjorth plv pac indices --targets-normalize align && "
         "brainfm fit --config configs/pretrain/small-10s-aligned.yaml && python benchmarks/pretrain_report.py "
-        f"{latest('small-10s-aligned')} --section pretraining-aligned --command 'brainfm fit --config "
-        "configs/pretrain/small-10s-aligned.yaml' --notes benchmarks/notes/pretraining-aligned.md",
+        f"{latest('small-10s-aligned')} --section pretraining-aligned {out} --command "
+        + shlex.quote(PRETRAIN_COMMAND.format(recipe="small-10s-aligned", normalize=" --targets-normalize align"))
+        + " --notes benchmarks/notes/pretraining-aligned.md",
     ]
 
 
@@ -156,16 +176,17 @@ def main() -> None:
         from brainfm.pipelines.sample import sample_store  # noqa: PLC0415 - imports MNE; only a rerun needs the store
 
         store = str(sample_store()) if not args.dry_run else "$STORE"
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
+        if not args.dry_run:
+            args.runs_dir.mkdir(parents=True, exist_ok=True)
         # `python` and `brainfm` in the commands are this environment's
         env = {**os.environ, "STORE": store, "SAMPLE_BIDS": str(default_sample_dir() / "bids"),
                "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
-        for command in rerun_commands(args.runs_dir):
+        for command in rerun_commands(args.runs_dir, args.docs):
             print(f"$ {command}", flush=True)
             if not args.dry_run:
                 subprocess.run(command, shell=True, check=True, cwd=ROOT, executable="/bin/bash", env=env)
     sys.path.insert(0, str(HERE))  # the scripts import their siblings
-    for argv in refresh_commands(args.runs_dir, args.docs):
+    for argv in refresh_commands(args.runs_dir, args.docs, keep_dates=not args.rerun):
         print("$ python benchmarks/" + shlex.join(argv), flush=True)
         if not args.dry_run:
             run_in_process(argv)

@@ -3,7 +3,8 @@
 Rows (ratio > 1 means brainfm is better):
 
 * train-step throughput (samples/s) and peak memory, 19 ch x 30 s at 200 Hz;
-* inference latency at batch 1, 19 ch x 4 s;
+* inference latency at batch 1, 19 ch x 4 s, in PyTorch eager and, for both models, exported
+  to ONNX and run by onnxruntime fp32 (brainfm's deployment runtime, ``brainfm export``);
 * brainfm only: train throughput and peak memory on 306-channel MEG x 10 s.
 
 A train step is forward, a per-token ``Linear(200, 200)`` reconstruction head, MSE to the
@@ -46,6 +47,8 @@ CASES = {
     "brainfm_latency": ("brainfm", 19, 4.0, "latency"),
     "brainfm_compile_latency": ("brainfm+compile", 19, 4.0, "latency"),
     "cbramod_latency": ("cbramod", 19, 4.0, "latency"),
+    "brainfm_onnx_latency": ("brainfm+onnx", 19, 4.0, "latency"),
+    "cbramod_onnx_latency": ("cbramod+onnx", 19, 4.0, "latency"),
     "brainfm_meg_train": ("brainfm", 306, 10.0, "train"),
 }
 
@@ -103,7 +106,55 @@ def _build(torch, model: str, c: int, t: int):
         def target(batch):
             b_, c_, t_ = batch["x"].shape
             return (batch["x"] / 100.0).reshape(b_, c_, t_ // PATCH, PATCH)
+    if "+onnx" in model:
+        features = _onnx_features(torch, model, net, features, c, t)
     return net, features, target
+
+
+def _onnx_features(torch, model: str, net, eager_features, c: int, t: int):
+    """``features`` run by onnxruntime fp32 (one intra-op thread per torch thread): the model
+    exported with the dynamo exporter at batch 1, static shapes, the same for both models."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    from brainfm.deploy import EncoderGraph
+
+    batch = _inputs(torch, model, 1, c, t, "cpu")
+    names = ["x", "sensor_geometry", "sensor_type", "channel_mask"]
+    if model.startswith("brainfm"):
+        graph = EncoderGraph(net)  # BrainEncoder.forward without its data-dependent input checks
+    else:
+        class CBraModGraph(torch.nn.Module):  # x alone, scaled as ``features`` scales it
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return eager_features({"x": x})
+
+        graph, names = CBraModGraph(), ["x"]
+    args = tuple(batch[k] for k in names)
+    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph.eval(), args, dynamo=True, opset_version=20, input_names=names,
+                          verbose=False).save(path, external_data=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = eager_features(batch)
+    got = torch.from_numpy(session.run(None, {k: batch[k].numpy() for k in names})[0])
+    if not torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
+        raise RuntimeError(f"{model}: onnxruntime output differs from eager by {float((got - expected).abs().max())}")
+
+    def features(batch):
+        return session.run(None, {k: batch[k].numpy() for k in names})[0]
+
+    return features
 
 
 def _worker(case: str, device: str, batch_size: int, steps: int, threads: int | None) -> dict:
@@ -253,6 +304,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ("inference latency, B=1, 19ch x 4s (median)", "ms", "brainfm_latency", "cbramod_latency", "latency_ms", False),
         ("  same, brainfm blocks torch.compile'd", "ms", "brainfm_compile_latency", "cbramod_latency", "latency_ms",
          False),
+        ("  brainfm in onnxruntime fp32 (its deploy runtime), CBraMod eager", "ms", "brainfm_onnx_latency",
+         "cbramod_latency", "latency_ms", False),
+        ("  equal settings: both in onnxruntime fp32", "ms", "brainfm_onnx_latency", "cbramod_onnx_latency",
+         "latency_ms", False),
         (f"train throughput, MEG 306ch x 10s, B={b}", "samples/s", "brainfm_meg_train", None, "samples_per_s", True),
         (f"train peak memory, MEG 306ch x 10s, B={b}", "MiB", "brainfm_meg_train", None, "peak_mib", False),
     ]
@@ -267,13 +322,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
     print(f"device={args.device} batch={b} steps={args.steps} repeats={args.repeats} "
           "(anchor: braindecode CBraMod; ratio > 1: brainfm better)")
-    print(f"{'row':45s} {'unit':>10s} {'brainfm':>10s} {'anchor':>10s} {'ratio':>7s}")
+    print(f"{'row':66s} {'unit':>10s} {'brainfm':>10s} {'anchor':>10s} {'ratio':>7s}")
     for r in rows:
-        print(f"{r['name']:45s} {r['unit']:>10s} {_fmt(r['brainfm']):>10s} {_fmt(r['anchor']):>10s} "
+        print(f"{r['name']:66s} {r['unit']:>10s} {_fmt(r['brainfm']):>10s} {_fmt(r['anchor']):>10s} "
               f"{_fmt(r['ratio']):>7s}")
         if "p10_p90" in r:
             ours, anchor = r["p10_p90"]["brainfm"], r["p10_p90"]["anchor"]
-            print(f"{'    p10-p90':45s} {'':>10s} {ours[0]:.3g}-{ours[1]:.3g} {anchor[0]:.3g}-{anchor[1]:.3g}")
+            print(f"{'    p10-p90':66s} {'':>10s} {ours[0]:.3g}-{ours[1]:.3g} {anchor[0]:.3g}-{anchor[1]:.3g}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from brainfm.cli import main
-from brainfm.deploy import (W4A16Linear, W8A8Linear, calibrate, calibration_batches, load, load_checkpoint,
-                            onnx_session, quantize, quantize_onnx, read_config, run_onnx, save_bundle)
+from brainfm.deploy import (EncoderGraph, W4A16Linear, W8A8Linear, calibrate, calibration_batches, load,
+                            load_checkpoint, onnx_session, quantize, quantize_onnx, read_config, run_onnx,
+                            save_bundle)
 from brainfm.deploy.calibrate import decoder_inputs
 from brainfm.kernels.reference import sqnr_db, w4a16_linear_ref, w8a8_linear_ref
 
@@ -295,6 +296,17 @@ def test_onnx_fp32_parity(tuned, onnx_fp32):
     with torch.inference_mode():
         want = tuned.decoder(x, geometry, types, mask)
     torch.testing.assert_close(run_onnx(session, x, geometry, types, mask), want, rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_graph_is_the_encoder_without_its_checks(tuned):
+    """The traced encoder (what the ONNX graph and the latency benchmark run) gives the
+    encoder's tokens on real windows, padded channels included."""
+    x, geometry, types, mask = (t[:3].clone() for t in decoder_inputs(tuned.sets["test"][0]))
+    mask[1, -4:] = False
+    encoder = tuned.decoder.encoder.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(EncoderGraph(encoder)(x, geometry, types, mask),
+                                   encoder(x, geometry, types, mask), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode,min_sqnr", [("dynamic", 40.0), ("static", 32.0)])

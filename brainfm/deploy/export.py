@@ -70,6 +70,29 @@ OPSET = 20
 INT8_MODES = ("dynamic", "static")
 
 
+def encoder_tokens(encoder: nn.Module, x: torch.Tensor, sensor_geometry: torch.Tensor,
+                   sensor_type: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+    """``BrainEncoder.forward`` without its input validation, whose data-dependent checks (an
+    empty channel mask, a non-finite position, an unknown type) cannot be traced: tokens (B, C, S, D)."""
+    sensor_type = torch.where(channel_mask, sensor_type, torch.zeros_like(sensor_type))
+    tokens = encoder.tokenizer(x, sensor_geometry, sensor_type, channel_mask)  # (B, C, S, D)
+    for block in encoder.blocks:
+        tokens = block(tokens, channel_mask)  # (B, C, S, D)
+    return encoder.norm(tokens) * channel_mask[:, :, None, None].to(tokens.dtype)
+
+
+class EncoderGraph(nn.Module):
+    """The traceable forward of an encoder: ``(x, geometry, type, mask) -> tokens (B, C, S, D)``."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor, sensor_geometry: torch.Tensor, sensor_type: torch.Tensor,
+                channel_mask: torch.Tensor) -> torch.Tensor:
+        return encoder_tokens(self.encoder, x, sensor_geometry, sensor_type, channel_mask)
+
+
 class DecoderGraph(nn.Module):
     """The traceable forward of a decoder's shared model: ``(x, geometry, type, mask) -> logits``."""
 
@@ -79,12 +102,7 @@ class DecoderGraph(nn.Module):
 
     def forward(self, x: torch.Tensor, sensor_geometry: torch.Tensor, sensor_type: torch.Tensor,
                 channel_mask: torch.Tensor) -> torch.Tensor:
-        enc = self.decoder.encoder
-        sensor_type = torch.where(channel_mask, sensor_type, torch.zeros_like(sensor_type))
-        tokens = enc.tokenizer(x, sensor_geometry, sensor_type, channel_mask)  # (B, C, S, D)
-        for block in enc.blocks:
-            tokens = block(tokens, channel_mask)  # (B, C, S, D)
-        tokens = enc.norm(tokens) * channel_mask[:, :, None, None].to(tokens.dtype)
+        tokens = encoder_tokens(self.decoder.encoder, x, sensor_geometry, sensor_type, channel_mask)
         return self.decoder.head(tokens, channel_mask)  # (B, n_classes)
 
 

@@ -112,39 +112,44 @@ def _build(torch, model: str, c: int, t: int):
 
 
 def _onnx_features(torch, model: str, net, eager_features, c: int, t: int):
-    """``features`` run by onnxruntime fp32 (one intra-op thread per torch thread): the model
-    exported with the dynamo exporter at batch 1, static shapes, the same for both models."""
+    """``features`` run by onnxruntime fp32 on CPU (intra-op threads = torch's).
+
+    brainfm's encoder is exported as ``brainfm export`` ships a decoder (``export_graph``: dynamic
+    batch, channels and patches, the channel mask carried into the spatial attention); CBraMod,
+    whose braindecode module is built for one montage and length, at static batch-1 shapes, which
+    gives onnxruntime more to simplify. Both are checked against eager before timing.
+    """
     import os
     import tempfile
 
     import onnxruntime as ort
 
-    from brainfm.deploy import EncoderGraph
+    from brainfm.deploy import EncoderGraph, export_graph
 
     batch = _inputs(torch, model, 1, c, t, "cpu")
-    names = ["x", "sensor_geometry", "sensor_type", "channel_mask"]
-    if model.startswith("brainfm"):
-        graph = EncoderGraph(net)  # BrainEncoder.forward without its data-dependent input checks
-    else:
-        class CBraModGraph(torch.nn.Module):  # x alone, scaled as ``features`` scales it
-            def __init__(self):
-                super().__init__()
-                self.net = net
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        if model.startswith("brainfm"):
+            names = ["x", "sensor_geometry", "sensor_type", "channel_mask"]
+            export_graph(EncoderGraph(net), net.config, path, output_name="tokens")
+        else:
+            class CBraModGraph(torch.nn.Module):  # x alone, scaled as ``features`` scales it
+                def __init__(self):
+                    super().__init__()
+                    self.net = net
 
-            def forward(self, x):
-                return eager_features({"x": x})
+                def forward(self, x):
+                    return eager_features({"x": x})
 
-        graph, names = CBraModGraph(), ["x"]
-    args = tuple(batch[k] for k in names)
-    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph.eval(), args, dynamo=True, opset_version=20, input_names=names,
-                          verbose=False).save(path, external_data=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            names = ["x"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(CBraModGraph().eval(), (batch["x"],), dynamo=True, opset_version=20,
+                                  input_names=names, verbose=False).save(path, external_data=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         expected = eager_features(batch)
     got = torch.from_numpy(session.run(None, {k: batch[k].numpy() for k in names})[0])
@@ -286,7 +291,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # Alternate the cases and keep the best of --repeats runs: on a shared machine the
     # best run is the one least disturbed by other processes (as timeit does).
-    cases = [c for c in CASES if args.cases is None or c in args.cases]
+    onnx_cases = [c for c, spec in CASES.items() if "+onnx" in spec[0]]
+    if args.device != "cpu" and args.cases and set(args.cases) & set(onnx_cases):
+        p.error(f"{', '.join(onnx_cases)} run onnxruntime on CPU only; drop them or use --device cpu")
+    cases = [c for c in CASES if (args.cases is None and (args.device == "cpu" or c not in onnx_cases))
+             or (args.cases is not None and c in args.cases)]
     runs: dict[str, list[dict]] = {case: [] for case in cases}
     for _ in range(args.repeats):
         for case in cases:

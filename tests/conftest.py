@@ -66,9 +66,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     threadpoolctl.threadpool_limits(1)
 
 #: The longest test files (minutes each, from ``--durations``) are collected first, so that no worker
-#: starts one of them while the other is nearly done. ``--dist worksteal`` (``addopts``) gives each worker
-#: half of this order and lets a worker that runs dry take half of the other's queue. ``--dist load``
-#: handed a quarter of the suite out round-robin up front and then fed one worker only: in a profiled
+#: starts one of them while the other is nearly done. ``--dist worksteal`` (``addopts``) gives the first half
+#: of this order (all the longest files) to one worker and the second half to the other; a worker left with
+#: fewer than 2 tests takes the tail of the other's queue. ``--dist load`` handed a quarter of the suite out
+#: up front in consecutive chunks and then fed one worker only: in a profiled
 #: run (``resource.getrusage`` per test) one worker got 89 tests worth 1 098 s of the 1 692 s, and the
 #: other sat idle for the last 500 s (suite 1 131 s; with worksteal, same load: 926 s, both done within 3 s).
 LONGEST_FIRST = ("test_readme.py", "test_notebooks.py", "test_reliability.py", "test_reliability_training.py",

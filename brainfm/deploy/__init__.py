@@ -22,14 +22,14 @@ from brainfm.deploy.adalog import QuantActivation, QuantAttentionBlock, TableQua
 from brainfm.deploy.bundle import load, read_config, save_bundle
 from brainfm.deploy.calibrate import LinearStats, calibrate
 from brainfm.deploy.checkpoint import load_checkpoint, read_normalization
-from brainfm.deploy.export import DecoderGraph, EncoderGraph, export_onnx, onnx_session, quantize_onnx, run_onnx
+from brainfm.deploy.export import (DecoderGraph, EncoderGraph, export_graph, export_onnx, onnx_session, quantize_onnx,
+                                   run_onnx)
 from brainfm.deploy.qlinear import QuantLinear, W4A16Linear, W6A8Linear, W8A8Linear
 from brainfm.deploy.quantize import quantizable_linears, quantize
 
 __all__ = [
     "DecoderGraph", "EncoderGraph", "LinearStats", "QuantActivation", "QuantAttentionBlock", "QuantLinear",
-    "TableQuantizer",
-    "W4A16Linear", "W6A8Linear", "W8A8Linear", "calibrate", "calibration_batches",
-    "export_onnx", "load", "load_checkpoint", "onnx_session", "quantizable_linears", "quantize", "quantize_onnx",
-    "read_config", "read_normalization", "run_onnx", "save_bundle",
+    "TableQuantizer", "W4A16Linear", "W6A8Linear", "W8A8Linear", "calibrate", "calibration_batches",
+    "export_graph", "export_onnx", "load", "load_checkpoint", "onnx_session", "quantizable_linears", "quantize",
+    "quantize_onnx", "read_config", "read_normalization", "run_onnx", "save_bundle",
 ]

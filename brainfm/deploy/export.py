@@ -72,8 +72,9 @@ INT8_MODES = ("dynamic", "static")
 
 def encoder_tokens(encoder: nn.Module, x: torch.Tensor, sensor_geometry: torch.Tensor,
                    sensor_type: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
-    """``BrainEncoder.forward`` without its input validation, whose data-dependent checks (an
-    empty channel mask, a non-finite position, an unknown type) cannot be traced: tokens (B, C, S, D)."""
+    """``BrainEncoder.forward`` (brainfm's tokenizer and blocks) without its input validation, whose
+    data-dependent checks (an empty channel mask, a non-finite position, an unknown type) cannot be
+    traced: tokens (B, C, S, D)."""
     sensor_type = torch.where(channel_mask, sensor_type, torch.zeros_like(sensor_type))
     tokens = encoder.tokenizer(x, sensor_geometry, sensor_type, channel_mask)  # (B, C, S, D)
     for block in encoder.blocks:
@@ -82,7 +83,8 @@ def encoder_tokens(encoder: nn.Module, x: torch.Tensor, sensor_geometry: torch.T
 
 
 class EncoderGraph(nn.Module):
-    """The traceable forward of an encoder: ``(x, geometry, type, mask) -> tokens (B, C, S, D)``."""
+    """The traceable forward of a :class:`~brainfm.models.BrainEncoder`:
+    ``(x, geometry, type, mask) -> tokens (B, C, S, D)``."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -123,10 +125,20 @@ def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET)
 
     Batch, channel count and window length (in whole patches) are dynamic.
     """
+    path = export_graph(DecoderGraph(decoder), decoder.config, path, OUTPUT_NAME, opset)
+    normalization = getattr(decoder, "normalization", None)
+    if normalization is not None:
+        write_onnx(path, normalization)
+    return path
+
+
+def export_graph(graph: nn.Module, config: Any, path: str | os.PathLike, output_name: str = OUTPUT_NAME,
+                 opset: int = OPSET) -> Path:
+    """Export ``graph`` (:class:`DecoderGraph` or :class:`EncoderGraph` of a model built from
+    ``config``) to a single-file ONNX model at ``path``, with dynamic batch, channel count and
+    window length (in whole patches): what ``brainfm export`` ships."""
     from torch.export import Dim  # noqa: PLC0415
 
-    config = decoder.config
-    graph = DecoderGraph(decoder).eval()
     batch, channels = Dim("batch"), Dim("channels")
     patches = Dim("patches", min=1, max=config.max_patches)
     dims = {k: {0: batch, 1: channels} for k in INPUT_NAMES}
@@ -143,17 +155,14 @@ def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used", category=UserWarning)
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
-            program = torch.onnx.export(graph, example, dynamo=True, dynamic_shapes=dims,
-                                        input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            program = torch.onnx.export(graph.eval(), example, dynamo=True, dynamic_shapes=dims,
+                                        input_names=list(INPUT_NAMES), output_names=[output_name],
                                         opset_version=opset, verbose=False)
     finally:
         registration_log.setLevel(level)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(os.fspath(path), external_data=False)
-    normalization = getattr(decoder, "normalization", None)
-    if normalization is not None:
-        write_onnx(path, normalization)
     return path
 
 

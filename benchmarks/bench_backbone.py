@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     onnx_cases = [c for c, spec in CASES.items() if "+onnx" in spec[0]]
     if args.device != "cpu" and args.cases and set(args.cases) & set(onnx_cases):
         p.error(f"{', '.join(onnx_cases)} run onnxruntime on CPU only; drop them or use --device cpu")
-    cases = [c for c in CASES if (args.cases is None and (args.device == "cpu" or c not in onnx_cases))
-             or (args.cases is not None and c in args.cases)]
+    default = [c for c in CASES if args.device == "cpu" or c not in onnx_cases]
+    cases = [c for c in CASES if c in (args.cases or default)]
     runs: dict[str, list[dict]] = {case: [] for case in cases}
     for _ in range(args.repeats):
         for case in cases:

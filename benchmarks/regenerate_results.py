@@ -45,6 +45,9 @@ HERE = ROOT / "benchmarks"
 NOTES = HERE / "notes"
 RECIPE_ENCODER = "configs/pretrain/weights/small-10s-seed0.safetensors"
 ALIGNED_ENCODER = "configs/pretrain/weights/small-10s-aligned-seed0.safetensors"
+#: The same aligned recipe pretrained again with ``--seed_everything 1``: does the label-efficiency gain
+#: survive another pretraining seed? (fine-tuning only; ``brainfm.pretrained`` ships seed 0 as the recipe)
+ALIGNED_ENCODER_SEED1 = "configs/pretrain/weights/small-10s-aligned-seed1.safetensors"
 
 #: The sections written from bench_alignment's runs logs: (section, runs log, notes; None: the script's own).
 #: The alignment section's rows predate its runs log; a --rerun writes one.
@@ -129,6 +132,9 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
         "--no-write",
         f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
         f"--variants pretrained-tokens --encoder {ALIGNED_ENCODER} --encoder-label 'aligned pretraining' --no-write",
+        f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
+        f"--variants pretrained-tokens --encoder {ALIGNED_ENCODER_SEED1} --encoder-label "
+        "'aligned pretraining, pretraining seed 1' --no-write",
         # LOSO: classical, EEGNet and brainfm from scratch over 36 folds, then the aligned encoder on the folds
         # it never trained on
         f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import results_summary as rs  # noqa: E402 - benchmarks/ is not a package
@@ -36,3 +38,14 @@ def test_loso_per_seed_means_and_status():
 def test_spreads_apart():
     assert rs._apart([0.9, 0.01], [0.8, 0.02])
     assert not rs._apart([0.9, 0.05], [0.85, 0.02])
+
+
+def test_notebook_03_status_calls_a_gap_under_0_01_a_tie_either_way():
+    line = ("Target (brainfm at least matches CSP + LDA): {} it. brainfm frozen + LR: {} against CSP + LDA {} mean "
+            "balanced accuracy over 3 split seeds × 5 folds; per seed brainfm is higher at 1, equal at 1, lower at 1.")
+    assert rs.notebook_status(line.format("meets", 0.648, 0.647)) == "met, as a tie (3 split seeds × 5 folds, one subject)"
+    assert rs.notebook_status(line.format("misses", 0.642, 0.647)) == "missed, as a tie (3 split seeds × 5 folds, one subject)"
+    assert rs.notebook_status(line.format("meets", 0.700, 0.647)) == "**met**"
+    assert rs.notebook_status(line.format("misses", 0.600, 0.647)) == "missed"
+    with pytest.raises(ValueError, match="no longer reads"):
+        rs.notebook_status("Target (brainfm at least matches CSP + LDA): meets it.")

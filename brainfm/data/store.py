@@ -34,7 +34,7 @@ A store is a directory (any fsspec URL: a local path, ``file://``, ``s3://``, ..
                              "task": ..., "run": ..., "datatype": "eeg"|"meg"|"ieeg"|"func",
                              "n_channels": C, "n_samples": N, "sfreq": Hz,
                              "ch_type_counts": {"eeg": 19}, "n_events": E,
-                             "positions": "recorded"|"montage:<name>"|"none",
+                             "positions": "recorded"|"montage:<name>"|"partial-recorded"|"partial-montage:<name>"|"none",
                              "source": "<path relative to the BIDS root>",
                              "source_sha256": "...", "preset_hash": "...",
                              "format_version": 3, "group_sha256": "<sha256 of zarr.json>",

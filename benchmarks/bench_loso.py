@@ -263,6 +263,7 @@ PAIRS = (
     ((BRAINFM, "align"), (EEGNET, "align")),
     ((EEGNET, "align"), ("log band power + LR", "align")),
     ((BRAINFM, "none"), ("log band power + LR", "none")),
+    ((BRAINFM, "none"), (EEGNET, "none")),
     ((BRAINFM, "align"), (BRAINFM, "none")),
     ((f"{BRAINFM}, reset-tuned 60 s", "align"), (f"{BRAINFM}, as trained, after 60 s", "align")),
 )

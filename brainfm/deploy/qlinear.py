@@ -75,6 +75,29 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("smooth", torch.ones(in_features) if smooth else None)
 
+    @classmethod
+    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None, *options, **kw_options) -> "QuantLinear":
+        """Quantize ``linear``; ``smooth`` (``(in_features,)``) is the activation multiplier, and
+        ``options`` are the subclass's own constructor arguments (``activation``, ``group_size``).
+
+        The weight quantized is ``W diag(1 / smooth)``, so that ``W' (x * smooth) = W x``
+        before rounding.
+        """
+        w = linear.weight.detach().float()
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None,
+                    *options, **kw_options)
+        if smooth is not None:
+            w = w / smooth.float()[None, :]
+            layer.smooth.copy_(smooth.float())
+        layer._store_weight(w)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        return layer.to(linear.weight.device)
+
+    def _store_weight(self, w: torch.Tensor) -> None:
+        """Quantize the float ``(out_features, in_features)`` weight into this layer's buffers."""
+        raise NotImplementedError
+
     def _smoothed(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.smooth is None else x * self.smooth.to(x.dtype)
 
@@ -92,7 +115,25 @@ class QuantLinear(nn.Module):
                 f"bias={self.bias is not None}, smooth={self.smooth is not None}")
 
 
-class W8A8Linear(QuantLinear):
+class IntActivationLinear(QuantLinear):
+    """Common part of the layers with dynamic int8 activations (W8A8, W6A8): the activation
+    fused into the GEMM epilogue, one of :data:`brainfm.kernels.reference.ACTIVATIONS`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False,
+                 activation: str = "none") -> None:
+        super().__init__(in_features, out_features, bias, smooth)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+
+    def spec(self) -> dict:
+        return {**super().spec(), "activation": self.activation}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+
+class W8A8Linear(IntActivationLinear):
     """``act(quant(x * smooth) @ qweight.T * scales + bias)`` with int8 weights and activations.
 
     Parameters
@@ -110,32 +151,14 @@ class W8A8Linear(QuantLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False,
                  activation: str = "none") -> None:
-        super().__init__(in_features, out_features, bias, smooth)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
+        super().__init__(in_features, out_features, bias, smooth, activation)
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("w_scale", torch.ones(out_features))
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None,
-                   activation: str = "none") -> "W8A8Linear":
-        """Quantize ``linear``; ``smooth`` (``(in_features,)``) is the activation multiplier.
-
-        The weight quantized is ``W diag(1 / smooth)``, so that ``W' (x * smooth) = W x``
-        before rounding.
-        """
-        w = linear.weight.detach().float()
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None, activation)
-        if smooth is not None:
-            w = w / smooth.float()[None, :]
-            layer.smooth.copy_(smooth.float())
+    def _store_weight(self, w: torch.Tensor) -> None:
         qw, sw = quantize_weight_per_channel(w)
-        layer.qweight.copy_(qw)
-        layer.w_scale.copy_(sw)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        return layer.to(linear.weight.device)
+        self.qweight.copy_(qw)
+        self.w_scale.copy_(sw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w8a8_linear_dynamic(self._smoothed(x), self.qweight, self.w_scale, self.bias, self.activation,
@@ -143,12 +166,6 @@ class W8A8Linear(QuantLinear):
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.w_scale[:, None]
-
-    def spec(self) -> dict:
-        return {**super().spec(), "activation": self.activation}
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", activation={self.activation}"
 
 
 class W4A16Linear(QuantLinear):
@@ -175,20 +192,11 @@ class W4A16Linear(QuantLinear):
         self.register_buffer("packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, -(-in_features // group_size), dtype=torch.float16))
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None, group_size: int = 64) -> "W4A16Linear":
-        """Quantize ``linear`` (round to nearest, symmetric int4 per group)."""
-        w = linear.weight.detach().float()
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None, group_size)
-        if smooth is not None:
-            w = w / smooth.float()[None, :]
-            layer.smooth.copy_(smooth.float())
-        packed, scales = quantize_weight_int4(w, group_size)
-        layer.packed.copy_(packed)
-        layer.scales.copy_(scales)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        return layer.to(linear.weight.device)
+    def _store_weight(self, w: torch.Tensor) -> None:
+        """Round to nearest, symmetric int4 per group."""
+        packed, scales = quantize_weight_int4(w, self.group_size)
+        self.packed.copy_(packed)
+        self.scales.copy_(scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -204,7 +212,7 @@ class W4A16Linear(QuantLinear):
         return super().extra_repr() + f", group_size={self.group_size}"
 
 
-class W6A8Linear(QuantLinear):
+class W6A8Linear(IntActivationLinear):
     """``act(quant(x * smooth) @ unpack(packed).T * w_scale + bias)``: int6 weights, int8 activations.
 
     Parameters as :class:`W8A8Linear`; the weight is ``packed`` uint8 ``(N, 3 * ceil(K / 4))``.
@@ -214,28 +222,15 @@ class W6A8Linear(QuantLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, smooth: bool = False,
                  activation: str = "none") -> None:
-        super().__init__(in_features, out_features, bias, smooth)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        self.activation = activation
+        super().__init__(in_features, out_features, bias, smooth, activation)
         self.register_buffer("packed", torch.zeros(out_features, 3 * -(-in_features // 4), dtype=torch.uint8))
         self.register_buffer("w_scale", torch.ones(out_features))
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None,
-                   activation: str = "none") -> "W6A8Linear":
-        """Quantize ``linear`` (round to nearest, symmetric int6 per output channel)."""
-        w = linear.weight.detach().float()
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None, activation)
-        if smooth is not None:
-            w = w / smooth.float()[None, :]
-            layer.smooth.copy_(smooth.float())
+    def _store_weight(self, w: torch.Tensor) -> None:
+        """Round to nearest, symmetric int6 per output channel."""
         packed, scale = quantize_weight_int6(w)
-        layer.packed.copy_(packed)
-        layer.w_scale.copy_(scale)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        return layer.to(linear.weight.device)
+        self.packed.copy_(packed)
+        self.w_scale.copy_(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return w6a8_linear_dynamic(self._smoothed(x), self.packed, self.w_scale, self.bias, self.activation,
@@ -243,12 +238,6 @@ class W6A8Linear(QuantLinear):
 
     def dequantized_weight(self) -> torch.Tensor:
         return unpack_int6(self.packed, self.in_features).float() * self.w_scale[:, None]
-
-    def spec(self) -> dict:
-        return {**super().spec(), "activation": self.activation}
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", activation={self.activation}"
 
 
 def build_quant_linear(spec: dict) -> QuantLinear:

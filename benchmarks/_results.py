@@ -7,6 +7,7 @@ rewrites only its own section, so the numbers in both files always come from the
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,17 @@ from typing import Any
 
 #: Section order in results.md.
 ORDER = ("targets", "decoding", "probe")
+
+
+def add_section_args(ap: argparse.ArgumentParser, out: Path, notes_help: str = "markdown notes under the table") -> None:
+    """The options every runs-log benchmark shares: ``--runs-log`` (append rows, skip those already
+    there, so a stopped run resumes), ``--from-runs`` (write the section from logged rows without
+    running), ``--notes``, ``--out`` (default ``out``) and ``--no-write``."""
+    ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
+    ap.add_argument("--from-runs", type=Path, nargs="+", default=None, help="only write the section from these rows")
+    ap.add_argument("--notes", type=Path, default=None, help=notes_help)
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--no-write", action="store_true")
 
 
 def read_runs(*paths: Path) -> list[dict[str, Any]]:

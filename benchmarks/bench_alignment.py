@@ -42,7 +42,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import add_section_args, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_decoding import C_GRID, LABELS, METRICS, arrays, classical_scores, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.models import read_weights  # noqa: E402
@@ -268,18 +268,13 @@ def main() -> None:
     ap.add_argument("--section", default="alignment", help="results section to write (default: alignment)")
     ap.add_argument("--title", default=None, help="section title (default: the alignment section's)")
     ap.add_argument("--encoder-description", default=None, help="how --encoder was made, for the section text")
-    ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table (default: the alignment notes)")
     ap.add_argument("--variants", nargs="+", default=["pretrained"], choices=list(VARIANTS),
                     help="brainfm rows: fine-tuned from --encoder, with the hybrid head, or from scratch")
     ap.add_argument("--token-stats-source", default="session", choices=["session", "calibration"],
                     help="token statistics of validation/test subjects (variants *-tokens)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
-    ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--command", default=None, help="the command(s) shown in the section (default: this one)")
-    ap.add_argument("--runs-log", type=Path, default=None, help="append every row to this JSON-lines file as it comes")
-    ap.add_argument("--from-runs", type=Path, nargs="+", default=None,
-                    help="write the section from the rows of a --runs-log file (a run stopped early) instead of running")
+    add_section_args(ap, ROOT / "docs", notes_help="markdown notes under the table (default: the alignment notes)")
     args = ap.parse_args()
     if not (args.from_runs or args.store):
         ap.error("--store is needed unless --from-runs is given")

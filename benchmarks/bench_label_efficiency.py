@@ -40,7 +40,7 @@ warnings.filterwarnings("ignore", message="Montage name 'standard_1020' is depre
 import lightning.pytorch as pl  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _results import collect_rows, done_keys, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import add_section_args, collect_rows, done_keys, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows, paired_name, variant_method  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
@@ -180,11 +180,7 @@ def main() -> None:
     ap.add_argument("--encoder-label", default=None,
                     help="name of --encoder in the pretrained rows' method, e.g. 'aligned pretraining' (default: "
                          "none, the recipe encoder)")
-    ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
-    ap.add_argument("--from-runs", type=Path, nargs="+", default=None, help="only write the section from these rows")
-    ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs")
-    ap.add_argument("--no-write", action="store_true")
+    add_section_args(ap, ROOT / "docs")
     args = ap.parse_args()
     if any(not 1 <= n <= len(SPLIT.train) for n in args.train_subjects):
         ap.error(f"--train-subjects must lie in 1..{len(SPLIT.train)}")

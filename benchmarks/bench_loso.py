@@ -70,7 +70,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import wilcoxon  # noqa: E402
 
-from _results import collect_rows, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _results import add_section_args, collect_rows, done_keys, read_runs, write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from bench_alignment import VARIANTS, brainfm_module, classical_rows, scratch_counterpart, variant_method  # noqa: E402
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
@@ -500,11 +500,7 @@ def main() -> None:
                     help="name of --encoder in the pretrained rows' method, e.g. 'aligned pretraining'")
     ap.add_argument("--encoder", type=Path, default=RECIPE_ENCODER,
                     help="weights file: the architecture of scratch variants, the start of pretrained ones")
-    ap.add_argument("--runs-log", type=Path, default=None, help="append rows here; rows already there are skipped")
-    ap.add_argument("--from-runs", type=Path, nargs="+", default=None, help="only write the section from these rows")
-    ap.add_argument("--notes", type=Path, default=None, help="markdown notes under the table")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs")
-    ap.add_argument("--no-write", action="store_true")
+    add_section_args(ap, ROOT / "docs")
     args = ap.parse_args()
     if not (args.from_runs or args.store):
         ap.error("--store is needed unless --from-runs is given")

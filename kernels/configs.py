@@ -64,15 +64,10 @@ W6A8_HOPPER = [_cfg(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"
 W6A8_AMPERE = [_cfg(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages, SPLIT_K=1)
                for c in W8A8_AMPERE]
 W6A8_FALLBACK = [_cfg(64, 64, 64, 4, 2, SPLIT_K=1)]
-W6A8_GEMV_HOPPER = [
-    _cfg(16, bn, bk, 4, 4, SPLIT_K=sk) for bn in (32, 64, 128) for bk in (128, 256) for sk in (1, 2, 4, 8)
-]
-W6A8_GEMV_AMPERE = [
-    _cfg(16, bn, bk, 4, 3, SPLIT_K=sk) for bn in (32, 64) for bk in (64, 128) for sk in (1, 2, 4, 8)
-]
-W6A8_GEMV_FALLBACK = [_cfg(16, 32, 64, 4, 2, SPLIT_K=1)]
-W6A8_INTERPRET = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 256, "SPLIT_K": 1}
-W6A8_GEMV_INTERPRET = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128, "SPLIT_K": 2}
+# Both GEMVs are weight-bandwidth bound, so W6A8's searches W4A16's shapes.
+W6A8_GEMV_HOPPER, W6A8_GEMV_AMPERE, W6A8_GEMV_FALLBACK = W4A16_GEMV_HOPPER, W4A16_GEMV_AMPERE, W4A16_GEMV_FALLBACK
+W6A8_INTERPRET = dict(W4A16_INTERPRET)
+W6A8_GEMV_INTERPRET = dict(W4A16_GEMV_INTERPRET)
 
 
 def gpu_family() -> str:

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from brainfm.cli import main
 from brainfm.data.datamodule import DecodingDataModule
@@ -259,3 +260,23 @@ def test_finetune_configs_through_the_cli(small_sample, encoder_file, tmp_path, 
         main(["test", *reset, f"--ckpt_path={ckpt}"])
     assert set(load_decoder(tmp_path / "runs/finetune-eegmat-reset/csv/version_0/decoder.safetensors").subjects.channels) \
         == {"eegmat32"}
+
+
+def test_recipe_config_fine_tunes_the_shipped_encoder(small_sample, tmp_path, monkeypatch):
+    """configs/finetune/eegmat-recipe.yaml: the shipped recipe encoder, alignment and label-free token
+    statistics, as the ``recipe`` results row; the decoder keeps both kinds of subject statistics."""
+    config = ROOT / "configs/finetune/eegmat-recipe.yaml"
+    init_from = yaml.safe_load(config.read_text())["model"]["init_args"]["init_from"]
+    assert (ROOT / init_from).exists(), f"{config.name} starts from {init_from}, which is not in the repository"
+    _, store = small_sample
+    monkeypatch.setattr(sys, "argv", ["brainfm"])
+    monkeypatch.chdir(tmp_path)
+    assert not main(["fit", "--config", str(config), "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+                     f"--data.init_args.store={store}", "--data.init_args.batch_size=8",
+                     '--data.init_args.split={"train": ["eegmat00", "eegmat01"], "val": ["eegmat28"], "test": ["eegmat32"]}',
+                     f"--model.init_from={ROOT / init_from}", "--model.token_stats_windows=16",
+                     "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2"])
+    decoder = load_decoder(tmp_path / "runs/finetune-eegmat-recipe/csv/version_0/decoder.safetensors")
+    assert decoder.config.name == "small"
+    assert json.loads(decoder.normalization[1])["method"] == "align"
+    assert {"eegmat00", "eegmat01", "eegmat28"} <= set(decoder.subjects.channels)  # token statistics per subject

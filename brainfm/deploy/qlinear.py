@@ -76,16 +76,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("smooth", torch.ones(in_features) if smooth else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None, *options, **kw_options) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, smooth: torch.Tensor | None = None, **options) -> "QuantLinear":
         """Quantize ``linear``; ``smooth`` (``(in_features,)``) is the activation multiplier, and
-        ``options`` are the subclass's own constructor arguments (``activation``, ``group_size``).
+        ``options`` are the subclass's own keyword arguments (``activation``, ``group_size``).
 
         The weight quantized is ``W diag(1 / smooth)``, so that ``W' (x * smooth) = W x``
         before rounding.
         """
         w = linear.weight.detach().float()
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None,
-                    *options, **kw_options)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, smooth is not None, **options)
         if smooth is not None:
             w = w / smooth.float()[None, :]
             layer.smooth.copy_(smooth.float())

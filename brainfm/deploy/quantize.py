@@ -238,11 +238,11 @@ def _quant_layer(linear: nn.Linear, kind: str, st: LinearStats | None, smooth: b
         else:
             multiplier, used_alpha = awq_multiplier(st.mean_abs, float(alpha)), float(alpha)
     if kind == "w8a8":
-        q: QuantLinear = W8A8Linear.from_float(linear, multiplier, activation)
+        q: QuantLinear = W8A8Linear.from_float(linear, multiplier, activation=activation)
     elif kind == "w6a8":
-        q = W6A8Linear.from_float(linear, multiplier, activation)
+        q = W6A8Linear.from_float(linear, multiplier, activation=activation)
     else:
-        q = W4A16Linear.from_float(linear, multiplier, group_size)
+        q = W4A16Linear.from_float(linear, multiplier, group_size=group_size)
     return q, multiplier, used_alpha
 
 

@@ -56,8 +56,9 @@ from _pagecache import drop_page_cache, files_under, resident_bytes
 from torch.utils.data import DataLoader
 
 from brainfm.data import FixedWindows, ShuffledWindows, collate_windows, shard_codec
-from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, read_manifest, rewrite_recording, store_lock,
-                                upgrade_store)
+from brainfm.data.store import CHUNK_CACHE, FORMAT_VERSION, read_manifest
+from brainfm.data.store_lock import store_lock
+from brainfm.data.store_write import rewrite_recording, upgrade_store
 from brainfm.pipelines.convert import convert
 
 WINDOW_S = 5.0

@@ -363,7 +363,7 @@ def _check_convert_args(args: argparse.Namespace) -> None:
 
 
 def _upgrade(store: str) -> int:
-    from brainfm.data.store import upgrade_store  # noqa: PLC0415
+    from brainfm.data.store_write import upgrade_store  # noqa: PLC0415
 
     outcomes = upgrade_store(store)
     damaged = {rid: why for rid, why in outcomes.items() if why != "upgraded"}
@@ -464,7 +464,7 @@ def _export_hdf5(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from brainfm.data.store import verify_store  # noqa: PLC0415
+    from brainfm.data.store_verify import verify_store  # noqa: PLC0415
 
     result = verify_store(args.store, quick=args.quick)
     if args.json:

@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from brainfm.data import store as shard
+from brainfm.data.store_write import write_recording
 from brainfm.pipelines import bold
 from brainfm.pipelines.bids_io import ConversionError, safe_relative, short
 from brainfm.pipelines.presets import FmriPreset
@@ -467,7 +468,7 @@ def convert_func_recording(bids_root: str, path: FuncPath, store_url: str, prese
                         "line_freq": None, "detrend": regressors["detrend"]},
             "line_freq": None, "first_time": 0.0, "bold": bold_attrs, "dropped_channels": {},
         }
-        entry = shard.write_recording(store_url, rid, cleaned, spec, attrs, events=read_events(path),
+        entry = write_recording(store_url, rid, cleaned, spec, attrs, events=read_events(path),
                                       chunk_seconds=preset.chunk_seconds, extra_channel_attrs=extra,
                                       quality={"flags": flags, "warnings": notes})
         entry["bold"] = {k: bold_attrs[k] for k in ("representation", "units", "tr", "space")}

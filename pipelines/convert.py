@@ -5,11 +5,11 @@ those already in the store with the same checksum and preset hash. The rest are
 converted in a local process pool (forked workers, see :func:`_pool_context`; one worker
 converts in this process), or on an existing Dask cluster given by its scheduler address,
 each writing its recording
-atomically (:func:`brainfm.data.store.write_recording`). As they finish, the driver
+atomically (:func:`brainfm.data.store_write.write_recording`). As they finish, the driver
 adds them to the manifest and rewrites it atomically (at most once a second, and at the
 end), so a run killed at any point leaves a valid store that the next run completes.
 
-The run holds the store's writer lock (:func:`brainfm.data.store.store_lock`) throughout, so
+The run holds the store's writer lock (:func:`brainfm.data.store_lock.store_lock`) throughout, so
 a second run into the same store waits or fails naming the first, and the start-up cleanup of
 temporaries never touches a live run's. Before skipping a recording it checks that the stored
 files exist with their sizes (``verify=True``: their SHA-256), and re-makes it otherwise.
@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from brainfm.data import store as shard
+from brainfm.data.store_lock import store_lock
+from brainfm.data.store_verify import verify_recording
+from brainfm.data.store_write import (commit, drop_stale_target_sets, manifest_for_preset, remove_stale_temporaries,
+                                      write_recording)
 from brainfm.pipelines import bids_func, bids_io
 from brainfm.pipelines.presets import FmriPreset, Preset, get_preset
 from brainfm.pipelines.preprocess import preprocess, quality_flags, to_physical_units
@@ -132,7 +136,7 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
             "bads": list(raw.info["bads"]),
             "coil_types": [int(ch["coil_type"]) for ch in raw.info["chs"]],
         }
-        entry = shard.write_recording(
+        entry = write_recording(
             store_url,
             bids_io.recording_id(bids_path),
             data,
@@ -274,7 +278,7 @@ def convert(
     wait : float or None
         Seconds to wait for another writer's lock on the store (0: fail at once, None: for ever).
     verify : bool
-        Check every up-to-date recording's SHA-256 sums (:func:`brainfm.data.store.verify_store`)
+        Check every up-to-date recording's SHA-256 sums (:func:`brainfm.data.store_verify.verify_store`)
         before skipping it; by default only that its files exist with their sizes.
 
     Recordings are re-made when their source or the preset changed, when their stored files
@@ -289,15 +293,15 @@ def convert(
     preset = get_preset(preset)
     bids_root, store_url = str(Path(bids_root).resolve()), str(store_url)
     paths = [p for p in _discover(bids_root, preset) if limit is None or limit(p)]
-    with shard.store_lock(store_url, timeout=wait, command="convert"):
-        manifest = shard.manifest_for_preset(store_url, preset.to_dict(), preset.hash,
+    with store_lock(store_url, timeout=wait, command="convert"):
+        manifest = manifest_for_preset(store_url, preset.to_dict(), preset.hash,
                                              "convert with that preset or into a new store")
         manifest["format_version"] = shard.FORMAT_VERSION
-        shard.remove_stale_temporaries(store_url)
+        remove_stale_temporaries(store_url)
         report = ConversionReport(bids_root, store_url, preset.name, preset.hash)
         previous: dict[str, Any] = {}
         todo, doomed = _plan(paths, manifest, store_url, preset, report, prune=prune, verify=verify, previous=previous)
-        shard.commit(store_url, manifest)
+        commit(store_url, manifest)
         fs, _ = shard.store_fs(store_url)
         for group in doomed:  # unlisted first, so no reader ever follows the manifest into a hole
             if fs.exists(group):
@@ -314,13 +318,13 @@ def convert(
             for result in _run(todo, bids_root, store_url, preset, n_workers, scheduler):
                 _record(result, manifest, report, previous, store_url)
                 if result["ok"] and time.monotonic() - last_commit >= COMMIT_EVERY_S:
-                    shard.commit(store_url, manifest)
+                    commit(store_url, manifest)
                     last_commit = time.monotonic()
                 bar.update()
                 if interrupted():
                     break
         bar.close()
-        shard.commit(store_url, manifest)
+        commit(store_url, manifest)
     report.converted.sort()
     report.seconds = time.perf_counter() - t0
     _write_report(store_url, report)
@@ -340,7 +344,7 @@ def _record(result: dict[str, Any], manifest: dict[str, Any], report: Conversion
         return
     failure = {k: result[k] for k in ("id", "source", "error")}
     old = previous.get(result["id"])
-    if old is not None and not shard.verify_recording(store_url, result["id"], old, quick=True)[0]:
+    if old is not None and not verify_recording(store_url, result["id"], old, quick=True)[0]:
         # its source changed and no longer converts: keep what was stored, listed
         manifest["recordings"][result["id"]] = old
         failure["error"] += "; the recording stored from the previous source is kept"
@@ -430,14 +434,14 @@ def _plan(paths, manifest: dict[str, Any], store_url: str, preset: Preset, repor
             report.removed.append(rid)
         else:
             report.orphaned.append(rid)
-    report.dropped_target_sets = shard.drop_stale_target_sets(manifest, changed + report.removed)
+    report.dropped_target_sets = drop_stale_target_sets(manifest, changed + report.removed)
     return todo, doomed
 
 
 def _stored_problems(store_url: str, rid: str, entry: dict[str, Any], deep: bool) -> list[str]:
     """Why an up-to-date entry must be re-made: what the store's check finds (format 1: that a
     chunk is missing, or with ``deep`` does not decode)."""
-    return shard.verify_recording(store_url, rid, entry, quick=not deep)[0]
+    return verify_recording(store_url, rid, entry, quick=not deep)[0]
 
 
 def _write_report(store_url: str, report: ConversionReport) -> None:

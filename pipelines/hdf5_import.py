@@ -20,7 +20,7 @@ taken as the producer preprocessed it; what conversion adds is kept:
 The store's preset (manifest ``preset``, ``name: "hdf5-import"``) is built from the file's rate and
 band-pass, so a store holds one rate and band; a group that differs is refused, naming it, and
 importing into a store made by another preset (``brainfm convert``) is refused as convert refuses
-it. Each recording is written atomically (:func:`brainfm.data.store.write_recording`) and listed
+it. Each recording is written atomically (:func:`brainfm.data.store_write.write_recording`) and listed
 only once complete, under the store's writer lock; the manifest is committed at most once a second
 and whenever the run stops, so an interrupted or killed import leaves a valid store, and the next
 run removes what the dead writer left, skips what is up to date and imports the rest.
@@ -42,6 +42,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from brainfm.data import store as shard
+from brainfm.data.store_lock import store_lock
+from brainfm.data.store_verify import verify_recording
+from brainfm.data.store_write import (commit, drop_stale_target_sets, manifest_for_preset, remove_stale_temporaries,
+                                      write_recording)
 from brainfm.data.hdf5 import DATASET, ENTITY_ATTRS, Hdf5Recording, scan
 from brainfm.pipelines import bids_io
 from brainfm.pipelines.convert import COMMIT_EVERY_S
@@ -166,7 +170,7 @@ def import_recording(rec: Hdf5Recording, store_url: str, preset: Preset, scale: 
                  "group_attrs": rec.group_attrs, "scale": scale},
     }
     spec = SensorSpec(rec.ch_names, types, loc, rec.sfreq)
-    entry = shard.write_recording(store_url, rec.group, signal, spec, attrs, chunk_seconds=preset.chunk_seconds,
+    entry = write_recording(store_url, rec.group, signal, spec, attrs, chunk_seconds=preset.chunk_seconds,
                                   quality={"flags": flags, "warnings": warnings})
     return entry, warnings
 
@@ -219,11 +223,11 @@ def import_hdf5(path: str | os.PathLike, store_url: str | os.PathLike, dataset: 
         return report
     preset = hdf5_preset(recordings[0], chunk_seconds)
     report.preset_hash = preset.hash
-    with shard.store_lock(store_url, timeout=wait, command="import-hdf5"):
-        manifest = shard.manifest_for_preset(
+    with store_lock(store_url, timeout=wait, command="import-hdf5"):
+        manifest = manifest_for_preset(
             store_url, preset.to_dict(), preset.hash,
             f"{path} needs {preset.description!r} (hash {preset.hash}); import into a new store")
-        shard.remove_stale_temporaries(store_url)
+        remove_stale_temporaries(store_url)
         changed: list[str] = []
         positions: dict = {}
         last_commit = float("-inf")
@@ -232,12 +236,12 @@ def import_hdf5(path: str | os.PathLike, store_url: str | os.PathLike, dataset: 
                 if _import_group(rec, store_url, manifest, preset, report, scale, keep_unpositioned, positions):
                     changed.append(rec.group)
                 if changed and time.monotonic() - last_commit >= COMMIT_EVERY_S:
-                    report.dropped_target_sets += shard.drop_stale_target_sets(manifest, changed)
-                    shard.commit(store_url, manifest)
+                    report.dropped_target_sets += drop_stale_target_sets(manifest, changed)
+                    commit(store_url, manifest)
                     last_commit = time.monotonic()
         finally:  # whatever stopped the run, list what was written completely
-            report.dropped_target_sets += shard.drop_stale_target_sets(manifest, changed)
-            shard.commit(store_url, manifest)
+            report.dropped_target_sets += drop_stale_target_sets(manifest, changed)
+            commit(store_url, manifest)
     report.seconds = time.perf_counter() - t0
     _write_report(store_url, report)
     return report
@@ -255,19 +259,19 @@ def _import_group(rec: Hdf5Recording, store_url: str, manifest: dict[str, Any], 
     checksum = source_checksum(rec, data, scale)
     done = manifest["recordings"].get(rec.group)
     if done and done.get("source_sha256") == checksum and done.get("preset_hash") == preset.hash \
-            and not shard.verify_recording(store_url, rec.group, done, quick=True)[0]:
+            and not verify_recording(store_url, rec.group, done, quick=True)[0]:
         report.skipped.append(rec.group)
         return False
     if done:  # stale: unlisted before it is rewritten, so readers never see a half-replaced group
         del manifest["recordings"][rec.group]
-        shard.commit(store_url, manifest)
+        commit(store_url, manifest)
     try:
         entry, warnings = import_recording(rec, store_url, preset, scale, keep_unpositioned, positions,
                                            data=data, checksum=checksum)
     except (bids_io.ConversionError, ValueError) as err:  # e.g. a group name that is no recording id
         message = str(err) if rec.file in str(err) else f"{rec.where}: {err}"
         failure = {"id": rec.group, "source": rec.file, "error": message}
-        if done and not shard.verify_recording(store_url, rec.group, done, quick=True)[0]:
+        if done and not verify_recording(store_url, rec.group, done, quick=True)[0]:
             manifest["recordings"][rec.group] = done  # refused before anything was replaced: keep it listed
             failure["error"] += "; the recording stored from the previous version is kept"
         report.failed.append(failure)

@@ -2,7 +2,7 @@
 
 For every recording, the target vector (:func:`brainfm.targets.compute_targets`) of each
 fixed window is computed here and written through the store's own target-set format
-(:func:`brainfm.data.store.write_target_table`, :func:`brainfm.data.store.add_target_set`;
+(:func:`brainfm.data.store_write.write_target_table`, :func:`brainfm.data.store_write.add_target_set`;
 the format is specified in :mod:`brainfm.data.store`). Windows come from
 :class:`~brainfm.data.FixedWindows` with the loader's default channel picking, so a window
 dataset with the same window, a stride that is a multiple of the stored one and
@@ -29,6 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from brainfm.data import store as shard
+from brainfm.data.store_lock import store_lock
+from brainfm.data.store_write import add_target_set, target_set_key, write_target_table
 from brainfm.data.dataset import FixedWindows, collate_windows
 from brainfm.data.normalize import fit_normalizer, normalization_entry
 from brainfm.targets import TargetSpec, compute_targets, target_names
@@ -62,7 +64,7 @@ def precompute_targets(store_url: str, window_s: float, stride_s: float | None =
     normalization = normalization_entry(normalize, stats_source, stats_seconds)
     if normalization is not None and stats_source == "running":
         raise ValueError("stats_source='running' is for live use; precomputed targets need 'session' or 'calibration'")
-    with shard.store_lock(store_url, timeout=wait, command="convert --targets"):
+    with store_lock(store_url, timeout=wait, command="convert --targets"):
         return _precompute(store_url, window_s, stride_s, spec, batch_size, progress, normalization)
 
 
@@ -80,7 +82,7 @@ def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: A
     spec = spec or TargetSpec()
     stride_s = stride_s or window_s
     spec_dict = json.loads(json.dumps(dataclasses.asdict(spec)))
-    key = shard.target_set_key(spec_dict, window_s, stride_s, normalization)
+    key = target_set_key(spec_dict, window_s, stride_s, normalization)
     store = shard.ShardStore(store_url)
     windows = FixedWindows(store, window_s, stride_s)  # leaves out recordings without a positioned channel
     if normalization is not None:
@@ -100,8 +102,8 @@ def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: A
             batch = collate_windows([windows[int(k)] for k in idx[lo : lo + batch_size]])
             y = compute_targets(batch["x"], windows.sfreq, batch["channel_mask"], batch["sensor_geometry"], spec)
             values[lo : lo + len(y)] = y.float().numpy()
-        shard.write_target_table(store, rid, key, values)
-    shard.add_target_set(store_url, key, spec=spec_dict, window_s=window_s, stride_s=stride_s, names=names,
+        write_target_table(store, rid, key, values)
+    add_target_set(store_url, key, spec=spec_dict, window_s=window_s, stride_s=stride_s, names=names,
                          positioned_only=windows.positioned_only, channel_types=windows.channel_types,
                          normalization=normalization, recordings=covered)
     return key

@@ -22,7 +22,8 @@ from brainfm.data import (
     random_split,
 )
 from brainfm.data.datamodule import DecodingDataModule, PretrainDataModule
-from brainfm.data.store import decode_signal, encode_signal, verify_store
+from brainfm.data.store import decode_signal, encode_signal
+from brainfm.data.store_verify import verify_store
 from brainfm.pipelines.targets import precompute_targets
 from brainfm.targets import TargetSpec, compute_targets
 

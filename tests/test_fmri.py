@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from brainfm.data.root import data_root
-from brainfm.data.store import FP16_MAX_REL_ERROR, ShardStore, verify_store
+from brainfm.data.store import FP16_MAX_REL_ERROR, ShardStore
+from brainfm.data.store_verify import verify_store
 from brainfm.models import ModelConfig
 from brainfm.models.encoder import BrainEncoder
 from brainfm.models.heads import ReconstructionHead

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 
 from brainfm.cli import main
-from brainfm.data import store as shard
+from brainfm.data import store_write
 from brainfm.data.hdf5 import Hdf5LayoutError, export_store, scan
-from brainfm.data.store import FP16_MAX_REL_ERROR, ShardStore, verify_store
+from brainfm.data.store import FP16_MAX_REL_ERROR, ShardStore
+from brainfm.data.store_verify import verify_store
+from brainfm.data.store_write import commit, new_manifest
 from brainfm.pipelines.hdf5_import import import_hdf5
 from brainfm.pipelines.presets import get_preset
 
@@ -139,7 +141,7 @@ def test_rerun_skips_up_to_date_and_other_presets_are_refused(labram_file, impor
     assert report.ok and sorted(report.skipped) == sorted(FILES) and not report.imported
     converted = tmp_path / "converted"  # a store `brainfm convert` started with its default preset
     preset = get_preset("eeg-fm")
-    shard.commit(str(converted), shard.new_manifest(preset.to_dict(), preset.hash))
+    commit(str(converted), new_manifest(preset.to_dict(), preset.hash))
     with pytest.raises(ValueError, match="built with preset 'eeg-fm'"):
         import_hdf5(labram_file[0], converted, progress=False)
 
@@ -222,7 +224,7 @@ def test_an_interrupted_import_never_lists_a_half_written_recording(labram_file,
     cleans up and completes the store."""
     path = labram_file[0]
     store = tmp_path / "store"
-    hashes, calls = shard._file_hashes, []
+    hashes, calls = store_write._file_hashes, []
 
     def interrupt_second(fs, group, array):
         calls.append(group)
@@ -230,7 +232,7 @@ def test_an_interrupted_import_never_lists_a_half_written_recording(labram_file,
             raise KeyboardInterrupt
         return hashes(fs, group, array)
 
-    monkeypatch.setattr(shard, "_file_hashes", interrupt_second)
+    monkeypatch.setattr(store_write, "_file_hashes", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         import_hdf5(path, store, progress=False)
     monkeypatch.undo()

@@ -25,8 +25,10 @@ from fsspec.implementations.local import LocalFileSystem
 from mne_bids import BIDSPath, read_raw_bids, write_raw_bids
 
 from brainfm.data import FixedWindows
-from brainfm.data.store import (ShardStore, StoreError, StoreLocked, commit, rewrite_recording, store_fs, store_lock,
-                                 verify_store)
+from brainfm.data.store import ShardStore, StoreError, StoreLocked, store_fs
+from brainfm.data.store_lock import store_lock
+from brainfm.data.store_verify import verify_store
+from brainfm.data.store_write import commit, rewrite_recording
 from brainfm.deploy import load, quantize, save_bundle
 from brainfm.models import BrainDecoder, ModelConfig
 from brainfm.pipelines.bids_io import (ConversionError, discover, recording_id, referenced_files, source_checksum,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from brainfm.data.store import ShardStore, commit, new_manifest
+from brainfm.data.store import ShardStore
+from brainfm.data.store_write import commit, new_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 PRETRAIN = ROOT / "configs/pretrain/quickstart.yaml"

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader
 from brainfm.cli import main
 from brainfm.data import FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.shard_codec import decode_shard_chunks, shard_layout
-from brainfm.data.store import (CHUNK_CACHE, FORMAT_VERSION, SIGNAL_BLOSC, ShardStore, StoreError, add_target_set,
-                                prefetch, read_manifest, rewrite_recording, store_lock, upgrade_store, verify_store,
-                                write_target_table)
+from brainfm.data.store import CHUNK_CACHE, FORMAT_VERSION, SIGNAL_BLOSC, ShardStore, StoreError, prefetch, read_manifest
+from brainfm.data.store_lock import store_lock
+from brainfm.data.store_verify import verify_store
+from brainfm.data.store_write import add_target_set, rewrite_recording, upgrade_store, write_target_table
 from brainfm.signal import collate_sensors
 
 REST = "sub-eegmat00_task-rest_eeg"

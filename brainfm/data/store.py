@@ -1,4 +1,9 @@
-"""The brainfm shard store: format specification, reader and atomic writer.
+"""The brainfm shard store: format specification and reader.
+
+The store's code lives in four modules, one concept each: this one (the format, reading,
+:class:`ShardStore`, :class:`Recording`), :mod:`brainfm.data.store_write` (the one write path:
+recordings, the manifest, upgrades, target sets), :mod:`brainfm.data.store_verify` (integrity
+checks) and :mod:`brainfm.data.store_lock` (the writers' lock).
 
 Format version 3
 ================
@@ -71,16 +76,16 @@ pins the attributes, and the attributes pin every byte of the signal (``files``)
 
 Shards
 ------
-Format 3 stores ``data`` with Zarr v3's ``sharding_indexed`` codec: chunks of ``chunk``
-samples (the preset's ``chunk_seconds``, Blosc :data:`SIGNAL_BLOSC`), grouped into
-shards of ``S`` samples, each shard one object ``data/c/0/<s>`` that holds its chunks
-followed by its index (per chunk, little-endian uint64 offset and length; then a CRC-32C of
-the index). ``S`` (:func:`shard_samples`) is the largest whole number of chunks whose decoded
-float32 signal fits :data:`READ_AHEAD_BYTES` (8 MiB; at least one chunk): an EEGMAT
-recording (19 channels, up to 180 s at 200 Hz) is one shard. Readers fetch a whole shard with
-one request and decode it (:mod:`brainfm.data.shard_codec`; many shards at once for a batch),
-which is what a cold read costs: one object per recording or per 8 MiB of signal instead of
-one per chunk. Any Zarr v3 reader reads the array as it is.
+Format 3 stores ``data`` with Zarr v3's ``sharding_indexed`` codec: chunks of ``chunk`` samples (the
+preset's ``chunk_seconds``, Blosc :data:`SIGNAL_BLOSC`), grouped into shards of ``S`` samples, each
+shard one object ``data/c/0/<s>`` that holds its chunks followed by its index (per chunk,
+little-endian uint64 offset and length; then a CRC-32C of the index). ``S``
+(:func:`~brainfm.data.store_write.shard_samples`) is the largest whole number of chunks whose
+decoded float32 signal fits :data:`READ_AHEAD_BYTES` (8 MiB; at least one chunk): an EEGMAT
+recording (19 channels, up to 180 s at 200 Hz) is one shard. Readers fetch a whole shard with one
+request and decode it (:mod:`brainfm.data.shard_codec`; many shards at once for a batch), which is
+what a cold read costs: one object per recording or per 8 MiB of signal instead of one per chunk.
+Any Zarr v3 reader reads the array as it is.
 
 Integrity
 ---------
@@ -91,22 +96,23 @@ Integrity
   it), so a NaN read back is a missing chunk; the format-3 fast path also refuses a shard whose
   index fails its CRC-32C or lists no chunk where the extent needs one. A chunk or shard that
   does not decode is an error naming its file, and so is a manifest that is not JSON.
-* :func:`verify_store` (``brainfm verify STORE``) checks every listed recording: the group
-  exists, its ``zarr.json`` hashes to ``group_sha256``, and every file of ``files`` exists with
-  its size and SHA-256; every listed target set has its array in every recording it covers.
-  ``quick=True`` (what ``brainfm convert`` runs before skipping a recording) checks existence
-  and sizes only. ``convert`` re-makes every recording that fails, and unlists an entry whose
-  group is gone.
-* Format-1 stores (no ``files``, fill value 0, all-zero chunks not written) still read. For
-  them a reader lists the chunk files at the first read and a missing one is an error (an
-  all-zero chunk that format 1 never wrote is reported as missing too: on preprocessed
-  recordings it does not occur); :func:`verify_store` checks that every chunk exists and
-  decodes and reports ``format 1: no recorded hashes`` for each. ``brainfm convert`` keeps
-  format-1 recordings that pass that check (re-making a whole store under readers that use it
-  would be worse), writes new ones in the current format and a current manifest; an entry
-  without ``format_version`` is format 1. ``brainfm convert --upgrade STORE``
-  (:func:`upgrade_store`) rewrites every older recording in format 3 from its stored float16
-  (bit-identical signal, no BIDS source needed), each atomically, after checking it.
+* :func:`~brainfm.data.store_verify.verify_store` (``brainfm verify STORE``) checks every listed
+  recording: the group exists, its ``zarr.json`` hashes to ``group_sha256``, and every file of
+  ``files`` exists with its size and SHA-256; every listed target set has its array in every
+  recording it covers. ``quick=True`` (what ``brainfm convert`` runs before skipping a recording)
+  checks existence and sizes only. ``convert`` re-makes every recording that fails, and unlists an
+  entry whose group is gone.
+* Format-1 stores (no ``files``, fill value 0, all-zero chunks not written) still read. For them a
+  reader lists the chunk files at the first read and a missing one is an error (an all-zero chunk
+  that format 1 never wrote is reported as missing too: on preprocessed recordings it does not
+  occur); :func:`~brainfm.data.store_verify.verify_store` checks that every chunk exists and decodes
+  and reports ``format 1: no recorded hashes`` for each. ``brainfm convert`` keeps format-1
+  recordings that pass that check (re-making a whole store under readers that use it would be
+  worse), writes new ones in the current format and a current manifest; an entry without
+  ``format_version`` is format 1. ``brainfm convert --upgrade STORE``
+  (:func:`~brainfm.data.store_write.upgrade_store`) rewrites every older recording in format 3 from
+  its stored float16 (bit-identical signal, no BIDS source needed), each atomically, after checking
+  it.
 
 Signal quality
 --------------
@@ -123,16 +129,16 @@ records what it decided in ``quality``; ``docs/reliability.md`` has the table:
 
 Locking
 -------
-Every writer of a store (``brainfm convert``, ``--targets``) holds :func:`store_lock` for the
-whole run. On local disk it is an OS lock (``flock`` through :mod:`filelock`) on
-``STORE/.lock``: the kernel releases it when the process dies, so a killed run never leaves a
-stale lock, and start-up cleanup of ``.tmp-*`` names, which runs only under the lock, can
-never delete a live run's temporaries. On object stores, which have no locks, the
-equivalent is a lease: ``STORE/.lock.json`` created with a conditional put (``If-None-Match:
-*`` on S3, :meth:`fsspec.AbstractFileSystem.pipe_file` ``mode="create"``), its ``heartbeat``
-rewritten every :data:`LEASE_HEARTBEAT_S`; a lease whose heartbeat is older than
-:data:`LEASE_STALE_S` belongs to a dead writer and is taken over. A second writer waits up to
-its timeout, then fails naming the holder.
+Every writer of a store (``brainfm convert``, ``--targets``) holds
+:func:`~brainfm.data.store_lock.store_lock` for the whole run. On local disk it is an OS lock
+(``flock`` through :mod:`filelock`) on ``STORE/.lock``: the kernel releases it when the process
+dies, so a killed run never leaves a stale lock, and start-up cleanup of ``.tmp-*`` names, which
+runs only under the lock, can never delete a live run's temporaries. On object stores, which have no
+locks, the equivalent is a lease: ``STORE/.lock.json`` created with a conditional put
+(``If-None-Match: *`` on S3, :meth:`fsspec.AbstractFileSystem.pipe_file` ``mode="create"``), its
+``heartbeat`` rewritten every :data:`~brainfm.data.store_lock.LEASE_HEARTBEAT_S`; a lease whose
+heartbeat is older than :data:`~brainfm.data.store_lock.LEASE_STALE_S` belongs to a dead writer and
+is taken over. A second writer waits up to its timeout, then fails naming the holder.
 
 Target sets
 -----------
@@ -146,27 +152,27 @@ as the array ``targets-<key>`` of shape ``(n_windows, K)``. Its manifest entry::
                           "normalization": null | {"method": m, "source": s, "seconds": s | null},
                           "recordings": null | [recording ids]}}
 
-``key`` is :func:`target_set_key` of (spec, window_s, stride_s, normalization). Targets of a set
-with ``normalization`` were computed from windows normalised per subject
-(:mod:`brainfm.data.normalize`: method, source of statistics, calibration seconds), so they match
-a loader that normalises the same way (``PretrainDataModule(normalize=...)``). Statistics need
+``key`` is :func:`~brainfm.data.store_write.target_set_key` of (spec, window_s, stride_s,
+normalization). Targets of a set with ``normalization`` were computed from windows normalised per
+subject (:mod:`brainfm.data.normalize`: method, source of statistics, calibration seconds), so they
+match a loader that normalises the same way (``PretrainDataModule(normalize=...)``). Statistics need
 one montage per subject, so such a set may cover only the ``recordings`` listed (``null``: all of
-them; a set of windows as stored lists them too when the loader's picking leaves a recording
-out, e.g. one without a positioned channel). Each array is written under a
-temporary name and renamed (:func:`write_target_table`); the manifest lists the set
-(:func:`add_target_set`) only after every recording has its array, so readers never see a
-partial set. Windows use the loader's channel picking (``positioned_only``, ``channel_types``),
-so a window dataset with the same window and picks, a stride that is a multiple of the stored
-one and ``targets=key`` reads exactly the targets it would compute itself
-(:meth:`Recording.read_targets`). A conversion that adds or re-makes a recording unlists
-every set (:func:`drop_stale_target_sets`), since the new group has no array for it.
+them; a set of windows as stored lists them too when the loader's picking leaves a recording out,
+e.g. one without a positioned channel). Each array is written under a temporary name and renamed
+(:func:`~brainfm.data.store_write.write_target_table`); the manifest lists the set
+(:func:`~brainfm.data.store_write.add_target_set`) only after every recording has its array, so
+readers never see a partial set. Windows use the loader's channel picking (``positioned_only``,
+``channel_types``), so a window dataset with the same window and picks, a stride that is a multiple
+of the stored one and ``targets=key`` reads exactly the targets it would compute itself
+(:meth:`Recording.read_targets`). A conversion that adds or re-makes a recording unlists every set
+(:func:`~brainfm.data.store_write.drop_stale_target_sets`), since the new group has no array for it.
 
 Writing
 -------
 Every array of the store (a recording's group, a target table) goes through one path,
-:func:`_write_atomically`: written under a ``.tmp-*`` name, renamed when complete, removed if
-the writer fails. The manifest is replaced atomically by :func:`commit` (temporary file, then
-rename).
+:func:`~brainfm.data.store_write._write_atomically`: written under a ``.tmp-*`` name, renamed when
+complete, removed if the writer fails. The manifest is replaced atomically by
+:func:`~brainfm.data.store_write.commit` (temporary file, then rename).
 
 Signal encoding
 ---------------
@@ -237,21 +243,15 @@ Format 1 is format 2 without ``files``, ``quality``, ``dropped_channels`` and th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
-import math
 import os
-import socket
 import threading
-import time
 import uuid
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable
 
-import filelock
 import fsspec
 import numpy as np
 import torch
@@ -265,14 +265,8 @@ FORMAT = "brainfm-shards"
 FORMAT_VERSION = 3
 #: Format versions this brainfm reads (see "Older formats" above).
 READABLE_VERSIONS = (1, 2, 3)
-#: Format versions :func:`write_recording` writes (2 only to make older stores, e.g. in tests).
+#: Format versions :func:`~brainfm.data.store_write.write_recording` writes (2 only to make older stores, e.g. in tests).
 WRITABLE_VERSIONS = (2, 3)
-LOCK = ".lock"
-LOCK_OWNER = ".lock.json"
-#: Object-store lease: the holder rewrites its heartbeat this often (s) ...
-LEASE_HEARTBEAT_S = 30.0
-#: ... and a lease whose heartbeat is older than this (s) belongs to a dead writer.
-LEASE_STALE_S = 300.0
 #: A channel whose peak exceeds this many times its median absolute value is flagged ``spikes``.
 #: On the small sample the largest ratio is 55 (EEGMAT, eye blinks); an electrode pop is 100-500.
 SPIKE_RATIO = 1e3
@@ -858,239 +852,6 @@ class ShardStore:
         }
 
 
-# --------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------
-def _jsonable_loc(loc: np.ndarray) -> list[list[float | None]]:
-    return [[float(v) if math.isfinite(v) else None for v in row] for row in loc]
-
-
-def write_recording(
-    store_url: str,
-    recording_id: str,
-    data: np.ndarray,
-    spec: SensorSpec,
-    attrs: Mapping[str, Any],
-    events: Events | None = None,
-    chunk_seconds: float = 30.0,
-    extra_channel_attrs: Mapping[str, Any] | None = None,
-    quality: Mapping[str, Any] | None = None,
-    format_version: int = FORMAT_VERSION,
-    keep_targets: bool = False,
-) -> dict[str, Any]:
-    """Write one recording atomically and return its manifest entry.
-
-    The group is written under ``recordings/.tmp-<id>-<uuid>``, its files hashed into the
-    ``files`` attribute, and renamed to ``recordings/<id>`` only when complete. The caller adds
-    the returned entry to the manifest (:func:`commit`); until then readers do not see the
-    recording. ``quality`` is ``{"flags": {channel: [reasons]}, "warnings": [...]}``.
-    ``format_version`` 3 (the default) shards ``data`` as :func:`shard_samples` says; 2 writes
-    one object per chunk (to make a store that older brainfm reads). ``keep_targets`` copies the
-    target arrays of the group being replaced into the new one before the rename (for
-    :func:`rewrite_recording`, which keeps the signal).
-    """
-    if format_version not in WRITABLE_VERSIONS:
-        raise ValueError(f"format_version {format_version} is not one of {list(WRITABLE_VERSIONS)}")
-    if "/" in recording_id or recording_id.startswith("."):
-        raise ValueError(f"invalid recording id {recording_id!r}")
-    if data.shape != (spec.n_channels, data.shape[1]):
-        raise ValueError(f"data shape {data.shape} does not match {spec.n_channels} channels")
-    fs, root = store_fs(store_url)
-    encoded, scale = encode_signal(data)
-    tmp = f"{root}/{RECORDINGS}/.tmp-{recording_id}-{uuid.uuid4().hex[:8]}"
-    final = f"{root}/{RECORDINGS}/{recording_id}"
-    chunk = max(1, int(round(chunk_seconds * spec.sfreq)))
-    events = events or Events(np.zeros(0), np.zeros(0), np.zeros(0, dtype=object))
-    quality = {"flags": {k: list(v) for k, v in (quality or {}).get("flags", {}).items()},
-               "warnings": list((quality or {}).get("warnings", []))}
-    loc_array = spec.n_channels > LOC_ARRAY_CHANNELS
-    channels = {
-        "names": list(spec.ch_names),
-        "types": list(spec.ch_types),
-        "units": list(spec.units),
-        "loc": {"array": "channel_loc"} if loc_array else _jsonable_loc(spec.loc),
-        "scale": [float(s) for s in scale],
-        **dict(extra_channel_attrs or {}),
-    }
-    group_attrs = {
-        **dict(attrs),
-        "recording_id": recording_id,
-        "format_version": format_version,
-        "sfreq": spec.sfreq,
-        "n_samples": int(data.shape[1]),
-        "channels": channels,
-        "events": {
-            "onset": [float(x) for x in events.onset],
-            "duration": [float(x) for x in events.duration],
-            "label": [str(x) for x in events.label],
-        },
-        "quality": quality,
-    }
-    written: dict[str, Any] = {}
-
-    def write() -> None:
-        fs.makedirs(f"{root}/{RECORDINGS}", exist_ok=True)
-        group = zarr.open_group(zarr_store(fs, tmp), mode="w", zarr_format=3, attributes=group_attrs)
-        inner = (encoded.shape[0], min(chunk, max(1, encoded.shape[1])))
-        arr = group.create_array(
-            "data",
-            shape=encoded.shape,
-            chunks=inner,
-            shards=(inner[0], shard_samples(inner[0], inner[1])) if format_version >= 3 else None,
-            dtype="float16",
-            fill_value=np.nan,  # a missing chunk reads as NaN, which the signal never is
-            config={"write_empty_chunks": True},  # every chunk of the extent exists
-            compressors=blosc_codec(),
-        )
-        arr[...] = encoded
-        files_of = ["data"]
-        if loc_array:
-            table = group.create_array("channel_loc", shape=spec.loc.shape, chunks=spec.loc.shape, dtype="float64",
-                                       compressors=blosc_codec())
-            table[...] = spec.loc
-            files_of.append("channel_loc")
-        if keep_targets and fs.exists(final):
-            for old in fs.ls(final, detail=False):
-                if _name(old).startswith(TARGETS_PREFIX):
-                    fs.copy(old, f"{tmp}/{_name(old)}", recursive=True)
-        fs.invalidate_cache()
-        group.attrs.update({"files": {k: v for a in files_of for k, v in _file_hashes(fs, tmp, a).items()}})
-        written["group_sha256"] = hashlib.sha256(fs.cat_file(f"{tmp}/zarr.json")).hexdigest()
-        written["n_chunks"] = -(-encoded.shape[1] // arr.chunks[1]) if encoded.shape[1] else 0
-        if format_version >= 3:
-            written["n_shards"] = -(-encoded.shape[1] // arr.shards[1]) if encoded.shape[1] else 0
-
-    _write_atomically(fs, tmp, final, write)
-    counts: dict[str, int] = {}
-    for t in spec.ch_types:
-        counts[t] = counts.get(t, 0) + 1
-    return {
-        "path": f"{RECORDINGS}/{recording_id}",
-        **{k: attrs.get(k) for k in ("subject", "session", "task", "run", "datatype",
-                                     "source", "source_sha256", "preset_hash", "positions")},
-        "n_channels": spec.n_channels,
-        "n_samples": int(data.shape[1]),
-        "sfreq": spec.sfreq,
-        "ch_type_counts": counts,
-        "n_events": len(events),
-        "format_version": format_version,
-        **written,
-        "flagged_channels": quality["flags"],
-        "n_warnings": len(quality["warnings"]),
-    }
-
-
-#: Group attributes :func:`write_recording` sets itself (the rest are the caller's ``attrs``).
-_WRITER_ATTRS = ("recording_id", "format_version", "sfreq", "n_samples", "channels", "events", "quality", "files")
-_CHANNEL_ATTRS = ("names", "types", "units", "loc", "scale")
-
-
-def rewrite_recording(store_url: str, recording_id: str, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
-    """Rewrite a listed recording in ``format_version`` from its stored signal, atomically, and
-    list the new group in the manifest; return its entry.
-
-    The float16 signal is bit-identical (checked before the manifest changes), as are the
-    attributes, events, quality and target arrays. Call it under :func:`store_lock`.
-    """
-    store = ShardStore(store_url)
-    entry = store.entry(recording_id)
-    rec = store.recording(recording_id)
-    signal = rec.read_all()
-    attrs = {k: v for k, v in rec.attrs.items() if k not in _WRITER_ATTRS}
-    channels = rec.attrs["channels"]
-    new = write_recording(
-        store_url, recording_id, signal, rec.spec, attrs, rec.events, chunk_seconds=rec.chunk / rec.sfreq,
-        extra_channel_attrs={k: v for k, v in channels.items() if k not in _CHANNEL_ATTRS},
-        quality=rec.attrs.get("quality"), format_version=format_version, keep_targets=True,
-    )
-    again = ShardStore(store_url)  # the manifest still lists the entry; the group is the new one
-    if not np.array_equal(again.recording(recording_id).read_all(), signal):
-        raise StoreError(f"{store_url}/{entry['path']}: rewritten signal differs from the original")
-    manifest = read_manifest(store_url)
-    merged = {**entry, **new}
-    if format_version < 3:
-        merged.pop("n_shards", None)
-    manifest["recordings"][recording_id] = merged
-    commit(store_url, manifest)
-    return merged
-
-
-def upgrade_store(store_url: str, progress: Callable[[str, str], None] | None = None) -> dict[str, str]:
-    """``brainfm convert --upgrade``: rewrite every recording older than :data:`FORMAT_VERSION`
-    in the current format (:func:`rewrite_recording`), under the writer's lock.
-
-    Each recording is checked first (:func:`verify_recording`); a damaged one is left as it is
-    and reported. Returns ``{recording id: "upgraded" | "damaged: <problems>"}``; recordings
-    already current are not listed. ``progress(recording_id, outcome)`` is called for each.
-    """
-    with store_lock(store_url, command="convert --upgrade"):
-        manifest = read_manifest(store_url)
-        if manifest is None:
-            raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
-        out: dict[str, str] = {}
-        for rid, entry in sorted(manifest["recordings"].items()):
-            if entry.get("format_version", 1) >= FORMAT_VERSION:
-                continue
-            problems, _ = verify_recording(store_url, rid, entry)
-            if problems:
-                out[rid] = "damaged: " + "; ".join(problems)
-            else:
-                rewrite_recording(store_url, rid)
-                out[rid] = "upgraded"
-            if progress is not None:
-                progress(rid, out[rid])
-        if out:
-            manifest = read_manifest(store_url)
-            manifest["format_version"] = FORMAT_VERSION
-            commit(store_url, manifest)
-        return out
-
-
-def shard_samples(n_channels: int, chunk: int) -> int:
-    """Samples per format-3 shard: as many whole chunks as fit in :data:`READ_AHEAD_BYTES`
-    decoded (float32), at least one; one shard is what a reader fetches at a time."""
-    return chunk * max(1, READ_AHEAD_BYTES // (4 * n_channels * chunk))
-
-
-def _file_hashes(fs: fsspec.AbstractFileSystem, group: str, array: str) -> dict[str, list]:
-    """``{path relative to the group: [bytes, sha256]}`` for every file of ``group/array``."""
-    out = {}
-    for path in sorted(fs.find(f"{group}/{array}")):
-        body = fs.cat_file(path)
-        out[path[len(group) + 1:]] = [len(body), hashlib.sha256(body).hexdigest()]
-    return out
-
-
-def _write_atomically(fs: fsspec.AbstractFileSystem, tmp: str, final: str, write: Callable[[], None]) -> None:
-    """The store's one write path: ``write()`` fills ``tmp``, which then replaces ``final``.
-
-    A stale, unlisted copy at ``final`` (from an interrupted run) is removed first; if
-    anything fails, ``tmp`` is removed and the error propagates.
-    """
-    try:
-        write()
-        fs.invalidate_cache()  # Zarr wrote through its own filesystem instance; drop stale listings
-        if fs.exists(final):
-            fs.rm(final, recursive=True)
-        move_tree(fs, tmp, final)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
-        raise
-
-
-def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
-    """Rename a folder: one atomic rename on local disk; on object stores, which have no
-    folders, copy every object then delete the sources (the manifest, not the rename,
-    is what makes a recording visible, so this needs no atomicity)."""
-    if isinstance(fs, LocalFileSystem):
-        fs.mv(src, dst, recursive=True)
-        return
-    for path in fs.find(src):
-        fs.copy(path, dst + path[len(src):])
-    fs.rm(src, recursive=True)
-
-
 def read_manifest(store_url: str) -> dict[str, Any] | None:
     """The store's manifest, or None when the store does not exist yet."""
     fs, root = store_fs(store_url)
@@ -1118,324 +879,3 @@ def _load_manifest(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] |
     if not isinstance(manifest.get("recordings"), dict):
         raise StoreError(f"{path} is corrupt (no recordings table); restore it or convert again")
     return manifest
-
-
-def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "preset": dict(preset),
-        "preset_hash": preset_hash,
-        "recordings": {},
-    }
-
-
-def manifest_for_preset(store_url: str, preset: Mapping[str, Any], preset_hash: str, hint: str) -> dict[str, Any]:
-    """The store's manifest, or a new one for ``preset``; a store built with another preset is refused.
-
-    ``hint`` ends the error message: what the writer (``convert``, ``import-hdf5``) suggests instead.
-    """
-    manifest = read_manifest(store_url)
-    if manifest is None:
-        return new_manifest(preset, preset_hash)
-    if manifest["preset_hash"] != preset_hash:
-        raise ValueError(f"store {store_url} was built with preset {manifest['preset'].get('name')!r} "
-                         f"(hash {manifest['preset_hash']}); {hint}")
-    return manifest
-
-
-def commit(store_url: str, manifest: Mapping[str, Any]) -> None:
-    """Atomically replace the store's manifest (write a temporary file, then rename).
-
-    The temporary file is removed if the write fails (a stray one, from a killed writer, is
-    removed by :func:`remove_stale_temporaries`).
-    """
-    fs, root = store_fs(store_url)
-    fs.makedirs(root, exist_ok=True)
-    tmp = f"{root}/.{MANIFEST}.{uuid.uuid4().hex[:8]}"
-    try:
-        fs.pipe_file(tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        fs.mv(tmp, f"{root}/{MANIFEST}")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if fs.exists(tmp):
-                fs.rm(tmp)
-        raise
-
-
-def remove_stale_temporaries(store_url: str) -> list[str]:
-    """Delete what interrupted writers left: ``.tmp-*`` groups, ``.tmp-targets-*`` arrays inside
-    groups and ``.manifest.json.*`` files; return their paths.
-
-    Call it only while holding :func:`store_lock`, so no live writer's temporaries are touched.
-    """
-    fs, root = store_fs(store_url)
-    fs.invalidate_cache()
-
-    def names(folder: str) -> list[str]:
-        try:
-            return fs.ls(folder, detail=False)
-        except FileNotFoundError:
-            return []
-
-    base = f"{root}/{RECORDINGS}"
-    stale = [p for p in names(root) if _name(p).startswith(f".{MANIFEST}.")]
-    for group in names(base):
-        if _name(group).startswith(".tmp-"):
-            stale.append(group)
-        elif fs.isdir(group):
-            stale += [p for p in names(group) if _name(p).startswith(".tmp-")]
-    for p in stale:
-        fs.rm(p, recursive=True)
-    return stale
-
-
-def _name(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-# --------------------------------------------------------------------------------------
-# verification
-# --------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Verification:
-    """What :func:`verify_store` found: per recording id (or ``targets-<key>``), its problems."""
-
-    store: str
-    checked: int = 0
-    problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def verify_recording(store_url: str, recording_id: str, entry: Mapping[str, Any], quick: bool = False
-                     ) -> tuple[list[str], list[str]]:
-    """(problems, notes) of one listed recording; see "Integrity" in the module docstring."""
-    fs, root = store_fs(store_url)
-    group = f"{root}/{entry['path']}"
-    try:
-        meta = fs.cat_file(f"{group}/zarr.json")
-    except FileNotFoundError:
-        return [f"{group}: group missing"], []
-    try:
-        attrs = json.loads(meta)["attributes"]
-    except (ValueError, KeyError, TypeError) as err:
-        return [f"{group}/zarr.json is corrupt ({err})"], []
-    try:
-        present = {k: v["size"] for k, v in fs.find(f"{group}/data", detail=True).items()}
-        if isinstance((attrs.get("channels") or {}).get("loc"), dict):
-            present.update({k: v["size"] for k, v in fs.find(f"{group}/channel_loc", detail=True).items()})
-    except FileNotFoundError:
-        present = {}
-    problems: list[str] = []
-    if entry.get("format_version", 1) >= 2:
-        if hashlib.sha256(meta).hexdigest() != entry.get("group_sha256"):
-            problems.append(f"{group}/zarr.json differs from what was written (SHA-256)")
-        for rel, (size, digest) in (attrs.get("files") or {}).items():
-            path = f"{group}/{rel}"
-            if path not in present:
-                problems.append(f"{path}: missing")
-            elif present[path] != size:
-                problems.append(f"{path}: {present[path]} bytes, {size} written")
-            elif not quick and hashlib.sha256(fs.cat_file(path)).hexdigest() != digest:
-                problems.append(f"{path}: corrupt (SHA-256 differs from what was written)")
-        if not attrs.get("files"):
-            problems.append(f"{group}/zarr.json lists no files")
-        return problems, []
-    # format 1: no hashes; every chunk must exist (and decode)
-    notes = ["format 1: no recorded hashes; checked that every chunk exists" + ("" if quick else " and decodes")]
-    try:
-        rec = Recording(zarr.open_group(zarr_store(fs, group), mode="r"), recording_id, group, fs)
-    except (StoreError, ValueError, KeyError) as err:
-        return [str(err)], notes
-    n_chunks = -(-rec.n_samples // rec.chunk)
-    for k in range(n_chunks):
-        try:
-            if quick:
-                rec._check_chunk_files(k, k + 1)
-            else:
-                rec._decode(k, k + 1)
-        except StoreError as err:
-            problems.append(str(err).split("; the store is damaged")[0])
-    return problems, notes
-
-
-def verify_store(store_url: str, quick: bool = False, progress: Callable[[str], None] | None = None) -> Verification:
-    """Check every recording the manifest lists, and every listed target set (see "Integrity")."""
-    fs, root = store_fs(store_url)
-    manifest = _load_manifest(fs, root)
-    if manifest is None:
-        raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
-    out = Verification(str(store_url))
-    for rid, entry in sorted(manifest["recordings"].items()):
-        problems, notes = verify_recording(store_url, rid, entry, quick=quick)
-        out.checked += 1
-        if problems:
-            out.problems[rid] = problems
-        if notes:
-            out.notes[rid] = notes
-        if progress is not None:
-            progress(rid)
-    for key, target_entry in manifest.get("targets", {}).items():
-        covered = target_entry.get("recordings")
-        missing = [rid for rid, e in sorted(manifest["recordings"].items())
-                   if (covered is None or rid in covered) and not fs.exists(f"{root}/{e['path']}/{TARGETS_PREFIX}{key}/zarr.json")]
-        if missing:
-            out.problems[f"{TARGETS_PREFIX}{key}"] = [f"no array in {len(missing)} recording(s): {', '.join(missing[:5])}"]
-    return out
-
-
-def drop_stale_target_sets(manifest: dict[str, Any], changed: Iterable[str]) -> list[str]:
-    """Unlist every target set once a recording was added or re-made (its group has no array
-    for the set); return the keys dropped."""
-    if not list(changed) or not manifest.get("targets"):
-        return []
-    dropped = sorted(manifest.pop("targets"))
-    return dropped
-
-
-# --------------------------------------------------------------------------------------
-# locking
-# --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def store_lock(store_url: str, timeout: float | None = 0.0, command: str = "convert") -> Iterator[None]:
-    """Hold the store's writer lock (see "Locking" in the module docstring).
-
-    ``timeout``: seconds to wait for another writer (0: fail at once; None: wait for ever).
-    Raises :class:`StoreLocked` naming the holder when the wait ends.
-    """
-    fs, root = store_fs(store_url)
-    fs.makedirs(root, exist_ok=True)
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": uuid.uuid4().hex}
-    owner_path = f"{root}/{LOCK_OWNER}"
-    if isinstance(fs, LocalFileSystem):
-        lock = filelock.FileLock(f"{root}/{LOCK}", timeout=-1 if timeout is None else timeout,
-                                 preserve_lock_file=True)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise StoreLocked(_locked_message(fs, owner_path, store_url, timeout)) from None
-        try:
-            fs.pipe_file(owner_path, json.dumps(owner).encode())
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                fs.rm(owner_path)
-            lock.release()
-        return
-    with _lease(fs, owner_path, owner, store_url, timeout):
-        yield
-
-
-@contextlib.contextmanager
-def _lease(fs: fsspec.AbstractFileSystem, path: str, owner: dict[str, Any], store_url: str,
-           timeout: float | None) -> Iterator[None]:
-    """The object-store lock: a lease object created only if absent, kept alive by a heartbeat."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            fs.pipe_file(path, json.dumps({**owner, "heartbeat": time.time()}).encode(), mode="create")
-            break
-        except Exception:  # noqa: BLE001 - FileExistsError, or the store's "precondition failed"
-            fs.invalidate_cache()
-            holder = _read_json(fs, path)
-            if holder is None:
-                if fs.exists(path):
-                    raise
-                continue  # released meanwhile
-            if time.time() - float(holder.get("heartbeat", 0)) > LEASE_STALE_S:
-                fs.rm(path)  # a dead writer's lease
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StoreLocked(_locked_message(fs, path, store_url, timeout)) from None
-            time.sleep(1.0)
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(LEASE_HEARTBEAT_S):
-            current = _read_json(fs, path)
-            if current is None or current.get("token") != owner["token"]:
-                return  # taken over: this writer's lease is gone
-            fs.pipe_file(path, json.dumps({**owner, "heartbeat": time.time()}).encode())
-
-    thread = threading.Thread(target=beat, daemon=True, name="brainfm-store-lease")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        current = _read_json(fs, path)
-        if current is not None and current.get("token") == owner["token"]:
-            fs.rm(path)
-
-
-def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _locked_message(fs: fsspec.AbstractFileSystem, owner_path: str, store_url: str, timeout: float | None) -> str:
-    holder = _read_json(fs, owner_path) or {}
-    who = (f"brainfm {holder.get('command', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-           f"since {holder.get('started', '?')})") if holder else "another brainfm run"
-    waited = f" after waiting {timeout:g} s" if timeout else ""
-    return (f"{store_url} is being written by {who}{waited}; wait for it to finish, or pass --wait SECONDS "
-            "to wait for the lock")
-
-
-# --------------------------------------------------------------------------------------
-# target sets
-# --------------------------------------------------------------------------------------
-def target_set_key(spec: Mapping[str, Any], window_s: float, stride_s: float,
-                   normalization: Mapping[str, Any] | None = None) -> str:
-    """The key of a target set: a hash of its target spec (as JSON), window, stride and, for
-    targets of normalised windows, the normalisation (sets of raw windows keep their old keys)."""
-    fields = {"spec": spec, "window_s": window_s, "stride_s": stride_s}
-    if normalization is not None:
-        fields["normalization"] = dict(normalization)
-    payload = json.dumps(fields, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def write_target_table(store: ShardStore, recording_id: str, key: str, values: np.ndarray) -> None:
-    """Write one recording's ``(n_windows, K)`` targets of set ``key``, atomically.
-
-    Readers see it only once :func:`add_target_set` lists the set in the manifest.
-    """
-    fs, root = store_fs(store.url)
-    group_path = f"{root}/{store.entry(recording_id)['path']}"
-    tmp = f"{group_path}/.tmp-{TARGETS_PREFIX}{key}-{uuid.uuid4().hex[:8]}"
-    values = np.asarray(values, dtype=np.float32)
-
-    def write() -> None:
-        arr = zarr.create_array(zarr_store(fs, tmp), shape=values.shape, dtype="float32",
-                                chunks=(max(1, len(values)), values.shape[1]), zarr_format=3)
-        arr[...] = values
-
-    _write_atomically(fs, tmp, f"{group_path}/{TARGETS_PREFIX}{key}", write)
-
-
-def add_target_set(store_url: str, key: str, *, spec: Mapping[str, Any], window_s: float, stride_s: float,
-                   names: Sequence[str], positioned_only: bool = True,
-                   channel_types: Sequence[str] | None = None, normalization: Mapping[str, Any] | None = None,
-                   recordings: Sequence[str] | None = None) -> None:
-    """List target set ``key`` in the manifest (after every recording it covers has its table:
-    ``recordings``, or all of them when None)."""
-    manifest = read_manifest(store_url)
-    if manifest is None:
-        raise FileNotFoundError(f"{store_url} is not a brainfm store (no {MANIFEST})")
-    manifest.setdefault("targets", {})[key] = {
-        "spec": dict(spec), "window_s": window_s, "stride_s": stride_s, "names": list(names),
-        "positioned_only": positioned_only, "channel_types": None if channel_types is None else list(channel_types),
-        "normalization": None if normalization is None else dict(normalization),
-        "recordings": None if recordings is None else sorted(recordings),
-    }
-    commit(store_url, manifest)

@@ -1,8 +1,8 @@
 """Reading shard stores: windows, subject splits, subject-adaptive normalisation, the data
 summary and sampling helpers.
 
-The store format (:mod:`brainfm.data.store`) is written here too, by the conversion
-pipelines. Nothing here imports MNE or :mod:`brainfm.pipelines`; the LightningDataModules
+The store format (:mod:`brainfm.data.store`) is written here too (:mod:`brainfm.data.store_write`), by the
+conversion pipelines. Nothing here imports MNE or :mod:`brainfm.pipelines`; the LightningDataModules
 live in :mod:`brainfm.data.datamodule`.
 """
 

@@ -1,5 +1,5 @@
-"""Integrity checks of a shard store: ``brainfm verify`` and the checks ``convert`` runs before it
-skips a recording.
+"""Integrity checks of a shard store: ``brainfm verify``, and the checks writers (``convert``,
+``import-hdf5``, ``convert --upgrade``) run before they skip or rewrite a recording.
 
 What is checked is specified under "Integrity" in :mod:`brainfm.data.store`.
 """

@@ -3,7 +3,8 @@
 What is written is specified in :mod:`brainfm.data.store` ("Writing", "Target sets", "Older
 formats"). Every array goes through :func:`_write_atomically` (a ``.tmp-*`` name, renamed when
 complete, removed if the writer fails) and becomes visible only when :func:`commit` lists it in
-the manifest; callers hold :func:`brainfm.data.store_lock.store_lock`.
+the manifest; callers hold :func:`brainfm.data.store_lock.store_lock`, except
+:func:`upgrade_store`, which takes it itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The fMRI part of ``brainfm sample-data``: a BIDS ``func`` dataset from the real files.
 
-Built from ``fmri/`` under the data root (nitime's and nibabel's example data, BSD) into
+Built from ``fmri/`` under the data root (nitime's and nibabel's example data, BSD; fetched when
+missing, :func:`brainfm.pipelines.fetch.fetch_fmri`) into
 ``DEST/fmri/bids``, then converted into two stores::
 
     DEST/fmri/bids/
@@ -48,7 +49,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brainfm.data.root import data_root
+from brainfm.pipelines import fetch
 from brainfm.pipelines.convert import ConversionReport, convert
 
 _MARKER = ".brainfm-fmri-sample.json"
@@ -61,11 +62,9 @@ ATLAS_BLOCK = (2, 2, 3)
 
 
 def fmri_dir() -> Path:
-    """``fmri/`` under the data root, with a clear error when it is missing."""
-    folder = data_root() / "fmri"
-    if not (folder / "fmri1.nii.gz").exists():
-        raise FileNotFoundError(f"{folder} lacks the fMRI sample files (fmri1.nii.gz, ...); see ../shared/data/README.md")
-    return folder
+    """``fmri/`` under the data root, its files fetched when missing and verified
+    (:func:`brainfm.pipelines.fetch.fetch_fmri`)."""
+    return fetch.fetch_fmri()
 
 
 def _json(path: Path, doc: dict[str, Any]) -> None:

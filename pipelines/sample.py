@@ -17,6 +17,10 @@ BIDS subject              source                   content
 ``brainvision``           MNE BrainVision test     32 channels @ 1 kHz, markers
 ========================  =======================  ==========================================
 
+EEGMAT and EEGMMIDB are fetched when missing (:mod:`brainfm.pipelines.fetch`); the MEG/EEG format
+excerpts (the last five rows) are MNE test files that have no per-file download, so each one missing
+under the data root is left out, with a warning naming it, and the rest of the sample is built.
+
 EEGMAT channels are renamed from ``EEG Fp1`` to ``Fp1`` and its reference derivation
 and ECG retyped (``misc``, ``ecg``), so channels.tsv is right; it is re-exported as EDF
 (16-bit, error < 2 nV). Positions are *not* written for files that carry none: the
@@ -37,6 +41,7 @@ marked complete, so it never delays or invalidates that store. Its failures join
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -47,7 +52,7 @@ import filelock
 import mne
 from mne_bids import BIDSPath, write_raw_bids
 
-from brainfm.data.root import default_sample_dir
+from brainfm.data.root import data_root, default_sample_dir
 from brainfm.pipelines import fetch, fmri_sample
 from brainfm.pipelines.convert import ConversionReport, convert
 
@@ -56,6 +61,8 @@ EEGBCI_RUNS = tuple(range(2, 15))
 _MARKER = ".brainfm-sample.json"
 #: Written into DEST when the sample store is complete (see the module docstring).
 _STORE_MARKER = ".brainfm-sample-store.json"
+
+log = logging.getLogger(__name__)
 
 
 def _eegbci_task(run: int) -> str:
@@ -96,33 +103,57 @@ def _eegbci(root: Path, runs: Sequence[int]) -> None:
         _write(raw, path, format="EDF", allow_preload=True)
 
 
-def _formats(root: Path) -> None:
-    """The MEG and EEG-format excerpts, copied as they are (mne-bids copies FIF/KIT/EEGLAB/BV)."""
-    raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/test_raw.fif"), verbose="error")
-    raw.info["line_freq"] = 60.0  # MGH, Boston
-    events = mne.find_events(raw, stim_channel="STI 014", verbose="error")
-    event_id = {"auditory/left": 1, "auditory/right": 2, "visual/left": 3, "visual/right": 4, "smiley": 5, "button": 32}
-    event_id = {k: v for k, v in event_id.items() if v in set(events[:, 2])}
-    _write(raw, BIDSPath(subject="megsample", task="audvis", run=1, datatype="meg", root=root),
-           events=events, event_id=event_id)
-    raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/sample_audvis_trunc_raw_sss.fif"), verbose="error")
-    raw.info["line_freq"] = 60.0
-    _write(raw, BIDSPath(subject="megsample", task="audvis", run=2, processing="sss", datatype="meg", root=root))
-    raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/141027_cropped_90Hz_raw.fif"), verbose="error")
-    _write(raw, BIDSPath(subject="meg141027", task="rest", datatype="meg", root=root))
+def _formats(root: Path, excerpts: Sequence[str]) -> None:
+    """The MEG and EEG-format excerpts, copied as they are (mne-bids copies FIF/KIT/EEGLAB/BV);
+    only ``excerpts`` (paths of :data:`brainfm.pipelines.fetch.FORMAT_EXCERPTS`) are written."""
+    def wanted(rel: str) -> bool:
+        return rel in excerpts
+
+    if wanted("meg/neuromag/test_raw.fif"):
+        raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/test_raw.fif"), verbose="error")
+        raw.info["line_freq"] = 60.0  # MGH, Boston
+        events = mne.find_events(raw, stim_channel="STI 014", verbose="error")
+        event_id = {"auditory/left": 1, "auditory/right": 2, "visual/left": 3, "visual/right": 4, "smiley": 5,
+                    "button": 32}
+        event_id = {k: v for k, v in event_id.items() if v in set(events[:, 2])}
+        _write(raw, BIDSPath(subject="megsample", task="audvis", run=1, datatype="meg", root=root),
+               events=events, event_id=event_id)
+    if wanted("meg/neuromag/sample_audvis_trunc_raw_sss.fif"):
+        raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/sample_audvis_trunc_raw_sss.fif"), verbose="error")
+        raw.info["line_freq"] = 60.0
+        _write(raw, BIDSPath(subject="megsample", task="audvis", run=2, processing="sss", datatype="meg", root=root))
+    if wanted("meg/neuromag/141027_cropped_90Hz_raw.fif"):
+        raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/141027_cropped_90Hz_raw.fif"), verbose="error")
+        _write(raw, BIDSPath(subject="meg141027", task="rest", datatype="meg", root=root))
     for subject, name in (("kitmq", "MQKIT_125_2sec.con"), ("kitsqd", "test.sqd")):
-        raw = mne.io.read_raw_kit(fetch.local_file(f"meg/kit/{name}"), verbose="error")
-        _write(raw, BIDSPath(subject=subject, task="rest", datatype="meg", root=root))
-    raw = mne.io.read_raw_eeglab(fetch.local_file("eeg/eeglab/test_raw.set"), verbose="error")
-    _write(raw, BIDSPath(subject="eeglab", task="tutorial", datatype="eeg", root=root))
-    raw = mne.io.read_raw_brainvision(fetch.local_file("eeg/brainvision/test.vhdr"), verbose="error")
-    raw.info["line_freq"] = 50.0
-    _write(raw, BIDSPath(subject="brainvision", task="test", datatype="eeg", root=root))
+        if wanted(f"meg/kit/{name}"):
+            raw = mne.io.read_raw_kit(fetch.local_file(f"meg/kit/{name}"), verbose="error")
+            _write(raw, BIDSPath(subject=subject, task="rest", datatype="meg", root=root))
+    if wanted("eeg/eeglab/test_raw.set"):
+        raw = mne.io.read_raw_eeglab(fetch.local_file("eeg/eeglab/test_raw.set"), verbose="error")
+        _write(raw, BIDSPath(subject="eeglab", task="tutorial", datatype="eeg", root=root))
+    if wanted("eeg/brainvision/test.vhdr"):
+        raw = mne.io.read_raw_brainvision(fetch.local_file("eeg/brainvision/test.vhdr"), verbose="error")
+        raw.info["line_freq"] = 50.0
+        _write(raw, BIDSPath(subject="brainvision", task="test", datatype="eeg", root=root))
+
+
+def _excerpts(formats: bool) -> list[str]:
+    """The format excerpts the sample includes: those under the data root. The missing ones are
+    left out (logged by :func:`build_sample_bids`, with where to get them), so the sample builds on
+    a machine that has only the fetchable recordings."""
+    if not formats:
+        return []
+    missing = set(fetch.missing_excerpts())
+    return [rel for rel in fetch.FORMAT_EXCERPTS if rel not in missing]
 
 
 def _config(eegmat_subjects: Sequence[int], eegbci_runs: Sequence[int], formats: bool) -> dict[str, Any]:
+    """What a built sample holds; a sample built with another config is rebuilt (the excerpts
+    present under the data root are part of it, so copying one there rebuilds the sample)."""
     return {"eegmat_subjects": [int(s) for s in eegmat_subjects],
-            "eegbci_runs": [int(r) for r in eegbci_runs], "formats": bool(formats), "version": 1}
+            "eegbci_runs": [int(r) for r in eegbci_runs], "formats": bool(formats), "excerpts": _excerpts(formats),
+            "version": 2}
 
 
 def build_sample_bids(
@@ -143,8 +174,13 @@ def build_sample_bids(
     _eegmat(tmp, eegmat_subjects)
     if eegbci_runs:
         _eegbci(tmp, eegbci_runs)
-    if formats:
-        _formats(tmp)
+    if formats and len(config["excerpts"]) < len(fetch.FORMAT_EXCERPTS):
+        log.warning("sample: %d of %d MEG/EEG format excerpts are not under the data root %s and are left out "
+                    "(%s). They are files of MNE's testing data (mne.datasets.testing.data_path()); copy them "
+                    "there to include them.", len(fetch.FORMAT_EXCERPTS) - len(config["excerpts"]),
+                    len(fetch.FORMAT_EXCERPTS), data_root(), ", ".join(fetch.missing_excerpts()))
+    if config["excerpts"]:
+        _formats(tmp, config["excerpts"])
     (tmp / _MARKER).write_text(json.dumps(config))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

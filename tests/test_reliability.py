@@ -344,9 +344,9 @@ def test_interrupted_sample_build_is_completed_not_used(tmp_path):
     proc.wait()
     partial = ShardStore(dest / "store")
     assert 1 <= len(partial) < 4, "the kill came too late to test resuming"
-    assert not sample_complete(dest, {**SAMPLE_ARGS, "version": 1})
+    assert not sample_complete(dest, {**SAMPLE_ARGS, "excerpts": [], "version": 2})
     store = sample_store(dest, workers=1, progress=False, **SAMPLE_ARGS)
-    assert len(ShardStore(store)) == 4 and sample_complete(dest, {**SAMPLE_ARGS, "version": 1})
+    assert len(ShardStore(store)) == 4 and sample_complete(dest, {**SAMPLE_ARGS, "excerpts": [], "version": 2})
     for rid in partial.recording_ids:  # what was there is kept, not re-made
         np.testing.assert_array_equal(ShardStore(store).recording(rid).read_all(), partial.recording(rid).read_all())
 

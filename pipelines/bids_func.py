@@ -469,8 +469,8 @@ def convert_func_recording(bids_root: str, path: FuncPath, store_url: str, prese
             "line_freq": None, "first_time": 0.0, "bold": bold_attrs, "dropped_channels": {},
         }
         entry = write_recording(store_url, rid, cleaned, spec, attrs, events=read_events(path),
-                                      chunk_seconds=preset.chunk_seconds, extra_channel_attrs=extra,
-                                      quality={"flags": flags, "warnings": notes})
+                                chunk_seconds=preset.chunk_seconds, extra_channel_attrs=extra,
+                                quality={"flags": flags, "warnings": notes})
         entry["bold"] = {k: bold_attrs[k] for k in ("representation", "units", "tr", "space")}
         entry["bold"]["regressors"] = regressors
         entry["bold"]["slice_timing"] = stc

@@ -295,7 +295,7 @@ def convert(
     paths = [p for p in _discover(bids_root, preset) if limit is None or limit(p)]
     with store_lock(store_url, timeout=wait, command="convert"):
         manifest = manifest_for_preset(store_url, preset.to_dict(), preset.hash,
-                                             "convert with that preset or into a new store")
+                                       "convert with that preset or into a new store")
         manifest["format_version"] = shard.FORMAT_VERSION
         remove_stale_temporaries(store_url)
         report = ConversionReport(bids_root, store_url, preset.name, preset.hash)

@@ -13,7 +13,7 @@ SHA-256 sums either way:
   on PyPI (one pinned wheel, SHA-256-checked; nitime is not installed), and nibabel's
   ``example4d.nii.gz``, which ships with nibabel.
 * The MEG/EEG format excerpts (:data:`FORMAT_EXCERPTS`) come from MNE's test data, which has no
-  per-file download (``mne.datasets.testing`` fetches the whole ~1 GB set), so they are not
+  per-file download (``mne.datasets.testing`` fetches the whole testing dataset), so they are not
   downloaded: :func:`local_file` finds them under the data root, and the sample is built
   without the ones that are missing (:func:`missing_excerpts`).
 """

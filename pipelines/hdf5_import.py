@@ -171,7 +171,7 @@ def import_recording(rec: Hdf5Recording, store_url: str, preset: Preset, scale: 
     }
     spec = SensorSpec(rec.ch_names, types, loc, rec.sfreq)
     entry = write_recording(store_url, rec.group, signal, spec, attrs, chunk_seconds=preset.chunk_seconds,
-                                  quality={"flags": flags, "warnings": warnings})
+                            quality={"flags": flags, "warnings": warnings})
     return entry, warnings
 
 

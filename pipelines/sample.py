@@ -106,10 +106,7 @@ def _eegbci(root: Path, runs: Sequence[int]) -> None:
 def _formats(root: Path, excerpts: Sequence[str]) -> None:
     """The MEG and EEG-format excerpts, copied as they are (mne-bids copies FIF/KIT/EEGLAB/BV);
     only ``excerpts`` (paths of :data:`brainfm.pipelines.fetch.FORMAT_EXCERPTS`) are written."""
-    def wanted(rel: str) -> bool:
-        return rel in excerpts
-
-    if wanted("meg/neuromag/test_raw.fif"):
+    if "meg/neuromag/test_raw.fif" in excerpts:
         raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/test_raw.fif"), verbose="error")
         raw.info["line_freq"] = 60.0  # MGH, Boston
         events = mne.find_events(raw, stim_channel="STI 014", verbose="error")
@@ -118,21 +115,21 @@ def _formats(root: Path, excerpts: Sequence[str]) -> None:
         event_id = {k: v for k, v in event_id.items() if v in set(events[:, 2])}
         _write(raw, BIDSPath(subject="megsample", task="audvis", run=1, datatype="meg", root=root),
                events=events, event_id=event_id)
-    if wanted("meg/neuromag/sample_audvis_trunc_raw_sss.fif"):
+    if "meg/neuromag/sample_audvis_trunc_raw_sss.fif" in excerpts:
         raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/sample_audvis_trunc_raw_sss.fif"), verbose="error")
         raw.info["line_freq"] = 60.0
         _write(raw, BIDSPath(subject="megsample", task="audvis", run=2, processing="sss", datatype="meg", root=root))
-    if wanted("meg/neuromag/141027_cropped_90Hz_raw.fif"):
+    if "meg/neuromag/141027_cropped_90Hz_raw.fif" in excerpts:
         raw = mne.io.read_raw_fif(fetch.local_file("meg/neuromag/141027_cropped_90Hz_raw.fif"), verbose="error")
         _write(raw, BIDSPath(subject="meg141027", task="rest", datatype="meg", root=root))
     for subject, name in (("kitmq", "MQKIT_125_2sec.con"), ("kitsqd", "test.sqd")):
-        if wanted(f"meg/kit/{name}"):
+        if f"meg/kit/{name}" in excerpts:
             raw = mne.io.read_raw_kit(fetch.local_file(f"meg/kit/{name}"), verbose="error")
             _write(raw, BIDSPath(subject=subject, task="rest", datatype="meg", root=root))
-    if wanted("eeg/eeglab/test_raw.set"):
+    if "eeg/eeglab/test_raw.set" in excerpts:
         raw = mne.io.read_raw_eeglab(fetch.local_file("eeg/eeglab/test_raw.set"), verbose="error")
         _write(raw, BIDSPath(subject="eeglab", task="tutorial", datatype="eeg", root=root))
-    if wanted("eeg/brainvision/test.vhdr"):
+    if "eeg/brainvision/test.vhdr" in excerpts:
         raw = mne.io.read_raw_brainvision(fetch.local_file("eeg/brainvision/test.vhdr"), verbose="error")
         raw.info["line_freq"] = 50.0
         _write(raw, BIDSPath(subject="brainvision", task="test", datatype="eeg", root=root))
@@ -174,11 +171,12 @@ def build_sample_bids(
     _eegmat(tmp, eegmat_subjects)
     if eegbci_runs:
         _eegbci(tmp, eegbci_runs)
-    if formats and len(config["excerpts"]) < len(fetch.FORMAT_EXCERPTS):
+    left_out = [rel for rel in fetch.FORMAT_EXCERPTS if rel not in config["excerpts"]] if formats else []
+    if left_out:
         log.warning("sample: %d of %d MEG/EEG format excerpts are not under the data root %s and are left out "
                     "(%s). They are files of MNE's testing data (mne.datasets.testing.data_path()); copy them "
-                    "there to include them.", len(fetch.FORMAT_EXCERPTS) - len(config["excerpts"]),
-                    len(fetch.FORMAT_EXCERPTS), data_root(), ", ".join(fetch.missing_excerpts()))
+                    "there to include them.", len(left_out), len(fetch.FORMAT_EXCERPTS), data_root(),
+                    ", ".join(left_out))
     if config["excerpts"]:
         _formats(tmp, config["excerpts"])
     (tmp / _MARKER).write_text(json.dumps(config))

@@ -104,6 +104,6 @@ def _precompute(store_url: str, window_s: float, stride_s: float | None, spec: A
             values[lo : lo + len(y)] = y.float().numpy()
         write_target_table(store, rid, key, values)
     add_target_set(store_url, key, spec=spec_dict, window_s=window_s, stride_s=stride_s, names=names,
-                         positioned_only=windows.positioned_only, channel_types=windows.channel_types,
-                         normalization=normalization, recordings=covered)
+                   positioned_only=windows.positioned_only, channel_types=windows.channel_types,
+                   normalization=normalization, recordings=covered)
     return key

@@ -26,7 +26,10 @@ Rows per fold (``--methods``):
     run only on folds whose test subject the encoder's pretraining never trained on
     (:func:`brainfm.pretrained.trained_on`; folds 28–35 for the shipped recipes, since
     pretraining per fold costs the recipe's ~1 h of CPU 36 times per seed), and are reported
-    apart, each paired with the scratch rows of the same subjects and seeds.
+    apart, each paired with the scratch rows of the same subjects and seeds. Given several
+    encoders, each fold takes the first that never trained on its test subject, preferring one
+    that did not validate on it either (:func:`brainfm.pretrained.validated_on`): the two
+    half-split encoders (``HALF_RECIPES``) cover all 36 folds, each on the other half's.
 ``reset`` (with ``brainfm``, ``--reset-seconds`` > 0)
     The fold's decoder reset-tuned on the held-out subject's first ``--reset-seconds`` of
     labelled data (:func:`brainfm.data.splits.calibration_spans`: the same fraction of each
@@ -75,7 +78,7 @@ from bench_alignment import VARIANTS, brainfm_module, classical_rows, scratch_co
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
-from brainfm.pretrained import RECIPE_ENCODER, trained_on  # noqa: E402
+from brainfm.pretrained import RECIPE_ENCODER, trained_on, validated_on  # noqa: E402
 from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,36 +152,56 @@ def is_pretrained(method: str) -> bool:
     return method.startswith("brainfm pretrained")
 
 
-def check_held_out(encoder: Path, folds: list[int]) -> None:
-    """Refuse folds whose test subject ``encoder``'s pretraining trained on: under LOSO the
-    held-out subject must be new to every stage (``brainfm.pretrained.trained_on``)."""
-    seen = trained_on(encoder, [SUBJECTS[k] for k in folds])
+def fold_encoders(encoders: list[Path], subjects: list[str]) -> dict[str, Path | None]:
+    """Each subject's encoder: under LOSO the held-out subject must be new to every stage, so
+    the first of ``encoders`` whose pretraining never trained on it
+    (:func:`brainfm.pretrained.trained_on`), preferring one that never validated on it either
+    (:func:`brainfm.pretrained.validated_on`); None when every encoder trained on it."""
+    trained = {e: set(trained_on(e, subjects)) for e in encoders}
+    validated = {e: set(validated_on(e, subjects)) for e in encoders}
+    chosen: dict[str, Path | None] = {}
+    for subject in subjects:
+        unseen = [e for e in encoders if subject not in trained[e]]
+        chosen[subject] = next((e for e in unseen if subject not in validated[e]), unseen[0] if unseen else None)
+    return chosen
+
+
+def check_held_out(chosen: dict[str, Path | None], folds: list[int]) -> None:
+    """Refuse folds whose test subject every encoder's pretraining trained on: they would leak."""
+    seen = [SUBJECTS[k] for k in folds if chosen[SUBJECTS[k]] is None]
     if seen:
-        raise SystemExit(f"{encoder} was pretrained on {', '.join(seen)}: their folds would leak. Run the "
-                         "pretrained variants on the folds of subjects it never trained on (shipped recipes: "
-                         "--folds 28 29 30 31 32 33 34 35), or pretrain without them")
+        raise SystemExit(f"every --encoder was pretrained on {', '.join(seen)}: their folds would leak. Run the "
+                         "pretrained variants on the folds of subjects an encoder never trained on (shipped recipes: "
+                         "--folds 28 29 30 31 32 33 34 35; both half-split encoders: every fold), or pretrain "
+                         "without them")
 
 
-def check_encoder(rows: list[dict[str, Any]], methods: list[str], encoder_sha: str) -> None:
+def check_encoder(rows: list[dict[str, Any]], methods: list[str], sha_of: dict[str, str | None]) -> None:
     """Refuse to resume pretrained rows of another encoder under the same method name: a
-    resumed run skips rows by (subject, method, normalize, seed), so it would mix two encoders."""
+    resumed run skips rows by (subject, method, normalize, seed), so it would mix two encoders.
+    ``sha_of`` is each subject's encoder hash in this run (:func:`fold_encoders`)."""
     for r in rows:
         if is_pretrained(r["method"]) and r["method"].split(", as trained")[0].split(", reset-tuned")[0] in methods \
-                and r.get("encoder_sha256") != encoder_sha:
-            raise SystemExit(f"the runs log has {r['method']!r} rows of encoder {r.get('encoder_sha256')}, not "
-                             f"{encoder_sha}: name this encoder with another --encoder-label, or another --runs-log")
+                and r.get("encoder_sha256") != sha_of.get(r["subject"]):
+            raise SystemExit(f"the runs log has {r['method']!r} rows of {r['subject']} from encoder "
+                             f"{r.get('encoder_sha256')}, not {sha_of.get(r['subject'])}: name these encoders with "
+                             "another --encoder-label, or use another --runs-log")
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.runs_log and args.runs_log.exists():
         check_epochs(read_runs(args.runs_log), args.epochs, args.eegnet_epochs)
     pretrained_variants = "brainfm" in args.methods and any(is_pretrained(VARIANTS[v]) for v in args.variants)
+    chosen: dict[str, Path | None] = {s: args.encoder[0] for s in SUBJECTS}  # scratch: the architecture only
+    sha_of: dict[str, str | None] = {}
     if pretrained_variants:
-        check_held_out(args.encoder, args.folds)
-    encoder_sha = hashlib.sha256(args.encoder.read_bytes()).hexdigest()[:16] if pretrained_variants else None
-    if encoder_sha and args.runs_log and args.runs_log.exists():
-        check_encoder(read_runs(args.runs_log), [variant_method(v, args.encoder_label) for v in args.variants],
-                      encoder_sha)
+        chosen = fold_encoders(args.encoder, SUBJECTS)
+        check_held_out(chosen, args.folds)
+        digest = {e: hashlib.sha256(e.read_bytes()).hexdigest()[:16] for e in args.encoder}
+        sha_of = {s: digest[e] if e else None for s, e in chosen.items()}
+        if args.runs_log and args.runs_log.exists():
+            check_encoder(read_runs(args.runs_log), [variant_method(v, args.encoder_label) for v in args.variants],
+                          sha_of)
     done = done_keys(args.runs_log, "subject", "method", "normalize", "seed")
     rows: list[dict[str, Any]] = []
 
@@ -225,17 +248,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for normalize in args.normalize:
                 for variant in args.variants:
                     method = variant_method(variant, args.encoder_label)
-                    encoder = {"encoder_sha256": encoder_sha} if is_pretrained(method) else {}
+                    encoder = {"encoder_sha256": sha_of[subject]} if is_pretrained(method) else {}
                     reset_method = f"{method}, reset-tuned {args.reset_seconds:g} s"
                     want_reset = args.reset_seconds > 0 and (subject, reset_method, normalize, seed) not in done
                     if (subject, method, normalize, seed) in done and not want_reset:
                         continue
-                    tag = f"-{encoder_sha}" if encoder else ""  # decoders of two encoders do not collide
+                    tag = f"-{sha_of[subject]}" if encoder else ""  # decoders of two encoders do not collide
                     decoder = args.decoders / f"fold{k:02d}-{variant}{tag}-{normalize}-seed{seed}.safetensors"
                     if (subject, method, normalize, seed) not in done or not decoder.is_file():
                         t0 = time.perf_counter()
                         pl.seed_everything(seed, workers=True)
-                        scores, module = fit_test(brainfm_module(variant, args.encoder), dm_for(normalize),
+                        scores, module = fit_test(brainfm_module(variant, chosen[subject]), dm_for(normalize),
                                                   epochs=args.epochs, select=True)
                         decoder.parent.mkdir(parents=True, exist_ok=True)
                         module.export_safetensors(decoder)  # the reset rows can be redone without training
@@ -342,8 +365,9 @@ def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
 
     lines = ["", "Pretrained encoders, only on the folds whose test subject their pretraining never trained on "
              "(`brainfm.pretrained.trained_on` refuses the other folds; the shipped recipe encoders trained on EEGMAT "
-             "0–27 and other sample recordings, so folds 28–35). Each is paired with the scratch rows of the same "
-             "subjects and seeds; mean ± std over seeds of the mean over those subjects:", "",
+             "0–27 and other sample recordings, so folds 28–35; the two half-split encoders trained on EEGMAT 00–15 "
+             "and 18–33, each used on the other half's folds, so all 36). Each is paired with the scratch rows of "
+             "the same subjects and seeds; mean ± std over seeds of the mean over those subjects:", "",
              "| method | normalize | subjects | seeds | pretrained | scratch | pretrained − scratch, per seed | "
              "subject × seed pairs better / equal / worse |", "|---|---|---|---|---|---|---|---|"]
     for key, e in encoders.items():
@@ -498,8 +522,9 @@ def main() -> None:
                     help="reset-tuning learning rates, chosen per fold on the validation subjects")
     ap.add_argument("--encoder-label", default=None,
                     help="name of --encoder in the pretrained rows' method, e.g. 'aligned pretraining'")
-    ap.add_argument("--encoder", type=Path, default=RECIPE_ENCODER,
-                    help="weights file: the architecture of scratch variants, the start of pretrained ones")
+    ap.add_argument("--encoder", type=Path, nargs="+", default=[RECIPE_ENCODER],
+                    help="weights files: the first is the architecture of scratch variants; pretrained variants "
+                         "start each fold from the first that never pretrained on its test subject")
     add_section_args(ap, ROOT / "docs")
     args = ap.parse_args()
     if not (args.from_runs or args.store):

@@ -15,7 +15,10 @@ The cache lives in ``$BRAINFM_HOME/pretrained/`` and is keyed by steps and seed.
 (``configs/pretrain/small-10s.yaml``, seed 0), shipped in the repository with its SHA-256
 because it takes about 40 minutes to rebuild: the benchmarks of issue #12 use it.
 ``recipe_encoder("small-10s-aligned")`` is the same recipe pretrained on per-subject aligned
-windows (``configs/pretrain/small-10s-aligned.yaml``).
+windows (``configs/pretrain/small-10s-aligned.yaml``). ``recipe_encoder("small-10s-aligned-half-a")``
+and ``"...-half-b"`` are that recipe on one half of EEGMAT's subjects each (:data:`HALF_RECIPES`), so
+that a leave-one-subject-out evaluation can give every fold an encoder that never read its test
+subject (:func:`trained_on`, :func:`validated_on`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ RECIPES: dict[str, tuple[str, str]] = {
 #: validation loss (the file is the last step's weights, not chosen on them), 32-35 were never read.
 #: The shipped files predate the ``train_subjects`` metadata that :func:`trained_on` reads.
 RECIPE_UNTRAINED = frozenset(f"eegmat{i:02d}" for i in range(28, 36))
+#: EEGMAT subjects that only scored the shipped recipes' validation loss.
+RECIPE_VALIDATED = frozenset(f"eegmat{i:02d}" for i in range(28, 32))
+#: The two-encoder protocol for leave-one-subject-out on EEGMAT: ``small-10s-aligned`` pretrained on
+#: one half of the subjects each (overlays ``configs/pretrain/loso/small-10s-aligned-half-{a,b}.yaml``,
+#: seed 0, 2000 steps): half a trained on EEGMAT 00-15 and validated on 16-17, half b trained on 18-33
+#: and validated on 34-35. Each file records those subjects (:func:`trained_on`, :func:`validated_on`),
+#: so every fold gets the half that never read its test subject: two pretraining runs, not one per fold.
+HALF_RECIPES: dict[str, tuple[str, str]] = {
+    "small-10s-aligned-half-a": ("small-10s-aligned-half-a-seed0.safetensors",
+                                 "5a16863f1f923080c15583e329392d00fd0096a7e4a75098f87b0c923621cbcd"),
+    "small-10s-aligned-half-b": ("small-10s-aligned-half-b-seed0.safetensors",
+                                 "bad2a3b3725275180798cd07bd085db110f8df7e0a0ada41fb1352ef8082fbe1"),
+}
 WEIGHTS = Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "weights"
 #: The default recipe's encoder and hash (``recipe_encoder()``).
 RECIPE_ENCODER = WEIGHTS / RECIPES["small-10s"][0]
@@ -72,13 +88,16 @@ def recipe_encoder(recipe: str = "small-10s") -> Path:
     ValueError
         The file's hash differs from the recipe's.
     """
-    if recipe not in RECIPES:
-        raise KeyError(f"no shipped encoder for recipe {recipe!r}; there are {sorted(RECIPES)}")
-    name, sha256 = RECIPES[recipe]
+    shipped = RECIPES | HALF_RECIPES
+    if recipe not in shipped:
+        raise KeyError(f"no shipped encoder for recipe {recipe!r}; there are {sorted(shipped)}")
+    name, sha256 = shipped[recipe]
     path = WEIGHTS / name
     if not path.is_file():
+        config = (f"configs/pretrain/small-10s-aligned.yaml --config configs/pretrain/loso/{recipe}.yaml"
+                  if recipe in HALF_RECIPES else f"configs/pretrain/{recipe}.yaml")
         raise FileNotFoundError(f"{path} is missing: the recipe encoders ship with a source checkout of "
-                                f"brainfm; rebuild it with brainfm fit --config configs/pretrain/{recipe}.yaml")
+                                f"brainfm; rebuild it with brainfm fit --config {config}")
     digest = _sha256(path)
     if digest != sha256:
         raise ValueError(f"{path} has SHA-256 {digest}, expected {sha256}: not the shipped {recipe} encoder")
@@ -108,6 +127,28 @@ def trained_on(encoder: str | os.PathLike, subjects: Sequence[str]) -> list[str]
     raise ValueError(f"{path} does not record the subjects it was pretrained on (no train_subjects in its "
                      "metadata; encoders exported by brainfm fit record them): cannot check that "
                      f"{', '.join(subjects)} were held out")
+
+
+def validated_on(encoder: str | os.PathLike, subjects: Sequence[str]) -> list[str]:
+    """Those of ``subjects`` whose windows only scored the validation loss of ``encoder``'s
+    pretraining: read, never trained on. The exported weights are the last step's, so they did
+    not choose them either; an evaluation that has an encoder which never read a subject at all
+    prefers it (``benchmarks/bench_loso.py``). Read like :func:`trained_on`: the file's
+    ``val_subjects``, or :data:`RECIPE_VALIDATED` for a shipped recipe encoder.
+
+    Raises
+    ------
+    ValueError
+        ``encoder`` records no validation subjects and is not a shipped recipe encoder.
+    """
+    path = Path(encoder)
+    listed = read_metadata(path)["extra"].get("val_subjects")
+    if listed is not None:
+        return [s for s in subjects if s in set(listed)]
+    if _sha256(path) in {sha for _, sha in RECIPES.values()}:
+        return [s for s in subjects if s in RECIPE_VALIDATED]
+    raise ValueError(f"{path} does not record the subjects that validated its pretraining (no val_subjects in "
+                     "its metadata; encoders exported by brainfm fit record them)")
 
 
 def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, progress: bool = False) -> Path:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from brainfm.cli import main
 
@@ -23,6 +24,8 @@ def test_config_header(config):
 
 
 PRETRAIN_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain"]  # finetune: tests/test_decode.py
+#: Overlays on ``small-10s-aligned.yaml``: the two halves of the leave-one-subject-out protocol.
+LOSO_HALVES = [c for c in CONFIGS if c.parent.name == "loso"]
 
 
 @pytest.mark.parametrize("config", PRETRAIN_CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
@@ -37,6 +40,27 @@ def test_config_fast_dev_run(config, small_sample, tmp_path, monkeypatch):
         "--data.init_args.val_subjects=[eegmat28]",
         "--model.init_args.compile=false", "--model.init_args.target_stats_windows=32",
     ])
+
+
+def test_loso_halves_never_read_each_others_subjects(capsys, monkeypatch):
+    """Each half, composed over its base recipe, reads only its own EEGMAT subjects (train and
+    validation), and the two halves together read all 36: every LOSO fold has an encoder that
+    never read its test subject (``benchmarks/bench_loso.py``)."""
+    monkeypatch.setattr(sys, "argv", ["brainfm"])
+    base = LOSO_HALVES[0].parents[1] / "small-10s-aligned.yaml"
+    eegmat = {f"eegmat{i:02d}" for i in range(36)}
+    read = []
+    for half in LOSO_HALVES:
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--config", str(base), "--config", str(half), "--print_config"])
+        assert done.value.code in (0, None)
+        config = yaml.safe_load(capsys.readouterr().out)
+        data, model = config["data"]["init_args"], config["model"]["init_args"]
+        assert config["trainer"]["max_steps"] == model["max_steps"] == 2000 and model["targets"]  # the rest: the base's
+        assert data["normalize"] == "align" and half.stem in config["trainer"]["default_root_dir"]
+        read.append(eegmat - set(data["exclude_subjects"]))
+        assert set(data["val_subjects"]) < read[-1]
+    assert len(read) == 2 and not read[0] & read[1] and read[0] | read[1] == eegmat
 
 
 def test_ddp_two_processes_on_cpu(small_sample, tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from brainfm.models import BrainEncoder, ModelConfig, save_encoder
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_loso as bl  # noqa: E402 - benchmarks/ is not a package
 
@@ -63,10 +65,10 @@ def test_subject_figure_is_written(tmp_path):
 
 
 def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
-    recipe = Path(bl.RECIPE_ENCODER)
-    bl.check_held_out(recipe, list(range(28, 36)))  # the shipped recipes never trained on 28-35
+    chosen = bl.fold_encoders([Path(bl.RECIPE_ENCODER)], bl.SUBJECTS)
+    bl.check_held_out(chosen, list(range(28, 36)))  # the shipped recipes never trained on 28-35
     with pytest.raises(SystemExit, match="pretrained on eegmat05"):
-        bl.check_held_out(recipe, [5, 30])
+        bl.check_held_out(chosen, [5, 30])
     pretrained = bl.variant_method("pretrained-tokens", "aligned pretraining")
     reset = f"{pretrained}, reset-tuned 60 s"
     assert bl.scratch_counterpart(reset) == f"{bl.BRAINFM}, reset-tuned 60 s"
@@ -93,6 +95,25 @@ def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
     with pytest.raises(SystemExit, match="two rows"):
         bl.pretrained_vs_scratch(rows + rows[:1])
     logged = [row(pretrained, "eegmat30", 1, 0.9) | {"encoder_sha256": "aaaa"}]
-    bl.check_encoder(logged, [pretrained], "aaaa")
-    with pytest.raises(SystemExit, match="of encoder aaaa, not bbbb"):
-        bl.check_encoder([r | {"method": reset} for r in logged], [pretrained, bl.BRAINFM], "bbbb")
+    bl.check_encoder(logged, [pretrained], {"eegmat30": "aaaa"})
+    with pytest.raises(SystemExit, match="eegmat30 from encoder aaaa, not bbbb"):
+        bl.check_encoder([r | {"method": reset} for r in logged], [pretrained, bl.BRAINFM], {"eegmat30": "bbbb"})
+
+
+def test_each_fold_gets_an_encoder_that_never_read_its_subject(tmp_path):
+    """The two-encoder protocol: halves pretrained on disjoint subjects cover every fold, and a
+    subject one half only validated on goes to the half that never read it."""
+    encoder = BrainEncoder(ModelConfig.from_name("tiny"))
+    halves = []
+    for name, train, val in (("a", range(0, 16), (16, 17)), ("b", range(18, 34), (34, 35))):
+        halves.append(tmp_path / f"half-{name}.safetensors")
+        save_encoder(encoder, halves[-1], extra={"train_subjects": [bl.SUBJECTS[i] for i in train],
+                                                 "val_subjects": [bl.SUBJECTS[i] for i in val]})
+    chosen = bl.fold_encoders(halves, bl.SUBJECTS)
+    a, b = halves
+    assert [chosen[s] for s in bl.SUBJECTS] == [b] * 18 + [a] * 18  # 16-17 to b, 34-35 to a: never read
+    bl.check_held_out(chosen, list(range(36)))
+    only_a = bl.fold_encoders([a], bl.SUBJECTS)
+    assert only_a["eegmat16"] == a and only_a["eegmat05"] is None  # validated only: allowed when nothing is better
+    with pytest.raises(SystemExit, match="every --encoder was pretrained on eegmat05"):
+        bl.check_held_out(only_a, [5, 20])

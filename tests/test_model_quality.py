@@ -17,10 +17,11 @@ from brainfm.data.artifacts import AMPLITUDE, FLAT, LINE, RejectionCriteria, lin
 from brainfm.data.datamodule import DecodingDataModule, PretrainDataModule
 from brainfm.data.dataset import FixedWindows, ShuffledWindows, collate_windows
 from brainfm.data.store import ShardStore
-from brainfm.models import (BrainDecoder, BrainEncoder, ModelConfig, load_decoder, load_pretrained, resolve_config,
-                            save_decoder, save_encoder)
+from brainfm.models import (BrainDecoder, BrainEncoder, ModelConfig, load_decoder, load_pretrained, read_weights,
+                            resolve_config, save_decoder, save_encoder)
 from brainfm.models.tokenizer import LOG_POWER_SCALE, PatchEmbedding
-from brainfm.pretrained import RECIPE_UNTRAINED, RECIPES, recipe_encoder, trained_on
+from brainfm.pretrained import (HALF_RECIPES, RECIPE_UNTRAINED, RECIPE_VALIDATED, RECIPES, recipe_encoder, trained_on,
+                                validated_on)
 from brainfm.tasks import DecodeModule, PretrainModule
 from brainfm.tasks.pretrain import mean_baseline, neighbour_baseline, random_patch_mask, type_balanced_mse
 
@@ -217,6 +218,22 @@ def test_trained_on_knows_the_shipped_recipes_and_refuses_an_unrecorded_encoder(
     for recipe in RECIPES:
         seen = trained_on(recipe_encoder(recipe), [f"eegmat{i:02d}" for i in range(36)])
         assert seen == [f"eegmat{i:02d}" for i in range(28)] and not set(seen) & RECIPE_UNTRAINED
+        assert validated_on(recipe_encoder(recipe), [f"eegmat{i:02d}" for i in range(36)]) == sorted(RECIPE_VALIDATED)
     save_encoder(BrainEncoder(ModelConfig.from_name("tiny")), tmp_path / "bare.safetensors")
     with pytest.raises(ValueError, match="does not record the subjects"):
         trained_on(tmp_path / "bare.safetensors", ["eegmat00"])
+    with pytest.raises(ValueError, match="does not record the subjects that validated"):
+        validated_on(tmp_path / "bare.safetensors", ["eegmat00"])
+
+
+def test_half_split_encoders_record_disjoint_halves():
+    """The two-encoder LOSO protocol's shipped files (checked by SHA-256): each read one half of
+    EEGMAT, so each subject has an encoder that never read it (``benchmarks/bench_loso.py``)."""
+    eegmat = [f"eegmat{i:02d}" for i in range(36)]
+    read = []
+    for recipe in sorted(HALF_RECIPES):
+        path = recipe_encoder(recipe)
+        read.append(set(trained_on(path, eegmat)) | set(validated_on(path, eegmat)))
+        assert len(trained_on(path, eegmat)) == 16 and len(validated_on(path, eegmat)) == 2
+        assert read_weights(path).config.name == "small"
+    assert not read[0] & read[1] and read[0] | read[1] == set(eegmat)

@@ -45,6 +45,9 @@ HERE = ROOT / "benchmarks"
 NOTES = HERE / "notes"
 RECIPE_ENCODER = "configs/pretrain/weights/small-10s-seed0.safetensors"
 ALIGNED_ENCODER = "configs/pretrain/weights/small-10s-aligned-seed0.safetensors"
+#: The aligned recipe pretrained on each half of EEGMAT (``brainfm.pretrained.HALF_RECIPES``): LOSO's
+#: two-encoder protocol, every fold fine-tuned from the half that never read its test subject.
+HALF_ENCODERS = tuple(f"configs/pretrain/weights/small-10s-aligned-half-{h}-seed0.safetensors" for h in "ab")
 #: The same aligned recipe pretrained again with ``--seed_everything 1``: does the label-efficiency gain
 #: survive another pretraining seed? Not shipped (4 MB; ``brainfm.pretrained`` ships seed 0 as the recipe):
 #: the rerun pretrains it into this folder first (about 1 h on 2 cores), then fine-tunes from its encoder.
@@ -145,6 +148,10 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
         f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "
         "--methods brainfm --variants pretrained-tokens --encoder " + ALIGNED_ENCODER + " --encoder-label "
         "'aligned pretraining' --folds 28 29 30 31 32 33 34 35 --no-write",
+        # ... and the two half-split encoders (configs/pretrain/loso/), each on the other half's folds: all 36
+        f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "
+        "--methods brainfm --variants pretrained-tokens --encoder " + " ".join(HALF_ENCODERS) + " --encoder-label "
+        "'half-split aligned pretraining' --reset-seconds 0 --no-write",
         # fMRI, one process per seed
         "for s in 0 1 2; do python benchmarks/bench_fmri.py --seed-list $s --out runs/bench_fmri_s$s.json || exit 1; "
         "done && python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "

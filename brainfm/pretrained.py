@@ -27,7 +27,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -118,15 +118,8 @@ def trained_on(encoder: str | os.PathLike, subjects: Sequence[str]) -> list[str]
     ValueError
         ``encoder`` records no training subjects and is not a shipped recipe encoder.
     """
-    path = Path(encoder)
-    listed = read_metadata(path)["extra"].get("train_subjects")
-    if listed is not None:
-        return [s for s in subjects if s in set(listed)]
-    if _sha256(path) in {sha for _, sha in RECIPES.values()}:
-        return [s for s in subjects if s not in RECIPE_UNTRAINED]
-    raise ValueError(f"{path} does not record the subjects it was pretrained on (no train_subjects in its "
-                     "metadata; encoders exported by brainfm fit record them): cannot check that "
-                     f"{', '.join(subjects)} were held out")
+    return _recorded(encoder, subjects, "train_subjects", lambda s: s not in RECIPE_UNTRAINED,
+                     f"the subjects it was pretrained on, so it cannot check that {', '.join(subjects)} were held out")
 
 
 def validated_on(encoder: str | os.PathLike, subjects: Sequence[str]) -> list[str]:
@@ -141,14 +134,22 @@ def validated_on(encoder: str | os.PathLike, subjects: Sequence[str]) -> list[st
     ValueError
         ``encoder`` records no validation subjects and is not a shipped recipe encoder.
     """
+    return _recorded(encoder, subjects, "val_subjects", lambda s: s in RECIPE_VALIDATED,
+                     "the subjects that validated its pretraining")
+
+
+def _recorded(encoder: str | os.PathLike, subjects: Sequence[str], key: str, shipped: Callable[[str], bool],
+              what: str) -> list[str]:
+    """Those of ``subjects`` listed under ``key`` in ``encoder``'s metadata or, for a shipped recipe
+    encoder (matched by SHA-256, its files predate the metadata), those ``shipped`` accepts."""
     path = Path(encoder)
-    listed = read_metadata(path)["extra"].get("val_subjects")
+    listed = read_metadata(path)["extra"].get(key)
     if listed is not None:
         return [s for s in subjects if s in set(listed)]
     if _sha256(path) in {sha for _, sha in RECIPES.values()}:
-        return [s for s in subjects if s in RECIPE_VALIDATED]
-    raise ValueError(f"{path} does not record the subjects that validated its pretraining (no val_subjects in "
-                     "its metadata; encoders exported by brainfm fit record them)")
+        return [s for s in subjects if shipped(s)]
+    raise ValueError(f"{path} does not record {what} (no {key} in its metadata; encoders exported by brainfm fit "
+                     "record them)")
 
 
 def sample_encoder(steps: int = 200, seed: int = 0, store: str | None = None, progress: bool = False) -> Path:

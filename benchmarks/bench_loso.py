@@ -347,6 +347,7 @@ def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any
         pre = [float(np.mean([p[2] for p in pairs if p[0] == s])) for s in seeds]
         scr = [float(np.mean([p[3] for p in pairs if p[0] == s])) for s in seeds]
         diff = np.array([p[2] - p[3] for p in pairs])
+        by_subject = np.array([np.mean([p[2] - p[3] for p in pairs if p[1] == s]) for s in subjects])
         out[f"{method} | {normalize}"] = {
             "scratch": scratch, "subjects": subjects, "seeds": seeds,
             "incomplete_seeds": {str(s): len(have) for s, have in covered.items() if s not in seeds},
@@ -354,7 +355,8 @@ def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any
             "scratch_balanced_accuracy": (float(np.mean(scr)), float(np.std(scr))),
             "per_seed": {str(s): a - b for s, a, b in zip(seeds, pre, scr)},
             "mean_difference": float(np.mean(pre) - np.mean(scr)),
-            "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum())}
+            "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
+            "wilcoxon_p": float(wilcoxon(by_subject, zero_method="zsplit").pvalue) if np.any(by_subject != 0) else 1.0}
     return out
 
 
@@ -369,7 +371,8 @@ def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
              "and 18–33, each used on the other half's folds, so all 36). Each is paired with the scratch rows of "
              "the same subjects and seeds; mean ± std over seeds of the mean over those subjects:", "",
              "| method | normalize | subjects | seeds | pretrained | scratch | pretrained − scratch, per seed | "
-             "subject × seed pairs better / equal / worse |", "|---|---|---|---|---|---|---|---|"]
+             "subject × seed pairs better / equal / worse | Wilcoxon p (per subject, seeds averaged) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, e in encoders.items():
         method, normalize = key.split(" | ")
         subjects = ", ".join(s.removeprefix("eegmat") for s in e["subjects"])
@@ -379,7 +382,8 @@ def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
             for s, n in e.get("incomplete_seeds", {}).items())
         lines.append(f"| {method} | {normalize} | {subjects} | {seeds} | "
                      f"{cell(e['balanced_accuracy'])} | {cell(e['scratch_balanced_accuracy'])} | "
-                     f"{per_seed} (mean {e['mean_difference']:+.3f}) | {e['wins']} / {e['ties']} / {e['losses']} |")
+                     f"{per_seed} (mean {e['mean_difference']:+.3f}) | {e['wins']} / {e['ties']} / {e['losses']} | "
+                     f"{e['wilcoxon_p']:.2g} |")
     return lines
 
 

@@ -90,6 +90,7 @@ def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
     assert e["seeds"] == [1, 2] and e["subjects"] == ["eegmat30", "eegmat31"] and e["incomplete_seeds"] == {"3": 1}
     assert e["per_seed"] == pytest.approx({"1": 0.05, "2": -0.05})
     assert (e["wins"], e["ties"], e["losses"]) == (1, 2, 1)
+    assert e["wilcoxon_p"] == 1.0  # each subject's seeds cancel out
     assert e["balanced_accuracy"][0] == pytest.approx(0.7)  # seed means 0.8 and 0.6
     assert "30, 31" in "\n".join(bl.pretrained_markdown(bl.pretrained_vs_scratch(rows)))
     with pytest.raises(SystemExit, match="two rows"):

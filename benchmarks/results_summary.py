@@ -129,14 +129,14 @@ def rows(sections: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         name = method.removeprefix("brainfm ").split(" + ")[0]
         pre, scr = e["balanced_accuracy"], e["scratch_balanced_accuracy"]
         met = e["mean_difference"] >= 0.03 and _apart(pre, scr)
-        folds = (", ".join(s.removeprefix("eegmat") for s in e["subjects"]) if len(e["subjects"]) <= 12
+        folds = ("subjects " + ", ".join(s.removeprefix("eegmat") for s in e["subjects"]) if len(e["subjects"]) <= 12
                  else f"{len(e['subjects'])} subjects")
         verdict = "**met**" if met else ("above, spreads overlap" if e["mean_difference"] > 0 else "missed")
         if len(e["seeds"]) < 3:
             verdict += f" ({len(e['seeds'])} of 3 seeds so far)"
         out.append((f"Pretrained beats scratch by ≥ 0.03, seed spreads apart ({name}, LOSO folds it never trained on, "
                     f"normalize {normalize})",
-                    f"{_cell(pre)} against {_cell(scr)} over subjects {folds}, seeds "
+                    f"{_cell(pre)} against {_cell(scr)} over {folds}, seeds "
                     f"{', '.join(map(str, e['seeds']))}; per seed " + ", ".join(f"{d:+.3f}" for d in e["per_seed"].values()),
                     verdict, "loso"))
     probe = sections["probe"]["summary"]

@@ -82,7 +82,7 @@ def recipe_encoder(recipe: str = "small-10s") -> Path:
     Raises
     ------
     KeyError
-        ``recipe`` is not one of :data:`RECIPES`.
+        ``recipe`` is not one of :data:`RECIPES` or :data:`HALF_RECIPES`.
     FileNotFoundError
         Not in a source checkout (the weights live in ``configs/pretrain/weights/``).
     ValueError

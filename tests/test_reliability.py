@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -585,3 +586,14 @@ def test_stray_temporary_manifests_are_cleaned_up(eeg, tmp_path, monkeypatch):
     convert(eeg, store, workers=1, progress=False)
     assert not list(store.glob(".manifest.json.*"))
     _same(store, before)
+
+
+def test_every_test_the_reliability_table_names_exists():
+    """``docs/reliability.md`` names a test per row; a row whose test was renamed or moved would vouch for nothing."""
+    tests = Path(__file__).parent
+    table = (tests.parent / "docs" / "reliability.md").read_text()
+    cited = re.findall(r"`(?:tests/(test_\w+\.py)::)?(test_\w+)`", table)
+    assert len(cited) > 30
+    missing = [f"{file or 'test_reliability.py'}::{name}" for file, name in cited
+               if f"def {name}(" not in (tests / (file or "test_reliability.py")).read_text()]
+    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"

@@ -302,7 +302,7 @@ def search_adalog(x: torch.Tensor, m: torch.Tensor, bits: int, shift: float | No
     # the largest level never sits below the calibration maximum: clipping the few largest
     # probabilities cost little on calibration windows but 15-20 dB on held-out ones
     scales = sorted({round(top * f, 9) for f in (1.0, 1.1, 1.25, 1.5)})
-    qs = list(range(4, 4 * ADALOG_R // 2 + 1, 4))  # base 2**(4/37) .. 2**2
+    qs = list(range(4, 4 * ADALOG_R // 2 + 1, 4))  # base 2**(4/37) .. 2**(72/37), just under 4
 
     def evaluate(c: tuple) -> float:
         q, s = c

@@ -212,8 +212,8 @@ def test_missing_chunk_is_an_error_verify_names_it_and_convert_remakes_it(eeg, t
     assert "1 damaged" in out.stdout
     others = {k: v for k, v in before.items() if k != REST}
     s = ShardStore(store)
-    for rid, signal in others.items():  # the others read as before
-        np.testing.assert_array_equal(s.recording(rid).read_all(), signal)
+    for rid, samples in others.items():  # the others read as before
+        np.testing.assert_array_equal(s.recording(rid).read_all(), samples)
     report = convert(eeg, store, workers=1, progress=False)
     assert report.converted == [REST] and "c/0/0: missing" in report.remade[REST][0]
     _same(store, before)  # re-made bit-identical

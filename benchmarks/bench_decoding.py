@@ -48,7 +48,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from _results import write_section  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
-from brainfm.data.splits import eegmat_cbramod, kfold_subjects  # noqa: E402
+from brainfm.data.splits import kfold_subjects  # noqa: E402
 from brainfm.pipelines.targets import has_target_set, precompute_targets  # noqa: E402
 from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 from brainfm.tasks.baselines import classical_pipeline, log_bandpower_features  # noqa: E402
@@ -261,7 +261,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, counts: dict[str
         "200 Hz, 5-s windows, preset `eeg-fm`. Metrics from torchmetrics (balanced accuracy = macro recall; "
         "AUROC macro one-vs-rest).",
         "",
-        f"### Fixed split (CBraMod: subjects 0–27 train, 28–31 validation, 32–35 test)",
+        "### Fixed split (CBraMod: subjects 0–27 train, 28–31 validation, 32–35 test)",
         "",
         f"Windows per class (rest, arithmetic): train {counts['train']}, val {counts['val']}, test {counts['test']}. "
         f"Deep models: {args.epochs} epochs (CBraMod {args.cbramod_epochs}), best validation epoch kept; "

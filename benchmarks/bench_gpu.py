@@ -128,7 +128,7 @@ def train_rows(args: argparse.Namespace) -> list[dict]:
     shape = f"base, 19ch x 30s, B={args.batch_size}, bf16"
     return [
         _row(f"train step, {shape}, dropout 0.1 both", "samples/s", b["samples_per_s"], a["samples_per_s"], True),
-        _row(f"  same, brainfm at its default (no dropout)", "samples/s", res["brainfm"]["samples_per_s"],
+        _row("  same, brainfm at its default (no dropout)", "samples/s", res["brainfm"]["samples_per_s"],
              a["samples_per_s"], True),
         _row(f"  MFU at dropout 0.1 (peak {args.peak_tflops:g} TFLOP/s)", "%", 100 * b["mfu"], 100 * a["mfu"], True,
              flops_per_step={"brainfm": b["flops_per_step"], "anchor": a["flops_per_step"]}),

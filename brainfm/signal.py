@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # only for annotations: mne is imported where an Info is built
+    import mne
 
 #: Channel types the model knows, in the order of the type-embedding table.
 #: ``seeg``/``ecog``/``dbs`` are intracranial EEG; ``bold`` is fMRI (voxel / ROI).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainfm.attention import (CALIBRATING, SIGNAL_BAD, AttentionDetector, CausalChain, DetectorConfig,
+from brainfm.attention import (CALIBRATING, SIGNAL_BAD, CausalChain, DetectorConfig,
                                EngagementModel, HmmSmoother, StateModel, Windower, assess, attention_guard,
                                detect_signal, read_session, window_indices, zero_phase)
 from brainfm.attention.montage import canonical_name

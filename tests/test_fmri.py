@@ -7,9 +7,7 @@ volume, NaN voxels, a TR in ms).
 
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 
 import mne
 import nibabel as nib

@@ -78,7 +78,7 @@ from bench_alignment import VARIANTS, brainfm_module, classical_rows, scratch_co
 from bench_decoding import LABELS, METRICS, fit_test, test_only  # noqa: E402
 from brainfm.data.datamodule import DecodingDataModule  # noqa: E402
 from brainfm.pipelines.fetch import EEGMAT_SUBJECTS  # noqa: E402
-from brainfm.pretrained import RECIPE_ENCODER, trained_on, validated_on  # noqa: E402
+from brainfm.pretrained import HALF_RECIPES, RECIPE_ENCODER, RECIPES, trained_on, validated_on  # noqa: E402
 from brainfm.tasks import BaselineModule, DecodeModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +86,10 @@ SUBJECTS = [f"eegmat{i:02d}" for i in EEGMAT_SUBJECTS]
 N_VAL = 4
 #: The section's per-subject figure, relative to ``--out``.
 FIGURE = Path("figures") / "loso_subjects.png"
+#: The section's figure of pretrained against scratch, subject by subject, relative to ``--out``.
+PRETRAINED_FIGURE = Path("figures") / "loso_pretrained.png"
+#: Shipped encoders by the 16-hex-digit SHA-256 prefix that the runs log records.
+SHIPPED = {sha[:16]: recipe for recipe, (_, sha) in (RECIPES | HALF_RECIPES).items()}
 
 
 def fold_split(k: int) -> dict[str, list[str]]:
@@ -152,6 +156,11 @@ def is_pretrained(method: str) -> bool:
     return method.startswith("brainfm pretrained")
 
 
+def trained_method(method: str) -> str:
+    """The fold's trained decoder that a reset row's method starts from (a trained row's is itself)."""
+    return method.split(", as trained")[0].split(", reset-tuned")[0]
+
+
 def fold_encoders(encoders: list[Path], subjects: list[str]) -> dict[str, Path | None]:
     """Each subject's encoder: under LOSO the held-out subject must be new to every stage, so
     the first of ``encoders`` whose pretraining never trained on it
@@ -181,7 +190,7 @@ def check_encoder(rows: list[dict[str, Any]], methods: list[str], sha_of: dict[s
     resumed run skips rows by (subject, method, normalize, seed), so it would mix two encoders.
     ``sha_of`` is each subject's encoder hash in this run (:func:`fold_encoders`)."""
     for r in rows:
-        if is_pretrained(r["method"]) and r["method"].split(", as trained")[0].split(", reset-tuned")[0] in methods \
+        if is_pretrained(r["method"]) and trained_method(r["method"]) in methods \
                 and r.get("encoder_sha256") != sha_of.get(r["subject"]):
             raise SystemExit(f"the runs log has {r['method']!r} rows of {r['subject']} from encoder "
                              f"{r.get('encoder_sha256')}, not {sha_of.get(r['subject'])}: name these encoders with "
@@ -347,7 +356,9 @@ def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any
         pre = [float(np.mean([p[2] for p in pairs if p[0] == s])) for s in seeds]
         scr = [float(np.mean([p[3] for p in pairs if p[0] == s])) for s in seeds]
         diff = np.array([p[2] - p[3] for p in pairs])
-        by_subject = np.array([np.mean([p[2] - p[3] for p in pairs if p[1] == s]) for s in subjects])
+        per_subject = {s: (float(np.mean([p[2] for p in pairs if p[1] == s])),
+                           float(np.mean([p[3] for p in pairs if p[1] == s]))) for s in subjects}  # seeds averaged
+        by_subject = np.array([a - b for a, b in per_subject.values()])
         out[f"{method} | {normalize}"] = {
             "scratch": scratch, "subjects": subjects, "seeds": seeds,
             "incomplete_seeds": {str(s): len(have) for s, have in covered.items() if s not in seeds},
@@ -356,8 +367,56 @@ def pretrained_vs_scratch(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any
             "per_seed": {str(s): a - b for s, a, b in zip(seeds, pre, scr)},
             "mean_difference": float(np.mean(pre) - np.mean(scr)),
             "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()), "losses": int((diff < 0).sum()),
-            "wilcoxon_p": float(wilcoxon(by_subject, zero_method="zsplit").pvalue) if np.any(by_subject != 0) else 1.0}
+            "wilcoxon_p": float(wilcoxon(by_subject, zero_method="zsplit").pvalue) if np.any(by_subject != 0) else 1.0,
+            "per_subject": per_subject, "by_encoder": by_encoder(rows, method, normalize, per_subject)}
     return out
+
+
+def by_encoder(rows: list[dict[str, Any]], method: str, normalize: str,
+               per_subject: dict[str, tuple[float, float]]) -> dict[str, dict[str, Any]]:
+    """``per_subject``'s (pretrained, scratch) pairs grouped by the encoder each subject's fold started from
+    (the runs log's ``encoder_sha256``; a shipped encoder is named by its recipe): with several encoders,
+    whether pretraining helps can differ from one encoder to the next."""
+    sha = {r["subject"]: r.get("encoder_sha256", "unrecorded") for r in rows
+           if (r["method"], r["normalize"]) == (method, normalize)}
+    out: dict[str, dict[str, Any]] = {}
+    for key in sorted({sha[s] for s in per_subject}):
+        subjects = [s for s in per_subject if sha[s] == key]
+        diff = np.array([per_subject[s][0] - per_subject[s][1] for s in subjects])
+        out[SHIPPED.get(key, key)] = {"sha256": key, "subjects": subjects, "mean_difference": float(diff.mean()),
+                                      "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
+                                      "losses": int((diff < 0).sum())}
+    return out
+
+
+def plot_pretrained(encoders: dict[str, dict[str, Any]], path: Path) -> None:
+    """One panel per pretrained row of :func:`pretrained_vs_scratch`: each subject's scratch score against
+    its pretrained score (seeds averaged), coloured by the encoder its fold started from. Points above
+    the diagonal are subjects that pretraining helped; the dashed line is the issue's +0.03. Reset rows
+    are left to the tables."""
+    encoders = {k: e for k, e in encoders.items() if trained_method(k.split(" | ")[0]) == k.split(" | ")[0]}
+    fig, axes = plt.subplots(1, len(encoders), figsize=(5.2 * len(encoders), 5.2), squeeze=False)
+    for ax, (key, e) in zip(axes[0], encoders.items()):
+        for name, group in e["by_encoder"].items():
+            xy = np.array([e["per_subject"][s] for s in group["subjects"]])  # (subjects, 2): pretrained, scratch
+            ax.scatter(xy[:, 1], xy[:, 0], alpha=0.8,
+                       label=f"{name}: {group['mean_difference']:+.3f} over {len(group['subjects'])} subjects")
+            for s, (pre, scr) in zip(group["subjects"], xy):
+                ax.annotate(s.removeprefix("eegmat"), (scr, pre), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        ax.plot([0, 0.97], [0.03, 1], color="grey", linewidth=0.8, linestyle="--")
+        method, normalize = key.split(" | ")
+        label = method.removeprefix("brainfm pretrained ").split(" + ")[0]
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.02), aspect="equal", xlabel="scratch (balanced accuracy)",
+               ylabel="pretrained (balanced accuracy)",
+               title=f"{label}, {normalize}: {e['mean_difference']:+.3f}\n(seeds {', '.join(map(str, e['seeds']))})")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("EEGMAT leave-one-subject-out: pretrained against scratch, subject by subject", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
@@ -384,6 +443,16 @@ def pretrained_markdown(encoders: dict[str, dict[str, Any]]) -> list[str]:
                      f"{cell(e['balanced_accuracy'])} | {cell(e['scratch_balanced_accuracy'])} | "
                      f"{per_seed} (mean {e['mean_difference']:+.3f}) | {e['wins']} / {e['ties']} / {e['losses']} | "
                      f"{e['wilcoxon_p']:.2g} |")
+    lines += ["", "The same pairs by the encoder each fold started from (seeds averaged per subject):", "",
+              "| method | normalize | encoder (SHA-256 prefix) | subjects | pretrained − scratch | better / equal / worse |",
+              "|---|---|---|---|---|---|"]
+    for key, e in encoders.items():
+        method, normalize = key.split(" | ")
+        for name, g in e["by_encoder"].items():
+            subjects = ", ".join(s.removeprefix("eegmat") for s in g["subjects"])
+            lines.append(f"| {method} | {normalize} | {name} ({g['sha256']}) | {subjects} | "
+                         f"{g['mean_difference']:+.3f} | {g['wins']} / {g['ties']} / {g['losses']} |")
+    lines += ["", f"![Pretrained against scratch, subject by subject]({PRETRAINED_FIGURE.as_posix()})"]
     return lines
 
 
@@ -543,6 +612,8 @@ def main() -> None:
     pairs = [q for a, b in PAIRS if (q := paired(rows, a, b))]
     if not args.no_write:
         plot_subjects(rows, args.out / FIGURE)
+        if encoders:
+            plot_pretrained(encoders, args.out / PRETRAINED_FIGURE)
     rows, incomplete = complete_runs(rows)
     partial = summarise(incomplete)
     for key, p in partial.items():

@@ -101,6 +101,34 @@ def test_pretrained_rows_only_on_held_out_folds_and_paired_with_scratch():
         bl.check_encoder([r | {"method": reset} for r in logged], [pretrained, bl.BRAINFM], {"eegmat30": "bbbb"})
 
 
+def test_pretrained_pairs_split_by_encoder_and_drawn(tmp_path):
+    """Two encoders, each on its own subjects: the table and the figure give each its own difference."""
+    pretrained = bl.variant_method("pretrained-tokens", "half-split aligned pretraining")
+    half_a, half_b = (bl.HALF_RECIPES[f"small-10s-aligned-half-{h}"][1][:16] for h in "ab")
+    rows = []
+    for i, subject in enumerate(bl.SUBJECTS[:6]):
+        sha, gain = (half_b, 0.1) if i < 3 else (half_a, -0.2)
+        for seed in (0, 1):
+            rows += [{"subject": subject, "method": bl.BRAINFM, "normalize": "align", "seed": seed,
+                      "balanced_accuracy": 0.6 + i / 20},
+                     {"subject": subject, "method": pretrained, "normalize": "align", "seed": seed,
+                      "balanced_accuracy": 0.6 + i / 20 + gain, "encoder_sha256": sha}]
+    rows.append(rows[-1] | {"method": f"{pretrained}, reset-tuned 60 s"})  # reset rows: tables only
+    rows.append(rows[-3] | {"method": f"{bl.BRAINFM}, reset-tuned 60 s"})
+    encoders = bl.pretrained_vs_scratch(rows)
+    groups = encoders[f"{pretrained} | align"]["by_encoder"]
+    assert groups["small-10s-aligned-half-b"]["subjects"] == bl.SUBJECTS[:3]
+    assert groups["small-10s-aligned-half-b"]["mean_difference"] == pytest.approx(0.1)
+    assert groups["small-10s-aligned-half-a"]["mean_difference"] == pytest.approx(-0.2)
+    assert (groups["small-10s-aligned-half-a"]["wins"], groups["small-10s-aligned-half-a"]["losses"]) == (0, 3)
+    table = "\n".join(bl.pretrained_markdown(encoders))
+    assert f"small-10s-aligned-half-a ({half_a}) | 03, 04, 05 | -0.200 | 0 / 0 / 3 |" in table
+    assert bl.trained_method(f"{pretrained}, as trained, after 60 s") == pretrained
+    path = tmp_path / bl.PRETRAINED_FIGURE
+    bl.plot_pretrained(encoders, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_each_fold_gets_an_encoder_that_never_read_its_subject(tmp_path):
     """The two-encoder protocol: halves pretrained on disjoint subjects cover every fold, and a
     subject one half only validated on goes to the half that never read it."""

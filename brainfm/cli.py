@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--int8-mode", default="dynamic", choices=("dynamic", "static"),
                    help="dynamic (default) or static QDQ (needs --calib)")
     for cmd in (q, e):
+        cmd.add_argument("--subject", default=None,
+                         help="deploy this subject's layers (required for a decoder trained with token statistics; "
+                              "default: the shared model, what an unseen subject gets)")
         cmd.add_argument("--calib", default=None, metavar="STORE", help="shard store with calibration windows")
         cmd.add_argument("--windows", type=int, default=256, help="calibration windows (default: 256)")
         cmd.add_argument("--window-s", type=float, default=5.0, help="calibration window length in s (default: 5)")
@@ -165,6 +168,8 @@ def _detector_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--model", default=None, help="fine-tuned decoder for the engagement axis: decoder.safetensors, "
                      "a .ckpt, a quantized bundle directory or an .onnx file (default: indices only)")
     cmd.add_argument("--engaged-class", default=None, help="the decoder class meaning engaged (default: arithmetic/task/...)")
+    cmd.add_argument("--subject", default=None, help="the decoder's subject layers to use (required for a decoder "
+                     "trained with token statistics; an .onnx file has its subject fixed by `brainfm export --subject`)")
     cmd.add_argument("--states", default=None, metavar="JSON", help="state set (default: AttentionGuard's four)")
     cmd.add_argument("--window-s", type=float, default=4.0, help="window length in s (default: 4)")
     cmd.add_argument("--hop-s", type=float, default=0.5, help="hop in s (default: 0.5)")
@@ -217,7 +222,7 @@ def _engagement_model(args: argparse.Namespace):
     from brainfm.attention import EngagementModel  # noqa: PLC0415
 
     engaged = int(args.engaged_class) if args.engaged_class and args.engaged_class.isdigit() else args.engaged_class
-    return EngagementModel(args.model, engaged, threads=args.threads)
+    return EngagementModel(args.model, engaged, threads=args.threads, subject=args.subject)
 
 
 def _calibrated(args: argparse.Namespace, spec, config, model):

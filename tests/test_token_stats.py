@@ -1,7 +1,8 @@
 """Label-free token statistics (brainfm.tasks.token_stats, issue #12 item 1): on real EEGMAT
 windows, every subject's tokens come out standardised, the statistics never read labels or
-other subjects, the calibration source stays inside the first seconds, and a decoder trained
-with them saves and reloads its subjects' layers."""
+other subjects, the calibration source stays inside the first seconds, a decoder trained
+with them saves and reloads its subjects' layers, and every deployed form (ONNX, quantized
+bundle, the detector's model) carries the chosen subject's layers or refuses to deploy without one."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from brainfm.attention import EngagementModel
+from brainfm.cli import main
 from brainfm.data import collate_windows
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.data.splits import calibration_spans
+from brainfm.deploy import load as load_bundle
+from brainfm.deploy import onnx_session, run_onnx
+from brainfm.deploy.calibrate import decoder_inputs
+from brainfm.deploy.checkpoint import load_checkpoint
+from brainfm.kernels.reference import sqnr_db
 from brainfm.models import BrainDecoder, ModelConfig, load_decoder
 from brainfm.tasks import DecodeModule
 from brainfm.tasks.token_stats import adapt_dataset, token_moments, window_indices
@@ -166,3 +174,63 @@ def test_reset_tuning_starts_from_the_statistics_and_keeps_its_layers(small_samp
     pl.Trainer(**QUIET).test(reloaded, calib, verbose=False)
     for k, v in reloaded.decoder.subjects.get("eegmat32").state_dict().items():
         torch.testing.assert_close(v, tuned[k])
+
+
+def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, capsys):
+    """A token-statistics decoder has no shared model: export, quantize and the detector's model
+    refuse it without --subject, and with one they give that subject's logits (FiLM, and the trained
+    channel mixing of a reset-tuned subject), not the shared model's."""
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
+    trainer = pl.Trainer(max_steps=2, **QUIET)
+    trainer.fit(module, data)
+    trainer.test(module, data, verbose=False)  # sets eegmat32's statistics
+    path = tmp_path / "decoder.safetensors"
+    module.export_safetensors(path)
+    batch = next(iter(data.test_dataloader()))
+    x = decoder_inputs(batch)
+    with torch.inference_mode():
+        want = module.decoder.eval()(*x, subjects=["eegmat32"] * len(x[0]))
+        shared = module.decoder(*x)
+    assert not torch.allclose(want, shared, atol=1e-3)  # the subject's layers matter
+
+    with pytest.raises(ValueError, match="token statistics.*--subject.*eegmat32"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="no subject layers for 'eegmat99'"):
+        load_checkpoint(path, "eegmat99")
+    with torch.inference_mode():
+        torch.testing.assert_close(load_checkpoint(path, "eegmat32")(*x), want)
+    assert main(["export", "--ckpt", str(path), "--onnx", str(tmp_path / "d.onnx")]) == 1  # one line, no graph
+    assert "--subject" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()
+    assert main(["export", "--ckpt", str(path), "--onnx", str(tmp_path / "d.onnx"), "--subject", "eegmat32"]) == 0
+    torch.testing.assert_close(run_onnx(onnx_session(tmp_path / "d.onnx"), *x), want, rtol=1e-4, atol=1e-4)
+    assert main(["quantize", "--ckpt", str(path), "--scheme", "w4a16", "--out", str(tmp_path / "b"),
+                 "--subject", "eegmat32"]) == 0
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.deploy_subject == "eegmat32" and bundle.token_stats
+    with torch.inference_mode():
+        got = bundle(*x)
+        torch.testing.assert_close(got, bundle(*x, subjects=["eegmat32"] * len(got)), rtol=0, atol=0)
+    assert sqnr_db(want, got) > sqnr_db(shared, got) + 3  # nearer the subject's logits than the shared model's
+    with pytest.raises(ValueError, match="--subject"):
+        EngagementModel(path)
+    model = EngagementModel(path, subject="eegmat32")
+    spec = data.sets["test"].specs[0]
+    expected = torch.log_softmax(want[0].double(), 0)
+    assert model.log_odds(x[0][0].numpy(), spec) == pytest.approx(float(expected[1] - expected[0]), abs=1e-4)
+
+    # a reset-tuned subject: trained mixing fixes the graph's channel count to the subject's
+    calib = DecodingDataModule(store=str(small_sample[1]), batch_size=8, label_map=LABELS, window_s=5.0,
+                               adapt_subjects=["eegmat32"], adapt_seconds=30.0, adapt_stride_s=5.0)
+    calib.setup()
+    reset = DecodeModule(init_from=str(path), mode="reset", token_stats=True, lr=1e-2)
+    pl.Trainer(max_steps=3, **{**QUIET, "limit_val_batches": 0}).fit(reset, calib)
+    assert reset.decoder.subjects.get("eegmat32").mix_delta.abs().max() > 0
+    reset.export_safetensors(tmp_path / "reset.safetensors")
+    with torch.inference_mode():
+        want = reset.decoder.eval()(*x, subjects=["eegmat32"] * len(x[0]))
+    assert main(["export", "--ckpt", str(tmp_path / "reset.safetensors"), "--onnx", str(tmp_path / "r.onnx"),
+                 "--subject", "eegmat32"]) == 0
+    torch.testing.assert_close(run_onnx(onnx_session(tmp_path / "r.onnx"), *x), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="token_stats: true"):
+        DecodeModule(init_from=str(path), mode="reset")  # the head needs standardised tokens

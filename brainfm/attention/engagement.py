@@ -24,6 +24,7 @@ import torch
 from brainfm.data.normalize import RunningMoments, SubjectNormalizer, population_scale
 from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
+from brainfm.deploy.checkpoint import deploy_for
 from brainfm.deploy.normalization import read_onnx
 from brainfm.models import load_decoder
 from brainfm.signal import SensorSpec
@@ -43,19 +44,26 @@ class EngagementModel:
         The class meaning "engaged" (name or index).
     threads : int
         Intra-op threads (torch or onnxruntime).
+    subject : str, optional
+        The decoder's subject layers to use (:func:`brainfm.deploy.checkpoint.deploy_for`); an
+        ONNX graph has its subject fixed at export.
     """
 
-    def __init__(self, path: str | Path, engaged_class: str | int | None = None, threads: int = 1):
+    def __init__(self, path: str | Path, engaged_class: str | int | None = None, threads: int = 1,
+                 subject: str | None = None):
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no such model: {path}")
         self.path, self.threads = path, threads
         if path.suffix == ".onnx":
+            if subject is not None:
+                raise ValueError(f"{path}: an ONNX graph's subject is fixed when it is exported "
+                                 "(brainfm export --subject); give the decoder file to choose one here")
             self.kind, self.session, self.model = "onnx", onnx_session(path, threads), None
             classes = None
         else:
             self.kind = "bundle" if path.is_dir() else "fp32"
-            self.model = load_bundle(path) if path.is_dir() else load_decoder(path)
+            self.model = deploy_for(load_bundle(path) if path.is_dir() else load_decoder(path), subject, path)
             classes = getattr(self.model, "classes", None)
         # every deployed form carries the decoder's normalisation (brainfm.deploy.normalization)
         norm = read_onnx(self.session) if self.kind == "onnx" else getattr(self.model, "normalization", None)

@@ -12,8 +12,9 @@ from brainfm.models.decoder import BrainDecoder
 from brainfm.models.serialization import load_decoder, read_weights
 
 
-def load_checkpoint(path: str | os.PathLike) -> BrainDecoder:
-    """A :class:`~brainfm.models.BrainDecoder` (eval mode, CPU) from a fine-tuning output.
+def load_checkpoint(path: str | os.PathLike, subject: str | None = None) -> BrainDecoder:
+    """A :class:`~brainfm.models.BrainDecoder` (eval mode, CPU) from a fine-tuning output, set to
+    deploy ``subject``'s layers (:func:`deploy_for`).
 
     Accepts ``decoder.safetensors`` (written by ``DecodeModule`` at the end of ``fit``) and
     a ``DecodeModule`` Lightning ``.ckpt``, both read by
@@ -25,14 +26,51 @@ def load_checkpoint(path: str | os.PathLike) -> BrainDecoder:
     FileNotFoundError
         No such file.
     ValueError
-        The file holds only an encoder (pretraining output), or is not a brainfm file.
+        The file holds only an encoder (pretraining output), or is not a brainfm file; or
+        :func:`deploy_for` refuses ``subject``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     if path.suffix not in (".safetensors", ".ckpt"):
         raise ValueError(f"{path}: expected decoder.safetensors or a Lightning .ckpt")
-    return load_decoder(path)
+    return deploy_for(load_decoder(path), subject, path)
+
+
+def deploy_for(decoder: BrainDecoder, subject: str | None, source: str | os.PathLike) -> BrainDecoder:
+    """Set which subject's layers ``decoder`` deploys with (``decoder.deploy_subject``).
+
+    A decoder trained with label-free token statistics has no shared model that any subject gets
+    (its head reads each subject's standardised tokens), so it needs ``subject``; any other decoder
+    without ``subject`` deploys its shared model, what an unseen subject gets, and leaves its subject
+    layers out (:func:`shared_model_note`).
+
+    Raises
+    ------
+    ValueError
+        ``subject`` has no layers in the decoder, or a token-statistics decoder got no ``subject``.
+    """
+    held = sorted(decoder.subjects.channels)
+    if subject is not None:
+        if subject not in decoder.subjects:
+            raise ValueError(f"{source}: no subject layers for {subject!r}; it holds {held or 'none'}")
+        decoder.deploy_subject = subject
+    elif decoder.token_stats and decoder.deploy_subject is None:
+        raise ValueError(
+            f"{source} was trained with label-free token statistics: its head reads each subject's tokens "
+            "standardised by that subject's statistics, so it has no shared model to deploy. Name the subject "
+            f"with --subject (it holds {', '.join(held) or 'no subject'}); for a new subject, reset-tune the "
+            "decoder on it first (configs/finetune/eegmat-reset.yaml with --model.token_stats true)")
+    return decoder
+
+
+def shared_model_note(decoder: BrainDecoder) -> str | None:
+    """What a deployment of ``decoder``'s shared model leaves out, or None."""
+    if decoder.deploy_subject is not None or not len(decoder.subjects):
+        return None
+    held = sorted(decoder.subjects.channels)
+    return (f"deploying the shared model (what an unseen subject gets); the subject layers of "
+            f"{', '.join(held[:6])}{' ...' if len(held) > 6 else ''} are left out: --subject S deploys one")
 
 
 def read_normalization(path: str | os.PathLike) -> Normalization | None:

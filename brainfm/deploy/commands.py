@@ -28,7 +28,7 @@ import torch
 from brainfm.data.sampling import calibration_windows, window_loader
 from brainfm.deploy.bundle import WEIGHTS_NAME, load, read_config, save_bundle
 from brainfm.deploy.calibrate import decoder_inputs
-from brainfm.deploy.checkpoint import load_checkpoint
+from brainfm.deploy.checkpoint import load_checkpoint, shared_model_note
 from brainfm.deploy.export import example_inputs, export_onnx, onnx_session, quantize_onnx, run_onnx
 from brainfm.deploy.quantize import quantize
 from brainfm.kernels.reference import sqnr_db
@@ -47,6 +47,15 @@ def _calib(args: argparse.Namespace, config: ModelConfig, windows: int):
     return window_loader(dataset, picks, args.batch_size)
 
 
+def _deployed(args: argparse.Namespace):
+    """The checkpoint's decoder set to deploy ``--subject`` (or its shared model, said on stderr)."""
+    decoder = load_checkpoint(args.ckpt, args.subject)
+    note = shared_model_note(decoder)
+    _log(note if note else f"deploying subject {decoder.deploy_subject}'s layers" if decoder.deploy_subject else
+         "deploying the shared model")
+    return decoder
+
+
 def _file_mib(path: Path) -> float:
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 2**20
@@ -54,7 +63,7 @@ def _file_mib(path: Path) -> float:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """``brainfm quantize``: checkpoint -> calibrated, quantized bundle directory."""
-    decoder = load_checkpoint(args.ckpt)
+    decoder = _deployed(args)
     loader = _calib(args, decoder.config, args.windows) if args.calib else None
     model = quantize(decoder, args.scheme, loader, smoothquant=args.smoothquant, alpha=args.alpha,
                      group_size=args.group_size, n_windows=args.windows, progress=not args.no_progress,
@@ -133,7 +142,7 @@ def run_info_bundle(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``brainfm export``: checkpoint -> ONNX (fp32, or int8 for onnxruntime with ``--int8``)."""
-    decoder = load_checkpoint(args.ckpt)
+    decoder = _deployed(args)
     out = Path(args.onnx)
     loader = _calib(args, decoder.config, args.windows) if args.calib else None
     with tempfile.TemporaryDirectory() as tmp:

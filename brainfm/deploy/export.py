@@ -6,8 +6,10 @@ branch), the dynamo exporter lowers it to ONNX ``DFT``. The graph is :class:`Dec
 the decoder's own modules in its order, minus what does not trace (the encoder's input
 validation reads tensor values with ``nonzero().tolist()``, and the decoder skips the
 spatial attention mask when no channel is padded, a value-dependent branch): it always
-passes ``channel_mask`` to the blocks, which gives the same result. Subject layers are not
-exported (the graph is the shared model, what an unseen subject gets). Inputs:
+passes ``channel_mask`` to the blocks, which gives the same result. The graph is the shared
+model, what an unseen subject gets, unless the decoder has a ``deploy_subject``
+(``brainfm export --subject``): then that subject's FiLM (and its channel mixing, when trained,
+which fixes the channel count to the subject's) is part of the graph. Inputs:
 
 ==================  ===========================  ======================================
 name                shape                        dtype
@@ -96,15 +98,25 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """The traceable forward of a decoder's shared model: ``(x, geometry, type, mask) -> logits``."""
+    """The traceable forward of a decoder, ``(x, geometry, type, mask) -> logits``: its shared
+    model, or its ``deploy_subject``'s (that subject's mixing and FiLM around the trunk)."""
 
     def __init__(self, decoder: nn.Module) -> None:
         super().__init__()
         self.decoder = decoder
+        subject = getattr(decoder, "deploy_subject", None)
+        self.adapter = None if subject is None else decoder.subjects.get(subject)
+        #: the subject's channel count when its mixing was trained (identity mixing is left out)
+        self.mix_channels = (self.adapter.n_channels if self.adapter is not None
+                             and bool(self.adapter.mix_delta.detach().abs().max() > 0) else None)
 
     def forward(self, x: torch.Tensor, sensor_geometry: torch.Tensor, sensor_type: torch.Tensor,
                 channel_mask: torch.Tensor) -> torch.Tensor:
+        if self.mix_channels is not None:
+            x = x + torch.einsum("ij,njt->nit", self.adapter.mix_delta, x)  # (B, C_s, T): I + Δ_s
         tokens = encoder_tokens(self.decoder.encoder, x, sensor_geometry, sensor_type, channel_mask)
+        if self.adapter is not None:
+            tokens = self.adapter.modulate(tokens)  # (B, C, S, D): γ_s ⊙ z + β_s
         return self.decoder.head(tokens, channel_mask)  # (B, n_classes)
 
 
@@ -125,7 +137,8 @@ def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET)
 
     Batch, channel count and window length (in whole patches) are dynamic.
     """
-    path = export_graph(DecoderGraph(decoder), decoder.config, path, OUTPUT_NAME, opset)
+    graph = DecoderGraph(decoder)
+    path = export_graph(graph, decoder.config, path, OUTPUT_NAME, opset, channels=graph.mix_channels)
     normalization = getattr(decoder, "normalization", None)
     if normalization is not None:
         write_onnx(path, normalization)
@@ -133,18 +146,20 @@ def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET)
 
 
 def export_graph(graph: nn.Module, config: Any, path: str | os.PathLike, output_name: str = OUTPUT_NAME,
-                 opset: int = OPSET) -> Path:
+                 opset: int = OPSET, channels: int | None = None) -> Path:
     """Export ``graph`` (:class:`DecoderGraph` or :class:`EncoderGraph` of a model built from
     ``config``) to a single-file ONNX model at ``path``, with dynamic batch, channel count and
-    window length (in whole patches): what ``brainfm export`` ships."""
+    window length (in whole patches): what ``brainfm export`` ships. ``channels``: a fixed
+    channel count instead (a subject's trained channel mixing)."""
     from torch.export import Dim  # noqa: PLC0415
 
-    batch, channels = Dim("batch"), Dim("channels")
+    batch = Dim("batch")
+    n_channels = Dim("channels") if channels is None else channels
     patches = Dim("patches", min=1, max=config.max_patches)
-    dims = {k: {0: batch, 1: channels} for k in INPUT_NAMES}
-    dims["x"] = {0: batch, 1: channels, 2: config.patch_size * patches}
+    dims = {k: {0: batch} | ({1: n_channels} if channels is None else {}) for k in INPUT_NAMES}
+    dims["x"] = dims["x"] | {2: config.patch_size * patches}
     # batch 2 at trace time: torch.export specialises dimensions that are 1
-    example = example_inputs(config, batch=2, n_channels=5, seconds=2 * config.patch_seconds)
+    example = example_inputs(config, batch=2, n_channels=channels or 5, seconds=2 * config.patch_seconds)
     # The exporter logs one warning per torchvision op it cannot register (torchvision is not
     # a dependency), warns that a Dim shared by several inputs keeps one axis name, and its
     # pytree code warns about LeafSpec; none of it concerns this graph.

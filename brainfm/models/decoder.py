@@ -23,6 +23,12 @@ class BrainDecoder(nn.Module):
     layers (:mod:`brainfm.models.subject`) act only on samples whose subject has layers;
     everyone else goes through the shared model.
 
+    A decoder trained with label-free token statistics (``token_stats``,
+    :mod:`brainfm.tasks.token_stats`) has a head that reads each subject's tokens standardised
+    by that subject's FiLM, so its shared model is not what any subject gets: it is deployed for
+    one subject, ``deploy_subject``, whose layers every call without ``subjects`` then uses
+    (:func:`brainfm.deploy.checkpoint.load_checkpoint`, ``brainfm export/quantize/detect --subject``).
+
     Hybrid head (``n_features > 0``): the caller also passes each window's raw feature
     vector (``features``, e.g. :func:`brainfm.targets.compute_targets` with the spec kept
     in ``hybrid``); the decoder standardises it with the ``feature_mean`` /
@@ -54,6 +60,10 @@ class BrainDecoder(nn.Module):
         A ready trunk with :class:`BrainEncoder`'s interface (e.g. a
         :class:`~brainfm.models.cbramod.CBraModEncoder` holding loaded weights); default:
         a fresh encoder of ``config``'s kind.
+    token_stats : bool
+        The head was trained on per-subject standardised tokens (label-free token statistics).
+    deploy_subject : str, optional
+        The subject whose layers a call without ``subjects`` uses (one of ``subject_channels``).
     """
 
     def __init__(
@@ -67,6 +77,8 @@ class BrainDecoder(nn.Module):
         n_features: int = 0,
         hybrid: dict | None = None,
         encoder: nn.Module | None = None,
+        token_stats: bool = False,
+        deploy_subject: str | None = None,
     ) -> None:
         super().__init__()
         if n_classes < 2:
@@ -82,6 +94,11 @@ class BrainDecoder(nn.Module):
         self.encoder = encoder
         width = getattr(config, "out_features", config.d_model)  # CBraMod's tokens may be projected
         self.subjects = SubjectLayers(width, subject_channels)
+        self.token_stats = bool(token_stats)
+        if deploy_subject is not None and deploy_subject not in self.subjects:
+            raise ValueError(f"no subject layers for deploy_subject {deploy_subject!r}; "
+                             f"the decoder holds {sorted(self.subjects.channels) or 'none'}")
+        self.deploy_subject = deploy_subject
         self.head = ClassificationHead(width, n_classes, head_dropout, pooling, n_features)
         self.n_features = int(n_features)
         self.hybrid = dict(hybrid) if hybrid is not None else None
@@ -101,7 +118,9 @@ class BrainDecoder(nn.Module):
         channel_mask: torch.Tensor,
         subjects: Sequence[str] | None = None,
     ) -> torch.Tensor:
-        """Subject-adapted encoder tokens ``(B, C, S, D)``."""
+        """Subject-adapted encoder tokens ``(B, C, S, D)`` (``subjects`` None: ``deploy_subject``'s, if set)."""
+        if subjects is None and self.deploy_subject is not None:
+            subjects = [self.deploy_subject] * x.shape[0]
         if subjects is not None and len(self.subjects):
             x = self.subjects.mix(x, subjects)  # (B, C, T)
         tokens = self.encoder(x, sensor_geometry, sensor_type, channel_mask)  # (B, C, S, D)
@@ -144,4 +163,6 @@ class BrainDecoder(nn.Module):
             "classes": self.classes,
             "n_features": self.n_features,
             "hybrid": self.hybrid,
+            "token_stats": self.token_stats,
+            "deploy_subject": self.deploy_subject,
         }

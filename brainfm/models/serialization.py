@@ -150,9 +150,9 @@ class Weights:
     config : ModelConfig
         The architecture.
     decoder : dict, optional
-        For a decoder: ``n_classes``, ``pooling``, ``subject_channels``, ``classes`` and, for
-        a hybrid head, ``n_features`` and ``hybrid`` (the :class:`BrainDecoder` arguments
-        besides the config).
+        For a decoder: ``n_classes``, ``pooling``, ``subject_channels``, ``classes``,
+        ``token_stats``, ``deploy_subject`` and, for a hybrid head, ``n_features`` and ``hybrid``
+        (the :class:`BrainDecoder` arguments besides the config).
     normalization : (dict of str to Tensor, str), optional
         A decoder's per-subject normalisation statistics and their JSON metadata (see the
         module docstring), if it was trained on normalised windows.
@@ -211,7 +211,7 @@ def read_weights(path: str | os.PathLike) -> Weights:
         state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
         dec = {"n_classes": hp["n_classes"], "pooling": hp.get("pooling", "mean"),
                "subject_channels": hp.get("subject_channels") or {}, "classes": hp.get("classes"),
-               "hybrid": hp.get("hybrid"),
+               "hybrid": hp.get("hybrid"), "token_stats": bool(hp.get("token_stats")),
                "n_features": int(state["feature_mean"].shape[0]) if "feature_mean" in state else 0}
         norm = ckpt.get(NORMALIZATION)
         return Weights("decoder", state, config, dec, None if norm is None else (norm["tensors"], norm["metadata"]),

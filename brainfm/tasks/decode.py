@@ -186,6 +186,9 @@ class DecodeModule(ClassifierModule):
             dec = weights.decoder
             if dec["n_classes"] != n_classes:
                 raise ValueError(f"{init_from} has {dec['n_classes']} classes, the task has {n_classes}")
+            if dec.get("token_stats") and not token_stats:
+                raise ValueError(f"{init_from} was trained with label-free token statistics (its head reads each "
+                                 "subject's standardised tokens): set the DecodeModule's token_stats: true")
             pooling = dec["pooling"]
             source_subjects = {**dec["subject_channels"], **source_subjects}
             classes = classes or dec.get("classes")
@@ -194,7 +197,7 @@ class DecodeModule(ClassifierModule):
         self.feature_spec = TargetSpec(**spec) if spec is not None else None
         n_features = len(target_names(self.feature_spec)) if spec is not None else 0
         self.decoder = BrainDecoder(config, n_classes, pooling, head_dropout, source_subjects, classes,
-                                    n_features, spec)
+                                    n_features, spec, token_stats=token_stats)
         # Checkpoints carry the resolved architecture, so they rebuild without the init file:
         # DecodeModule.load_from_checkpoint(path, init_from=None).
         self.hparams.update(model=config.to_dict(), model_overrides=None, pooling=pooling,

@@ -609,8 +609,15 @@ def main(args: Sequence[str] | None = None) -> int:
         return 1
 
 
+#: jsonargparse's first line when a class in the config failed to build; the cause follows it
+UNION_FAILURE = "Does not validate against any of the Union subtypes"
+
+
 def error_line(err: BaseException) -> str:
-    """One line for an error: its message (first line), with the type only when it says more."""
+    """One line for an error: its message (first line), with the type only when it says more.
+    A config class that failed to build (jsonargparse's union failure) gives its constructor's error."""
+    if str(err).startswith(UNION_FAILURE) and isinstance(err.__cause__, Exception):
+        return error_line(err.__cause__)
     message = err.args[0] if isinstance(err, KeyError) and err.args else err
     lines = str(message).strip().splitlines()
     text = lines[0] if lines else ""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from brainfm import cli
 from brainfm.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_info_json(small_sample, capsys):
@@ -64,3 +67,17 @@ def test_ctrl_c_during_training_exits_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "lightning_main", lambda args: sys.exit(2))  # e.g. a bad config: argparse's exit
     with pytest.raises(SystemExit):
         main(["fit", "--config", "x.yaml"])
+
+
+def test_a_config_class_that_fails_to_build_shows_its_own_error(tmp_path, monkeypatch, capsys):
+    """jsonargparse reports a failed constructor as "Does not validate against any of the Union
+    subtypes" with the reason on later lines; the one line a person reads is the constructor's."""
+    monkeypatch.chdir(tmp_path)  # nothing in the repository is written
+    monkeypatch.setattr(sys, "argv", ["brainfm"])  # LightningCLI warns when both argv and args hold arguments
+    config = ROOT / "configs" / "finetune" / "eegmat-reset.yaml"
+    assert main(["fit", "--config", str(config), "--data.adapt_subjects", "[eegmat33]"]) == 1
+    err = capsys.readouterr().err
+    assert "mode='reset' adapts a fine-tuned decoder: give init_from" in err and "Union" not in err
+    assert main(["fit", "--config", str(config), "--model.init_from", "weights/decoder.safetensors"]) == 1
+    assert f"no such weights file: weights/decoder.safetensors (relative to the working directory {tmp_path})" \
+        in capsys.readouterr().err

@@ -53,8 +53,10 @@ def check_subjects(store: ShardStore, subjects: Sequence[str], role: str) -> Non
     present = set(store.subjects())
     missing = [s for s in subjects if s not in present]
     if subjects and len(missing) == len(subjects):
-        raise ValueError(f"{role} {list(subjects)}: none is in store {store.url}; "
-                         f"its subjects are {', '.join(sorted(present))}")
+        asked = ", ".join(subjects[:4]) + (f" and {len(subjects) - 4} more" if len(subjects) > 4 else "")
+        held = sorted(present)
+        raise ValueError(f"{role} ({asked}): none is in store {store.url}; its {len(held)} subjects are "
+                         f"{', '.join(held[:12])}{' ...' if len(held) > 12 else ''}")
     if missing:
         log.warning("%s: %d of %d not in store %s (%s); using the other %d", role, len(missing), len(subjects),
                     store.url, ", ".join(missing), len(subjects) - len(missing))

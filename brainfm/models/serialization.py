@@ -188,7 +188,8 @@ def read_weights(path: str | os.PathLike) -> Weights:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such weights file: {path}")
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise FileNotFoundError(f"no such weights file: {path}{where}")
     if path.suffix == ".safetensors":
         meta = read_metadata(path, (FORMAT, DECODER_FORMAT))
         state = load_file(os.fspath(path))

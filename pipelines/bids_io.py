@@ -316,6 +316,21 @@ def fill_from_montage(raw: mne.io.BaseRaw, loc: np.ndarray) -> tuple[np.ndarray,
     return loc, {"montage": name, "filled": filled, "missing": missing}
 
 
+def unread_electrodes(bids_path: BIDSPath, fallback: dict[str, Any]) -> str | None:
+    """A warning when EEG positions came from the template although the recording's folder holds
+    ``electrodes.tsv`` files: mne-bids reads one only when exactly one matches (with two, e.g. a
+    ``space-CapTrak`` copy beside another, it reads none, silently), so the recorded positions were
+    not used. None when nothing was filled or there is no such file."""
+    if not fallback["filled"]:
+        return None
+    found = sorted(f.name for f in Path(bids_path.fpath).parent.glob("*electrodes.tsv"))
+    if not found:
+        return None
+    return (f"positions of {len(fallback['filled'])} EEG channel(s) come from the {fallback['montage']} template, "
+            f"not from {', '.join(found)}: mne-bids read none of them"
+            + (" (more than one matches this recording)" if len(found) > 1 else ""))
+
+
 def positions_label(loc: np.ndarray, fallback: dict[str, Any]) -> str:
     """Manifest summary of where positions came from."""
     known = np.isfinite(loc[:, :3]).all(axis=1)

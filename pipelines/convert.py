@@ -113,6 +113,8 @@ def convert_recording(bids_root: str, fpath: str, store_url: str, preset: Preset
         types = raw.get_channel_types()
         flags = quality_flags(data, list(raw.ch_names), types, found["flat"])
         messages = sorted(set(messages) | set(more))
+        if (unread := bids_io.unread_electrodes(bids_path, fallback)) is not None:
+            messages.append(unread)
         for reason in ("flat", "spikes"):
             names = sorted(n for n, r in flags.items() if reason in r)
             if names:

@@ -597,3 +597,15 @@ def test_every_test_the_reliability_table_names_exists():
     missing = [f"{file or 'test_reliability.py'}::{name}" for file, name in cited
                if f"def {name}(" not in (tests / (file or "test_reliability.py")).read_text()]
     assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"
+
+
+def test_template_positions_beside_unread_electrodes_files_are_reported(shared_data, tmp_path):
+    """mne-bids's tiny_bids ships two electrodes.tsv for one recording (one in CapTrak space);
+    mne-bids then reads neither, so the template positions that fill in must say so."""
+    report = convert(shared_data / "eeg" / "bids" / "tiny_bids", tmp_path / "store", workers=1, progress=False)
+    assert report.ok, report.failed
+    (rid,) = report.converted
+    assert ShardStore(tmp_path / "store").entry(rid)["positions"].startswith(("montage:", "partial-montage:"))
+    assert any("not from sub-01_ses-eeg_electrodes.tsv, sub-01_ses-eeg_space-CapTrak_electrodes.tsv: mne-bids read "
+               "none of them (more than one matches this recording)" in w for w in report.warnings[rid]), \
+        report.warnings[rid]

@@ -5,6 +5,7 @@ bundles, fp32 ONNX and int8 ONNX, and a tampered copy is refused with the file n
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ import torch
 from brainfm.attention.engagement import EngagementModel
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.data.normalize import SubjectNormalizer
+from brainfm.data.sampling import calibration_windows
 from brainfm.deploy import export_onnx, load, quantize, quantize_onnx, read_normalization, save_bundle
+from brainfm.deploy.commands import _calib
 from brainfm.deploy.normalization import ONNX_KEY, from_json, read_onnx, to_json
 from brainfm.models import BrainDecoder, ModelConfig, load_decoder, save_decoder
 
@@ -103,3 +106,16 @@ def test_decoder_without_normalisation_deploys_without_statistics(tmp_path):
     save_bundle(quantize(model, "w8a8", smoothquant=False), tmp_path / "bundle")
     assert read_normalization(tmp_path / "bundle") is None and load(tmp_path / "bundle").normalization is None
     assert read_onnx(export_onnx(model, tmp_path / "plain.onnx")) is None
+
+
+def test_calibration_windows_are_normalised_as_in_training(decoder, small_sample, tmp_path, capsys):
+    """`brainfm quantize/export --calib` calibrates on windows normalised as the decoder's training
+    windows were (its method, each subject's session statistics), not on raw ones."""
+    model, _ = decoder
+    store = str(small_sample[1])
+    args = SimpleNamespace(calib=store, window_s=5.0, calib_subjects=["eegmat00"], channel_types=None, batch_size=4)
+    got = next(iter(_calib(args, model, 8)))["x"][0].numpy()
+    raw, picks = calibration_windows(store, 8, 5.0, ["eegmat00"])
+    want = SubjectNormalizer.from_tensors(*model.normalization)("eegmat00", raw[picks[0]]["x"].numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert "normalised as in training (align" in capsys.readouterr().err

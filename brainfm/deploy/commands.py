@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from brainfm.data.normalize import fit_normalizer
 from brainfm.data.sampling import calibration_windows, window_loader
 from brainfm.deploy.bundle import WEIGHTS_NAME, load, read_config, save_bundle
 from brainfm.deploy.calibrate import decoder_inputs
@@ -32,18 +33,24 @@ from brainfm.deploy.checkpoint import load_checkpoint, shared_model_note
 from brainfm.deploy.export import example_inputs, export_onnx, onnx_session, quantize_onnx, run_onnx
 from brainfm.deploy.quantize import quantize
 from brainfm.kernels.reference import sqnr_db
-from brainfm.models.config import ModelConfig
+from brainfm.models.decoder import BrainDecoder
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _calib(args: argparse.Namespace, config: ModelConfig, windows: int):
-    """Calibration batches from ``--calib``, checked against the model (:meth:`ModelConfig.for_signal`)."""
+def _calib(args: argparse.Namespace, decoder: BrainDecoder, windows: int):
+    """Calibration batches from ``--calib``, checked against the model (:meth:`ModelConfig.for_signal`)
+    and normalised as the decoder's training windows were: its method, with each calibration subject's
+    statistics from that subject's own session in the store (no labels)."""
     dataset, picks = calibration_windows(args.calib, windows, args.window_s, args.calib_subjects, args.channel_types)
     for spec in dict.fromkeys(dataset.specs):  # each distinct montage once
-        config.for_signal(spec, args.window_s)
+        decoder.config.for_signal(spec, args.window_s)
+    if decoder.normalization is not None:
+        method = json.loads(decoder.normalization[1])["method"]
+        dataset.normalizer = fit_normalizer([dataset], method, "session")
+        _log(f"calibration windows normalised as in training ({method}, each subject's session statistics)")
     return window_loader(dataset, picks, args.batch_size)
 
 
@@ -64,7 +71,7 @@ def _file_mib(path: Path) -> float:
 def run_quantize(args: argparse.Namespace) -> int:
     """``brainfm quantize``: checkpoint -> calibrated, quantized bundle directory."""
     decoder = _deployed(args)
-    loader = _calib(args, decoder.config, args.windows) if args.calib else None
+    loader = _calib(args, decoder, args.windows) if args.calib else None
     model = quantize(decoder, args.scheme, loader, smoothquant=args.smoothquant, alpha=args.alpha,
                      group_size=args.group_size, n_windows=args.windows, progress=not args.no_progress,
                      budget=args.budget, attn_quant=args.attn_quant, attn_bits=args.attn_bits,
@@ -144,7 +151,7 @@ def run_export(args: argparse.Namespace) -> int:
     """``brainfm export``: checkpoint -> ONNX (fp32, or int8 for onnxruntime with ``--int8``)."""
     decoder = _deployed(args)
     out = Path(args.onnx)
-    loader = _calib(args, decoder.config, args.windows) if args.calib else None
+    loader = _calib(args, decoder, args.windows) if args.calib else None
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx" if args.int8 else out
         _log(f"exporting {args.ckpt} to ONNX (torch.onnx dynamo exporter) ...")

@@ -192,7 +192,10 @@ def test_detect_cli_writes_timeline_and_plot(eegmat32, shared_data, tmp_path):
     files = [str(shared_data / f"eegmat/Subject32_{k}.edf") for k in (1, 2)]
     out = tmp_path / "detect"
     assert main(["detect", *files, "--out", str(out), "--calibration-s", "30", "--no-progress"]) == 0
-    rows = list(csv.DictReader((out / "timeline.csv").read_text().splitlines()))
+    lines = (out / "timeline.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert len(header) == len(set(header)) and {"engagement", "engagement_axis", "arousal_axis"} <= set(header)
+    rows = list(csv.DictReader(lines))
     doc = json.loads((out / "timeline.json").read_text())
     assert len(rows) == len(doc["windows"]) > 400 and rows[0]["state"] == CALIBRATING
     assert doc["meta"]["segments"][1][0] == "Subject32_2.edf" and doc["meta"]["chain"] == "zero-phase"

@@ -26,11 +26,14 @@ COLORS = {"Focused": "#2e7d32", "Drifting": "#f9a825", "Hyperfocused": "#6a1b9a"
 
 
 def write_csv(outputs: Sequence[StateOutput], path: str | Path, states: Sequence[str]) -> Path:
+    """One row per window: time, state, state probabilities, the raw indices, the two axes
+    (``engagement_axis``, ``arousal_axis``: per-user z-scores; the raw ``engagement`` index is Pope's
+    β/(α+θ)), the decoder's log-odds and the signal quality."""
     path = Path(path)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["t", "sample", "state", *(f"p_{s}" for s in states), *INDEX_NAMES, "engagement", "arousal",
-                    "decoder", "quality_ok", "quality_reasons"])
+        w.writerow(["t", "sample", "state", *(f"p_{s}" for s in states), *INDEX_NAMES, "engagement_axis",
+                    "arousal_axis", "decoder", "quality_ok", "quality_reasons"])
         for o in outputs:
             w.writerow([f"{o.t:.3f}", o.sample, o.state, *(_fmt(o.probabilities.get(s)) for s in states),
                         *(_fmt(o.indices.get(k)) for k in INDEX_NAMES), _fmt(o.engagement), _fmt(o.arousal),

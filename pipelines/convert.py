@@ -44,8 +44,8 @@ from typing import Any, Callable
 from brainfm.data import store as shard
 from brainfm.data.store_lock import store_lock
 from brainfm.data.store_verify import verify_recording
-from brainfm.data.store_write import (commit, drop_stale_target_sets, manifest_for_preset, remove_stale_temporaries,
-                                      write_recording)
+from brainfm.data.store_write import (check_new_store, commit, drop_stale_target_sets, manifest_for_preset,
+                                      remove_stale_temporaries, write_recording)
 from brainfm.pipelines import bids_func, bids_io
 from brainfm.pipelines.presets import FmriPreset, Preset, get_preset
 from brainfm.pipelines.preprocess import preprocess, quality_flags, to_physical_units
@@ -293,8 +293,11 @@ def convert(
 
     t0 = time.perf_counter()
     preset = get_preset(preset)
+    if not Path(bids_root).is_dir():
+        raise FileNotFoundError(f"no such folder: {bids_root}")
     bids_root, store_url = str(Path(bids_root).resolve()), str(store_url)
     paths = [p for p in _discover(bids_root, preset) if limit is None or limit(p)]
+    check_new_store(store_url)  # before the lock, which would be the first thing written
     with store_lock(store_url, timeout=wait, command="convert"):
         manifest = manifest_for_preset(store_url, preset.to_dict(), preset.hash,
                                        "convert with that preset or into a new store")

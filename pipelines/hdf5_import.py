@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from brainfm.data import store as shard
 from brainfm.data.store_lock import store_lock
 from brainfm.data.store_verify import verify_recording
-from brainfm.data.store_write import (commit, drop_stale_target_sets, manifest_for_preset, remove_stale_temporaries,
-                                      write_recording)
+from brainfm.data.store_write import (check_new_store, commit, drop_stale_target_sets, manifest_for_preset,
+                                      remove_stale_temporaries, write_recording)
 from brainfm.data.hdf5 import DATASET, ENTITY_ATTRS, Hdf5Recording, scan
 from brainfm.pipelines import bids_io
 from brainfm.pipelines.convert import COMMIT_EVERY_S
@@ -223,6 +223,7 @@ def import_hdf5(path: str | os.PathLike, store_url: str | os.PathLike, dataset: 
         return report
     preset = hdf5_preset(recordings[0], chunk_seconds)
     report.preset_hash = preset.hash
+    check_new_store(store_url)  # before the lock, which would be the first thing written
     with store_lock(store_url, timeout=wait, command="import-hdf5"):
         manifest = manifest_for_preset(
             store_url, preset.to_dict(), preset.hash,

@@ -609,3 +609,16 @@ def test_template_positions_beside_unread_electrodes_files_are_reported(shared_d
     assert any("not from sub-01_ses-eeg_electrodes.tsv, sub-01_ses-eeg_space-CapTrak_electrodes.tsv: mne-bids read "
                "none of them (more than one matches this recording)" in w for w in report.warnings[rid]), \
         report.warnings[rid]
+
+
+def test_convert_refuses_a_missing_source_and_a_folder_that_is_not_a_store(eeg, tmp_path):
+    """A mistyped source says it does not exist; a store is never written into a folder that holds
+    other things (e.g. the output folder of an export), and that folder is left as it was."""
+    out = _cli("convert", str(tmp_path / "nonexistent"), str(tmp_path / "store"))
+    assert out.returncode == 1 and f"no such folder: {tmp_path / 'nonexistent'}" in _one_line(out.stderr)
+    busy = tmp_path / "exports"
+    busy.mkdir()
+    (busy / "decoder.onnx").write_bytes(b"onnx")
+    with pytest.raises(ValueError, match=r"exports is not a brainfm store and is not empty \(it holds decoder.onnx\)"):
+        convert(eeg, busy, workers=1, progress=False)
+    assert sorted(p.name for p in busy.iterdir()) == ["decoder.onnx"]  # nothing written, not even a lock

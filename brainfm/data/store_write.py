@@ -271,6 +271,26 @@ def new_manifest(preset: Mapping[str, Any], preset_hash: str) -> dict[str, Any]:
     }
 
 
+#: What a folder may hold before its first manifest: a writer's lock and temporaries, and the
+#: recordings and reports of a first conversion that was stopped before it committed.
+NEW_STORE_ENTRIES = {RECORDINGS, "reports"}
+
+
+def check_new_store(store_url: str) -> None:
+    """Refuse to make a store in a folder that already holds other things (a store is a
+    folder of its own: writing one into, say, an output folder would mix the two). Writers call it
+    before taking the store's lock, so a refused folder gets nothing, and again under the lock."""
+    fs, root = store_fs(store_url)
+    if not fs.isdir(root) or read_manifest(store_url) is not None:
+        return
+    other = sorted(name for name in (path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(root, detail=False))
+                   if not name.startswith(".") and name not in NEW_STORE_ENTRIES)
+    if other:
+        listed = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise ValueError(f"{store_url} is not a brainfm store and is not empty (it holds {listed}); "
+                         "give a new or empty folder for the store")
+
+
 def manifest_for_preset(store_url: str, preset: Mapping[str, Any], preset_hash: str, hint: str) -> dict[str, Any]:
     """The store's manifest, or a new one for ``preset``; a store built with another preset is refused.
 
@@ -278,6 +298,7 @@ def manifest_for_preset(store_url: str, preset: Mapping[str, Any], preset_hash: 
     """
     manifest = read_manifest(store_url)
     if manifest is None:
+        check_new_store(store_url)
         return new_manifest(preset, preset_hash)
     if manifest["preset_hash"] != preset_hash:
         raise ValueError(f"store {store_url} was built with preset {manifest['preset'].get('name')!r} "

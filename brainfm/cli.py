@@ -116,6 +116,16 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--alpha", default=None, type=_alpha,
                    help="migration strength in [0, 1] or 'auto' (default: 0.5 for w8a8, auto for w4a16)")
     q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128), help="w4a16 group size")
+    a = sub.add_parser("adapt", help="add new subjects to a decoder trained with token statistics, without labels")
+    a.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt (token_stats: true)")
+    a.add_argument("--store", required=True, help="shard store with the subjects' recordings")
+    a.add_argument("--subjects", nargs="+", required=True, help="subjects to adapt")
+    a.add_argument("--task", default=None, help="only recordings of this BIDS task (default: all of the subjects')")
+    a.add_argument("--source", default="session", choices=("session", "calibration"),
+                   help="statistics from each subject's whole session (default) or its first --seconds")
+    a.add_argument("--seconds", type=float, default=60.0, help="calibration length in s (default: 60)")
+    a.add_argument("--window-s", type=float, default=5.0, help="window length in s (default: 5)")
+    a.add_argument("--out", required=True, help="decoder file to write (.safetensors)")
     e = sub.add_parser("export", help="export a fine-tuned decoder to ONNX (fp32, or int8 for onnxruntime)")
     e.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
     e.add_argument("--onnx", required=True, help="output .onnx file")
@@ -315,6 +325,20 @@ def _alpha(value: str) -> str | float:
     if not 0.0 <= alpha <= 1.0:
         raise argparse.ArgumentTypeError(f"alpha must be a number in [0, 1] or 'auto', got {value!r}")
     return alpha
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    """``brainfm adapt``: a token-statistics decoder with new subjects' label-free layers."""
+    from brainfm.tasks.token_stats import adapt_decoder  # noqa: PLC0415
+
+    if Path(args.out).resolve() == Path(args.ckpt).resolve():
+        raise UsageError("--out must be a new file, not --ckpt")
+    entities = {"task": args.task} if args.task else {}
+    done = adapt_decoder(args.ckpt, args.store, args.subjects, args.out, args.source, args.seconds, args.window_s,
+                         **entities)
+    print(f"{args.out}: token statistics ({args.source}) and input statistics for {', '.join(done)}; deploy one "
+          f"with --subject (brainfm export/quantize/detect)")
+    return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -584,7 +608,7 @@ def main(args: Sequence[str] | None = None) -> int:
         ns = _parser().parse_args(argv)
         handler = {"convert": _convert, "info": _info, "verify": _verify, "sample-data": _sample,
                    "quantize": _deploy, "export": _deploy, "import-hdf5": _import_hdf5, "export-hdf5": _export_hdf5,
-                   "detect": _detect, "stream": _stream}[ns.command]
+                   "detect": _detect, "stream": _stream, "adapt": _adapt}[ns.command]
         return handler(ns)
     except UsageError as err:
         if debug:

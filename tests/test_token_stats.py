@@ -6,6 +6,8 @@ bundle, the detector's model) carries the chosen subject's layers or refuses to 
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -234,3 +236,40 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     torch.testing.assert_close(run_onnx(onnx_session(tmp_path / "r.onnx"), *x), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="token_stats: true"):
         DecodeModule(init_from=str(path), mode="reset")  # the head needs standardised tokens
+
+
+def test_adapt_adds_a_new_subject_without_labels(small_sample, tmp_path, capsys):
+    """A fit's file holds identity layers for its test subjects (never adapted): deploying one is refused
+    and names `brainfm adapt`, which sets that subject's input and token statistics from its unlabelled
+    session exactly as `brainfm test` would, and keeps everything else."""
+    aligned = _dm(small_sample[1], normalize="align")
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
+    trainer = pl.Trainer(max_steps=2, **QUIET)
+    trainer.fit(module, aligned)
+    path = tmp_path / "decoder.safetensors"
+    module.export_safetensors(path)
+    assert module.decoder.subjects.get("eegmat32").is_identity()
+    with pytest.raises(ValueError, match="eegmat32's token statistics were never estimated.*brainfm adapt"):
+        load_checkpoint(path, "eegmat32")
+    adapted = tmp_path / "adapted.safetensors"
+    assert main(["adapt", "--ckpt", str(path), "--store", str(small_sample[1]), "--subjects", "eegmat32",
+                 "--out", str(adapted)]) == 0
+    assert "eegmat32" in capsys.readouterr().out
+    trainer.test(module, aligned, verbose=False)  # what the test loop sets for eegmat32
+    got, want = load_decoder(adapted), module.decoder.eval()
+    for name in ("token_scale", "token_shift"):
+        torch.testing.assert_close(getattr(got.subjects.get("eegmat32"), name),
+                                   getattr(want.subjects.get("eegmat32"), name), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.subjects.get("eegmat00").token_scale, want.subjects.get("eegmat00").token_scale)
+    before, after = (json.loads(d.normalization[1])["subjects"]["eegmat32"] for d in (load_decoder(path), got))
+    assert after == before  # the same session statistics as the training data module's
+    x = decoder_inputs(next(iter(aligned.test_dataloader())))
+    with torch.inference_mode():
+        torch.testing.assert_close(load_checkpoint(adapted, "eegmat32")(*x),
+                                   want(*x, subjects=["eegmat32"] * len(x[0])), rtol=1e-3, atol=1e-3)
+    plain = DecodeModule(model="tiny", classes=list(LABELS))
+    plain.export_safetensors(tmp_path / "plain.safetensors")
+    assert main(["adapt", "--ckpt", str(tmp_path / "plain.safetensors"), "--store", str(small_sample[1]),
+                 "--subjects", "eegmat32", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "not trained with token statistics" in capsys.readouterr().err

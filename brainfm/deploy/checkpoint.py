@@ -54,6 +54,11 @@ def deploy_for(decoder: BrainDecoder, subject: str | None, source: str | os.Path
     if subject is not None:
         if subject not in decoder.subjects:
             raise ValueError(f"{source}: no subject layers for {subject!r}; it holds {held or 'none'}")
+        if decoder.token_stats and decoder.subjects.get(subject).is_identity():
+            raise ValueError(f"{source}: {subject}'s token statistics were never estimated in this file (its layers "
+                             "are the identity, e.g. a test subject of the fit that wrote it); estimate them from "
+                             f"the subject's unlabelled windows first: brainfm adapt --ckpt {source} --store STORE "
+                             f"--subjects {subject} --out ADAPTED")
         decoder.deploy_subject = subject
     elif decoder.token_stats and decoder.deploy_subject is None:
         raise ValueError(

@@ -70,6 +70,10 @@ class SubjectAdapter(nn.Module):
         """``(N, C, S, D)`` -> ``(N, C, S, D)``: ``γ_s ⊙ z + β_s``."""
         return tokens * self.token_scale + self.token_shift
 
+    def is_identity(self) -> bool:
+        """Whether these layers are still fresh (no mixing, FiLM ``γ = 1, β = 0``): never trained or set."""
+        return bool((self.mix_delta == 0).all() and (self.token_scale == 1).all() and (self.token_shift == 0).all())
+
 
 class SubjectLayers(nn.Module):
     """The subject-specific layers of a model, keyed by subject id.

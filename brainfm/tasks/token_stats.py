@@ -23,20 +23,29 @@ test and prediction every subject of that loader gets its own. Sources, as for i
 normalisation (:mod:`brainfm.data.normalize`): ``session`` (all of the subject's windows in the
 loader: transductive) or ``calibration`` (only windows inside the first ``seconds`` of the
 subject, :func:`brainfm.data.splits.calibration_spans`). Labels are never read.
+
+A new subject after training (:func:`adapt_decoder`, ``brainfm adapt``): its unlabelled windows,
+normalised as the decoder's training windows were, set its layers and input statistics in a copy
+of the decoder file, which ``brainfm export/quantize/detect --subject`` then deploy.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping
+from typing import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from brainfm.data.dataset import collate_windows
+from brainfm.data.dataset import FixedWindows, collate_windows
+from brainfm.data.normalize import SubjectNormalizer, fit_normalizer
+from brainfm.data.store import ShardStore
 from brainfm.data.splits import calibration_spans
 from brainfm.data.summary import DataSummary
+from brainfm.models.serialization import load_decoder, read_weights, save_decoder
 
 SOURCES = ("session", "calibration")
 #: Floor on σ_s (tokens are layer-normalised, so features have order-one spread).
@@ -151,4 +160,41 @@ def adapt_dataset(decoder, dataset, source: str = "session", seconds: float = 60
             module.train(training)
 
 
-__all__ = ["SOURCES", "TokenMoments", "adapt_dataset", "match_subjects", "token_moments", "window_indices"]
+def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Sequence[str], out: str | os.PathLike,
+                  source: str = "session", seconds: float = 60.0, window_s: float = 5.0,
+                  **entities) -> list[str]:
+    """Add ``subjects`` to a decoder trained with token statistics, without labels, and write it to ``out``.
+
+    Each subject's windows of ``store`` (recordings matching ``entities``, e.g. ``task="rest"``) are
+    normalised with the decoder's input method and that subject's own statistics (``source``: its
+    session, or its first ``seconds``), which join the decoder's; then its FiLM standardises its
+    tokens (:func:`adapt_dataset`). Everything else in the file is kept. Returns the subjects set.
+
+    Raises
+    ------
+    ValueError
+        The decoder was not trained with token statistics, or a subject has no recordings.
+    """
+    decoder = load_decoder(path)
+    if not decoder.token_stats:
+        raise ValueError(f"{path} was not trained with token statistics: there is no label-free layer to set "
+                         "(reset-tune it on the subject's labelled data: configs/finetune/eegmat-reset.yaml)")
+    shard_store = store if isinstance(store, ShardStore) else ShardStore(store)
+    missing = [s for s in subjects if not shard_store.select([s], **entities)]
+    if missing:
+        raise ValueError(f"no recordings of {missing} {entities or ''} in {shard_store.url}")
+    windows = FixedWindows(shard_store, window_s, recordings=shard_store.select(subjects, **entities))
+    if decoder.normalization is not None:
+        normalizer = fit_normalizer([windows], json.loads(decoder.normalization[1])["method"], source, seconds)
+        windows.normalizer = normalizer
+        merged = SubjectNormalizer.from_tensors(*decoder.normalization)
+        for stats in normalizer.stats.values():
+            merged.add(stats)
+        decoder.normalization = merged.to_tensors()
+    done = adapt_dataset(decoder, windows, source, seconds)
+    save_decoder(decoder, out, extra=read_weights(path).extra)
+    return done
+
+
+__all__ = ["SOURCES", "TokenMoments", "adapt_dataset", "adapt_decoder", "match_subjects", "token_moments",
+           "window_indices"]

@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from brainfm.attention import EngagementModel
@@ -24,7 +26,7 @@ from brainfm.deploy import onnx_session, run_onnx
 from brainfm.deploy.calibrate import decoder_inputs
 from brainfm.deploy.checkpoint import load_checkpoint
 from brainfm.kernels.reference import sqnr_db
-from brainfm.models import BrainDecoder, ModelConfig, load_decoder
+from brainfm.models import BrainDecoder, ModelConfig, load_decoder, save_decoder
 from brainfm.tasks import DecodeModule
 from brainfm.tasks.token_stats import adapt_dataset, token_moments, window_indices
 
@@ -273,3 +275,27 @@ def test_adapt_adds_a_new_subject_without_labels(small_sample, tmp_path, capsys)
     assert main(["adapt", "--ckpt", str(tmp_path / "plain.safetensors"), "--store", str(small_sample[1]),
                  "--subjects", "eegmat32", "--out", str(tmp_path / "x.safetensors")]) == 1
     assert "not trained with token statistics" in capsys.readouterr().err
+
+
+def test_files_written_before_the_record_are_recognised(tmp_path):
+    """Decoder files that predate the ``token_stats`` record: FiLM set without channel mixing (only token
+    statistics do that) marks one; trained subject layers, or reset-tuned ones, do not."""
+    def old_file(decoder, name, extra=None):
+        path = tmp_path / name
+        save_decoder(decoder, path, extra=extra)
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata())
+        meta["decoder"] = json.dumps({k: v for k, v in json.loads(meta["decoder"]).items()
+                                      if k not in ("token_stats", "deploy_subject")})
+        save_file(load_file(str(path)), str(path), metadata=meta)
+        return path
+
+    decoder = BrainDecoder(ModelConfig.from_name("tiny"), 2, subject_channels={"a": 4, "b": 4})
+    assert not load_decoder(old_file(decoder, "fresh.safetensors")).token_stats
+    with torch.no_grad():
+        decoder.subjects.get("a").token_scale.fill_(2.0)
+    assert load_decoder(old_file(decoder, "stats.safetensors")).token_stats
+    assert not load_decoder(old_file(decoder, "reset.safetensors", {"reset_subjects": ["a"]})).token_stats
+    with torch.no_grad():
+        decoder.subjects.get("a").mix_delta.fill_(0.01)
+    assert not load_decoder(old_file(decoder, "trained.safetensors")).token_stats

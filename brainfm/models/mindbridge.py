@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainfm.models.subject import _key
+from brainfm.models.subject import subject_key
 
 
 @dataclass(frozen=True)
@@ -109,18 +109,18 @@ class MindBridge(nn.Module):
     def add_subject(self, subject: str) -> None:
         """Fresh embedder and builder for ``subject`` (replacing any it had)."""
         c = self.config
-        self.embedders[_key(subject)] = _mlp(self.flat, c.d_hidden, c.d_latent)
-        self.builders[_key(subject)] = _mlp(c.d_latent, c.d_hidden, self.flat)
+        self.embedders[subject_key(subject)] = _mlp(self.flat, c.d_hidden, c.d_latent)
+        self.builders[subject_key(subject)] = _mlp(c.d_latent, c.d_hidden, self.flat)
         if subject not in self.subjects:
             self.subjects.append(subject)
 
     def embed(self, pooled: torch.Tensor, subject: str) -> torch.Tensor:
         """``(B, T, N)`` aggregated voxels -> ``(B, D)`` shared latent."""
-        return self.embedders[_key(subject)](pooled.flatten(1))  # (B, T*N) -> (B, D)
+        return self.embedders[subject_key(subject)](pooled.flatten(1))  # (B, T*N) -> (B, D)
 
     def build(self, z: torch.Tensor, subject: str) -> torch.Tensor:
         """``(B, D)`` latent -> ``(B, T, N)`` aggregated voxels of ``subject``."""
-        return self.builders[_key(subject)](z).reshape(-1, self.config.n_volumes, self.config.n_pool)
+        return self.builders[subject_key(subject)](z).reshape(-1, self.config.n_volumes, self.config.n_pool)
 
     def forward(self, x: torch.Tensor, subject: str) -> dict[str, torch.Tensor]:
         """``x`` ``(B, V, T)`` voxels of one subject -> ``pooled`` ``(B, T, N)``, latent ``z``
@@ -152,7 +152,8 @@ class MindBridge(nn.Module):
         self.add_subject(subject)
         for p in self.parameters():
             p.requires_grad_(False)
-        params = [*self.embedders[_key(subject)].parameters(), *self.builders[_key(subject)].parameters()]
+        params = [*self.embedders[subject_key(subject)].parameters(),
+                  *self.builders[subject_key(subject)].parameters()]
         for p in params:
             p.requires_grad_(True)
         return params

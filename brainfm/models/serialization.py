@@ -40,6 +40,7 @@ from brainfm.models.cbramod import load_cbramod_weights
 from brainfm.models.config import ModelConfig, config_from_dict, resolve_config
 from brainfm.models.decoder import BrainDecoder
 from brainfm.models.encoder import BrainEncoder
+from brainfm.models.subject import subject_key
 
 FORMAT = "brainfm-encoder"
 DECODER_FORMAT = "brainfm-decoder"
@@ -170,6 +171,19 @@ class Weights:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _layers_set_from_statistics(state: dict[str, torch.Tensor], reset_subjects) -> bool:
+    """Whether a decoder file that predates the ``token_stats`` record was trained with token statistics:
+    some subject outside ``reset_subjects`` has FiLM away from the identity but no channel mixing, which only
+    label-free token statistics produce (trained subject layers move the mixing too)."""
+    reset = {subject_key(s) for s in reset_subjects}
+    prefix = "subjects.adapters."
+    for key in {k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)} - reset:
+        scale, shift, mix = (state[f"{prefix}{key}.{n}"] for n in ("token_scale", "token_shift", "mix_delta"))
+        if bool((mix == 0).all()) and not (bool((scale == 1).all()) and bool((shift == 0).all())):
+            return True
+    return False
+
+
 def read_weights(path: str | os.PathLike) -> Weights:
     """Weights and architecture from any brainfm weights file, without unpickling code.
 
@@ -199,7 +213,10 @@ def read_weights(path: str | os.PathLike) -> Weights:
         prefix = f"{NORMALIZATION}."
         norm = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
         normalization = (norm, meta[NORMALIZATION]) if NORMALIZATION in meta else None
-        return Weights("decoder", state, config, meta["decoder"], normalization, meta["extra"])
+        decoder = meta["decoder"]
+        if "token_stats" not in decoder:  # written before decoders recorded it
+            decoder["token_stats"] = _layers_set_from_statistics(state, meta["extra"].get("reset_subjects") or ())
+        return Weights("decoder", state, config, decoder, normalization, meta["extra"])
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in ckpt and "hyper_parameters" not in ckpt:
         # not a Lightning checkpoint: CBraMod's released weights (pretrained_weights.pth)

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 
-def _key(subject: str) -> str:
+def subject_key(subject: str) -> str:
     """ModuleDict keys may not contain dots; subject ids become safe attribute names."""
     return "s_" + re.sub(r"[^0-9A-Za-z_]", "_", subject)
 
@@ -97,7 +97,7 @@ class SubjectLayers(nn.Module):
 
     def add(self, subject: str, n_channels: int, reset: bool = True) -> SubjectAdapter:
         """Fresh (identity) layers for ``subject``; replaces existing ones when ``reset``."""
-        key = _key(subject)
+        key = subject_key(subject)
         if subject in self.channels and not reset:
             return self.adapters[key]
         self.adapters[key] = SubjectAdapter(n_channels, self.d_model)
@@ -105,7 +105,7 @@ class SubjectLayers(nn.Module):
         return self.adapters[key]
 
     def get(self, subject: str) -> SubjectAdapter:
-        return self.adapters[_key(subject)]
+        return self.adapters[subject_key(subject)]
 
     def _per_subject(self, t: torch.Tensor, subjects: Sequence[str], method: str) -> torch.Tensor:
         """Apply ``SubjectAdapter.<method>`` to the rows of ``t`` of each subject with layers."""

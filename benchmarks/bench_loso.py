@@ -395,6 +395,8 @@ def plot_pretrained(encoders: dict[str, dict[str, Any]], path: Path) -> None:
     the diagonal are subjects that pretraining helped; the dashed line is the issue's +0.03. Reset rows
     are left to the tables."""
     encoders = {k: e for k, e in encoders.items() if trained_method(k.split(" | ")[0]) == k.split(" | ")[0]}
+    if not encoders:  # reset rows only
+        return
     fig, axes = plt.subplots(1, len(encoders), figsize=(5.2 * len(encoders), 5.2), squeeze=False)
     for ax, (key, e) in zip(axes[0], encoders.items()):
         for name, group in e["by_encoder"].items():

@@ -640,8 +640,9 @@ UNION_FAILURE = "Does not validate against any of the Union subtypes"
 def error_line(err: BaseException) -> str:
     """One line for an error: its message (first line), with the type only when it says more.
     A config class that failed to build (jsonargparse's union failure) gives its constructor's error."""
-    if str(err).startswith(UNION_FAILURE) and isinstance(err.__cause__, Exception):
-        return error_line(err.__cause__)
+    cause = err.__cause__
+    if str(err).startswith(UNION_FAILURE) and isinstance(cause, Exception) and not str(cause).startswith("Expected"):
+        return error_line(cause)
     message = err.args[0] if isinstance(err, KeyError) and err.args else err
     lines = str(message).strip().splitlines()
     text = lines[0] if lines else ""

@@ -323,7 +323,10 @@ def unread_electrodes(bids_path: BIDSPath, fallback: dict[str, Any]) -> str | No
     not used. None when nothing was filled or there is no such file."""
     if not fallback["filled"]:
         return None
-    found = sorted(f.name for f in Path(bids_path.fpath).parent.glob("*electrodes.tsv"))
+    own = {k: v for k, v in (("sub", bids_path.subject), ("ses", bids_path.session), ("acq", bids_path.acquisition))
+           if v is not None}
+    found = sorted(f.name for f in Path(bids_path.fpath).parent.glob("*electrodes.tsv")
+                   if all(f"{k}-{v}" in f.name.split("_") for k, v in own.items() if k != "acq" or "_acq-" in f.name))
     if not found:
         return None
     return (f"positions of {len(fallback['filled'])} EEG channel(s) come from the {fallback['montage']} template, "

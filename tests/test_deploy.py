@@ -214,6 +214,8 @@ def test_bundle_validation(tuned, quantized, tmp_path):
     broken(lambda d: d["layers"]["encoder.blocks.0.qkv_s"].update(in_features=17), "shape")
     broken(lambda d: d["layers"]["encoder.blocks.0.qkv_s"].update(activation="relu"), "activation")
     broken(lambda d: d["decoder"].update(code="import os"), "unknown decoder fields")
+    broken(lambda d: d["decoder"].update(token_stats="false"), "token_stats must be true or false")
+    broken(lambda d: d["decoder"].update(deploy_subject=["eegmat00"]), "deploy_subject must be a subject id")
     (out / "bundle.json").write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
         load(out)

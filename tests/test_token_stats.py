@@ -238,6 +238,9 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     torch.testing.assert_close(run_onnx(onnx_session(tmp_path / "r.onnx"), *x), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="token_stats: true"):
         DecodeModule(init_from=str(path), mode="reset")  # the head needs standardised tokens
+    assert main(["adapt", "--ckpt", str(tmp_path / "reset.safetensors"), "--store", str(small_sample[1]),
+                 "--subjects", "eegmat32", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "reset-tuned on labels" in capsys.readouterr().err  # trained layers are not overwritten
 
 
 def test_adapt_adds_a_new_subject_without_labels(small_sample, tmp_path, capsys):
@@ -270,6 +273,8 @@ def test_adapt_adds_a_new_subject_without_labels(small_sample, tmp_path, capsys)
     with torch.inference_mode():
         torch.testing.assert_close(load_checkpoint(adapted, "eegmat32")(*x),
                                    want(*x, subjects=["eegmat32"] * len(x[0])), rtol=1e-3, atol=1e-3)
+        fewer = [t[:, :8] for t in x]  # a smaller headset: FiLM-only layers do not care about channel counts
+        assert load_checkpoint(adapted, "eegmat32")(*fewer).shape == (len(x[0]), 2)
     plain = DecodeModule(model="tiny", classes=list(LABELS))
     plain.export_safetensors(tmp_path / "plain.safetensors")
     assert main(["adapt", "--ckpt", str(tmp_path / "plain.safetensors"), "--store", str(small_sample[1]),

@@ -283,7 +283,8 @@ def check_new_store(store_url: str) -> None:
     fs, root = store_fs(store_url)
     if not fs.isdir(root) or read_manifest(store_url) is not None:
         return
-    other = sorted(name for name in (path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(root, detail=False))
+    entries = [path.rstrip("/") for path in fs.ls(root, detail=False)]
+    other = sorted(name for name in (path.rsplit("/", 1)[-1] for path in entries if path != root)  # S3: the prefix
                    if not name.startswith(".") and name not in NEW_STORE_ENTRIES)
     if other:
         listed = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")

@@ -62,6 +62,7 @@ from brainfm.deploy.qlinear import GROUP_SIZES, SCHEMES, build_quant_linear
 from brainfm.deploy.quantize import set_module
 from brainfm.kernels.reference import ACTIVATIONS
 from brainfm.models import BrainDecoder, ModelConfig
+from brainfm.models.serialization import layers_set_from_statistics
 
 FORMAT = "brainfm-quantized"
 FORMAT_VERSION = 3
@@ -165,6 +166,9 @@ def validate_config(doc: Any) -> dict[str, Any]:
              "decoder must hold config and n_classes")
     unknown = set(dec) - _DECODER_FIELDS
     _require(not unknown, f"unknown decoder fields {sorted(unknown)}")
+    _require(isinstance(dec.get("token_stats", False), bool), "decoder.token_stats must be true or false")
+    _require(dec.get("deploy_subject") is None or isinstance(dec["deploy_subject"], str),
+             "decoder.deploy_subject must be a subject id or null")
     if doc.get("normalization") is not None:
         _require(doc["format_version"] >= 3, "normalization needs format_version 3")
         from_json(doc["normalization"], "bundle.json")  # raises ValueError naming the problem
@@ -277,6 +281,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     if bad:
         raise ValueError(f"{weights}: wrong dtype for {bad[:5]}")
     model.load_state_dict(state, strict=True)
+    if "token_stats" not in doc["decoder"]:  # a bundle written before decoders recorded it
+        model.token_stats = layers_set_from_statistics(state, ())
     model.deploy_config = {k: v for k, v in doc.items()
                            if k not in ("format", "format_version", "decoder", "weights", "normalization")}
     model.normalization = None if doc.get("normalization") is None else from_json(doc["normalization"], str(path / CONFIG_NAME))

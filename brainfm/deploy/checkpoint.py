@@ -64,8 +64,8 @@ def deploy_for(decoder: BrainDecoder, subject: str | None, source: str | os.Path
         raise ValueError(
             f"{source} was trained with label-free token statistics: its head reads each subject's tokens "
             "standardised by that subject's statistics, so it has no shared model to deploy. Name the subject "
-            f"with --subject (it holds {', '.join(held) or 'no subject'}); for a new subject, reset-tune the "
-            "decoder on it first (configs/finetune/eegmat-reset.yaml with --model.token_stats true)")
+            f"with --subject (it holds {', '.join(held) or 'no subject'}); add a new subject first, without "
+            f"labels: brainfm adapt --ckpt {source} --store STORE --subjects S --out ADAPTED")
     return decoder
 
 

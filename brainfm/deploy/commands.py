@@ -48,9 +48,11 @@ def _calib(args: argparse.Namespace, decoder: BrainDecoder, windows: int):
     for spec in dict.fromkeys(dataset.specs):  # each distinct montage once
         decoder.config.for_signal(spec, args.window_s)
     if decoder.normalization is not None:
-        method = json.loads(decoder.normalization[1])["method"]
-        dataset.normalizer = fit_normalizer([dataset], method, "session")
-        _log(f"calibration windows normalised as in training ({method}, each subject's session statistics)")
+        meta = json.loads(decoder.normalization[1])
+        first = next(iter(meta["subjects"].values()), {})  # the source and length training used
+        source, seconds = first.get("source", "session"), first.get("seconds") or 60.0
+        dataset.normalizer = fit_normalizer([dataset], meta["method"], source, seconds)
+        _log(f"calibration windows normalised as in training ({meta['method']}, each subject's {source} statistics)")
     return window_loader(dataset, picks, args.batch_size)
 
 

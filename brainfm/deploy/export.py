@@ -103,6 +103,12 @@ class DecoderGraph(nn.Module):
 
     def __init__(self, decoder: nn.Module) -> None:
         super().__init__()
+        if getattr(decoder, "n_features", 0):
+            raise ValueError("a decoder with a hybrid head is not exported: its features are computed outside "
+                             "the model (brainfm.targets), so the graph would lack an input")
+        if not hasattr(decoder.encoder, "tokenizer"):
+            raise ValueError(f"a decoder on a {type(decoder.encoder).__name__} trunk is not exported "
+                             "(only brainfm's own encoder is)")
         self.decoder = decoder
         subject = getattr(decoder, "deploy_subject", None)
         self.adapter = None if subject is None else decoder.subjects.get(subject)
@@ -135,7 +141,8 @@ def example_inputs(config: Any, batch: int = 2, n_channels: int = 19, seconds: f
 def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET) -> Path:
     """Export ``decoder`` (float) to a single-file ONNX model at ``path``.
 
-    Batch, channel count and window length (in whole patches) are dynamic.
+    Batch, channel count and window length (in whole patches) are dynamic, except the channel
+    count of a ``deploy_subject`` with trained channel mixing (the subject's own).
     """
     graph = DecoderGraph(decoder)
     path = export_graph(graph, decoder.config, path, OUTPUT_NAME, opset, channels=graph.mix_channels)

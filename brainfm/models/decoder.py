@@ -94,7 +94,10 @@ class BrainDecoder(nn.Module):
         self.encoder = encoder
         width = getattr(config, "out_features", config.d_model)  # CBraMod's tokens may be projected
         self.subjects = SubjectLayers(width, subject_channels)
-        self.token_stats = bool(token_stats)
+        if not isinstance(token_stats, bool) or not (deploy_subject is None or isinstance(deploy_subject, str)):
+            raise TypeError(f"token_stats must be a bool and deploy_subject a str or None, got {token_stats!r} and "
+                            f"{deploy_subject!r}")
+        self.token_stats = token_stats
         if deploy_subject is not None and deploy_subject not in self.subjects:
             raise ValueError(f"no subject layers for deploy_subject {deploy_subject!r}; "
                              f"the decoder holds {sorted(self.subjects.channels) or 'none'}")

@@ -171,7 +171,7 @@ class Weights:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _layers_set_from_statistics(state: dict[str, torch.Tensor], reset_subjects) -> bool:
+def layers_set_from_statistics(state: dict[str, torch.Tensor], reset_subjects) -> bool:
     """Whether a decoder file that predates the ``token_stats`` record was trained with token statistics:
     some subject outside ``reset_subjects`` has FiLM away from the identity but no channel mixing, which only
     label-free token statistics produce (trained subject layers move the mixing too)."""
@@ -215,7 +215,7 @@ def read_weights(path: str | os.PathLike) -> Weights:
         normalization = (norm, meta[NORMALIZATION]) if NORMALIZATION in meta else None
         decoder = meta["decoder"]
         if "token_stats" not in decoder:  # written before decoders recorded it
-            decoder["token_stats"] = _layers_set_from_statistics(state, meta["extra"].get("reset_subjects") or ())
+            decoder["token_stats"] = layers_set_from_statistics(state, meta["extra"].get("reset_subjects") or ())
         return Weights("decoder", state, config, decoder, normalization, meta["extra"])
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in ckpt and "hyper_parameters" not in ckpt:

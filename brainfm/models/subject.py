@@ -58,7 +58,11 @@ class SubjectAdapter(nn.Module):
         self.token_shift = nn.Parameter(torch.zeros(d_model))  # β_s
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, T)`` -> ``(N, C, T)``: ``x + Δ_s x`` over this subject's real channels."""
+        """``(N, C, T)`` -> ``(N, C, T)``: ``x + Δ_s x`` over this subject's real channels. Outside training
+        a zero ``Δ_s`` (e.g. a subject set from token statistics) leaves ``x`` untouched, with any channel count."""
+        trains = torch.is_grad_enabled() and self.mix_delta.requires_grad
+        if not trains and not bool(self.mix_delta.any()):
+            return x
         c = self.n_channels
         if x.shape[1] < c:
             raise ValueError(f"subject adapter expects {c} channels, the batch has {x.shape[1]}")

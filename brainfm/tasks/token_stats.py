@@ -173,9 +173,14 @@ def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Se
     Raises
     ------
     ValueError
-        The decoder was not trained with token statistics, or a subject has no recordings.
+        The decoder was not trained with token statistics, a subject was reset-tuned in it, or a
+        subject has no recordings.
     """
     decoder = load_decoder(path)
+    tuned = sorted(set(subjects) & set(read_weights(path).extra.get("reset_subjects") or ()))
+    if tuned:
+        raise ValueError(f"{path}: the layers of {tuned} were reset-tuned on labels; adapt sets label-free "
+                         "statistics for new subjects only")
     if not decoder.token_stats:
         raise ValueError(f"{path} was not trained with token statistics: there is no label-free layer to set "
                          "(reset-tune it on the subject's labelled data: configs/finetune/eegmat-reset.yaml)")

@@ -48,6 +48,15 @@ def data(small_sample):
     return _dm(small_sample[1])
 
 
+def _fitted(data, steps: int) -> tuple[DecodeModule, pl.Trainer]:
+    """A tiny decoder trained with token statistics on ``data`` for ``steps`` steps (seed 0), and its trainer."""
+    pl.seed_everything(0)
+    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
+    trainer = pl.Trainer(max_steps=steps, **QUIET)
+    trainer.fit(module, data)
+    return module, trainer
+
+
 def _decoder() -> BrainDecoder:
     torch.manual_seed(0)
     return BrainDecoder(ModelConfig.from_name("tiny"), 2).eval()
@@ -97,10 +106,7 @@ def test_calibration_source_uses_only_the_first_seconds(data):
 
 
 def test_decoder_trained_with_token_statistics_round_trips(data, tmp_path):
-    pl.seed_everything(0)
-    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    trainer = pl.Trainer(max_steps=2, **QUIET)
-    trainer.fit(module, data)
+    module, trainer = _fitted(data, steps=2)
     scores = trainer.test(module, data, verbose=False)[0]
     assert np.isfinite(scores["test/balanced_accuracy"])
     assert sorted(module.decoder.subjects.channels) == ["eegmat00", "eegmat01", "eegmat28", "eegmat32"]
@@ -126,10 +132,7 @@ def test_validate_before_fit_does_not_break_the_metrics(data):
 
 def test_checkpoint_without_the_test_subjects_still_tests(data, tmp_path):
     """`brainfm test --ckpt_path` on a checkpoint saved before the test subjects had layers."""
-    pl.seed_everything(0)
-    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    trainer = pl.Trainer(max_steps=1, **QUIET)
-    trainer.fit(module, data)
+    module, trainer = _fitted(data, steps=1)
     path = tmp_path / "fit.ckpt"
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)
@@ -143,9 +146,7 @@ def test_checkpoint_without_the_test_subjects_still_tests(data, tmp_path):
 def test_reset_tuning_starts_from_the_statistics_and_keeps_its_layers(small_sample, data, tmp_path):
     """mode='reset' on a token-statistics decoder: the new subject's FiLM starts at its label-free
     statistics (not the identity), only its layers train, and testing does not overwrite them."""
-    pl.seed_everything(0)
-    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    pl.Trainer(max_steps=2, **QUIET).fit(module, data)
+    module, _ = _fitted(data, steps=2)
     path = tmp_path / "decoder.safetensors"
     module.export_safetensors(path)
     calib = DecodingDataModule(store=str(small_sample[1]), batch_size=8, label_map=LABELS, window_s=5.0,
@@ -184,10 +185,7 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     """A token-statistics decoder has no shared model: export, quantize and the detector's model
     refuse it without --subject, and with one they give that subject's logits (FiLM, and the trained
     channel mixing of a reset-tuned subject), not the shared model's."""
-    pl.seed_everything(0)
-    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    trainer = pl.Trainer(max_steps=2, **QUIET)
-    trainer.fit(module, data)
+    module, trainer = _fitted(data, steps=2)
     trainer.test(module, data, verbose=False)  # sets eegmat32's statistics
     path = tmp_path / "decoder.safetensors"
     module.export_safetensors(path)
@@ -248,10 +246,7 @@ def test_adapt_adds_a_new_subject_without_labels(small_sample, tmp_path, capsys)
     and names `brainfm adapt`, which sets that subject's input and token statistics from its unlabelled
     session exactly as `brainfm test` would, and keeps everything else."""
     aligned = _dm(small_sample[1], normalize="align")
-    pl.seed_everything(0)
-    module = DecodeModule(model="tiny", classes=list(LABELS), token_stats=True, token_stats_windows=8)
-    trainer = pl.Trainer(max_steps=2, **QUIET)
-    trainer.fit(module, aligned)
+    module, trainer = _fitted(aligned, steps=2)
     path = tmp_path / "decoder.safetensors"
     module.export_safetensors(path)
     assert module.decoder.subjects.get("eegmat32").is_identity()

@@ -178,8 +178,9 @@ def _detector_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--model", default=None, help="fine-tuned decoder for the engagement axis: decoder.safetensors, "
                      "a .ckpt, a quantized bundle directory or an .onnx file (default: indices only)")
     cmd.add_argument("--engaged-class", default=None, help="the decoder class meaning engaged (default: arithmetic/task/...)")
-    cmd.add_argument("--subject", default=None, help="the decoder's subject layers to use (required for a decoder "
-                     "trained with token statistics; an .onnx file has its subject fixed by `brainfm export --subject`)")
+    cmd.add_argument("--subject", default=None, help="the decoder's subject layers to use (required for a "
+                     "decoder trained with token statistics; an .onnx file has its subject fixed by "
+                     "`brainfm export --subject`)")
     cmd.add_argument("--states", default=None, metavar="JSON", help="state set (default: AttentionGuard's four)")
     cmd.add_argument("--window-s", type=float, default=4.0, help="window length in s (default: 4)")
     cmd.add_argument("--hop-s", type=float, default=0.5, help="hop in s (default: 0.5)")
@@ -217,6 +218,8 @@ def _attention_parsers(sub) -> None:
 def _detector_config(args: argparse.Namespace):
     from brainfm.attention import DetectorConfig, StateModel  # noqa: PLC0415
 
+    if args.subject and not args.model:
+        raise UsageError("--subject chooses the decoder's subject layers: it needs --model")
     kwargs = {}
     if args.states:
         kwargs["states"] = StateModel.from_file(args.states)
@@ -270,7 +273,7 @@ def _detect(args: argparse.Namespace) -> int:
     if not outputs:
         raise ValueError(f"{session.source} is shorter than one {config.window_s:g}-s window")
     states = config.states.names
-    meta = {"source": session.source, "chain": chain, "channels": list(session.spec.ch_names),
+    meta = {"source": session.source, "chain": chain, "channels": list(session.spec.ch_names), "subject": args.subject,
             "left_out": session.dropped, "sfreq": session.spec.sfreq, "segments": session.segments,
             "model": args.model, "window_s": config.window_s, "hop_s": config.hop_s,
             "calibration_s": config.calibration_s, "states": config.states.to_dict()}
@@ -333,6 +336,8 @@ def _adapt(args: argparse.Namespace) -> int:
 
     if Path(args.out).resolve() == Path(args.ckpt).resolve():
         raise UsageError("--out must be a new file, not --ckpt")
+    if Path(args.out).suffix != ".safetensors":
+        raise UsageError(f"--out {args.out}: the adapted decoder is written as .safetensors")
     entities = {"task": args.task} if args.task else {}
     done = adapt_decoder(args.ckpt, args.store, args.subjects, args.out, args.source, args.seconds, args.window_s,
                          **entities)

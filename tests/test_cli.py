@@ -81,3 +81,17 @@ def test_a_config_class_that_fails_to_build_shows_its_own_error(tmp_path, monkey
     assert main(["fit", "--config", str(config), "--model.init_from", "weights/decoder.safetensors"]) == 1
     assert f"no such weights file: weights/decoder.safetensors (relative to the working directory {tmp_path})" \
         in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("adapt", "--ckpt", "d.safetensors", "--store", "s", "--subjects", "x", "--out", "d.safetensors"),
+     "--out must be a new file"),
+    (("adapt", "--ckpt", "d.safetensors", "--store", "s", "--subjects", "x", "--out", "a.ckpt"),
+     "written as .safetensors"),
+    (("detect", "r.edf", "--out", "o", "--subject", "x"),
+     "--subject chooses the decoder's subject layers: it needs --model"),
+], ids=["adapt-in-place", "adapt-ckpt", "subject-without-model"])
+def test_subject_options_are_checked_first(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(list(args)) == 2
+    assert message in capsys.readouterr().err

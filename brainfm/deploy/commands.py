@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from brainfm.data.dataset import FixedWindows
 from brainfm.data.normalize import fit_normalizer
 from brainfm.data.sampling import calibration_windows, window_loader
 from brainfm.deploy.bundle import WEIGHTS_NAME, load, read_config, save_bundle
@@ -51,7 +52,11 @@ def _calib(args: argparse.Namespace, decoder: BrainDecoder, windows: int):
         meta = json.loads(decoder.normalization[1])
         first = next(iter(meta["subjects"].values()), {})  # the source and length training used
         source, seconds = first.get("source", "session"), first.get("seconds") or 60.0
-        dataset.normalizer = fit_normalizer([dataset], meta["method"], source, seconds)
+        # statistics of the subjects the chosen windows come from, over all their recordings (not the whole store)
+        subjects = {dataset.subjects[dataset.rec_index[i]] for i in picks}
+        fit_on = FixedWindows(dataset.store, args.window_s, channel_types=args.channel_types,
+                              recordings=[r for r, s in zip(dataset.recordings, dataset.subjects) if s in subjects])
+        dataset.normalizer = fit_normalizer([fit_on], meta["method"], source, seconds)
         _log(f"calibration windows normalised as in training ({meta['method']}, each subject's {source} statistics)")
     return window_loader(dataset, picks, args.batch_size)
 

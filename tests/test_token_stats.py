@@ -25,6 +25,7 @@ from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
 from brainfm.deploy.calibrate import decoder_inputs
 from brainfm.deploy.checkpoint import load_checkpoint
+from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties
 from brainfm.kernels.reference import sqnr_db
 from brainfm.models import BrainDecoder, ModelConfig, load_decoder, save_decoder
 from brainfm.tasks import DecodeModule
@@ -206,6 +207,10 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     assert "--subject" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()
     assert main(["export", "--ckpt", str(path), "--onnx", str(tmp_path / "d.onnx"), "--subject", "eegmat32"]) == 0
     torch.testing.assert_close(run_onnx(onnx_session(tmp_path / "d.onnx"), *x), want, rtol=1e-4, atol=1e-4)
+    assert onnx_properties(tmp_path / "d.onnx")[0][ONNX_SUBJECT_KEY] == "eegmat32"  # the file says whose it is
+    assert EngagementModel(tmp_path / "d.onnx", subject="eegmat32").kind == "onnx"
+    with pytest.raises(ValueError, match="exported for eegmat32, not eegmat00"):
+        EngagementModel(tmp_path / "d.onnx", subject="eegmat00")
     assert main(["quantize", "--ckpt", str(path), "--scheme", "w4a16", "--out", str(tmp_path / "b"),
                  "--subject", "eegmat32"]) == 0
     bundle = load_bundle(tmp_path / "b")

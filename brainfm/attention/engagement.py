@@ -25,7 +25,7 @@ from brainfm.data.normalize import RunningMoments, SubjectNormalizer, population
 from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
 from brainfm.deploy.checkpoint import deploy_for
-from brainfm.deploy.normalization import read_onnx
+from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties, read_onnx
 from brainfm.models import load_decoder
 from brainfm.signal import SensorSpec
 
@@ -56,10 +56,11 @@ class EngagementModel:
             raise FileNotFoundError(f"no such model: {path}")
         self.path, self.threads = path, threads
         if path.suffix == ".onnx":
-            if subject is not None:
-                raise ValueError(f"{path}: an ONNX graph's subject is fixed when it is exported "
-                                 "(brainfm export --subject); give the decoder file to choose one here")
             self.kind, self.session, self.model = "onnx", onnx_session(path, threads), None
+            exported_for = onnx_properties(self.session)[0].get(ONNX_SUBJECT_KEY)
+            if subject is not None and subject != exported_for:
+                raise ValueError(f"{path} was exported for {exported_for or 'no subject (the shared model)'}, "
+                                 f"not {subject}: a graph's subject is fixed by brainfm export --subject")
             classes = None
         else:
             self.kind = "bundle" if path.is_dir() else "fp32"

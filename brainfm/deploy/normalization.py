@@ -35,6 +35,8 @@ from brainfm.data.normalize import METHODS, SubjectNormalizer
 
 #: ``metadata_props`` key of an ONNX model's statistics.
 ONNX_KEY = "brainfm.normalization"
+#: The ``metadata_props`` key naming the subject whose layers an exported graph carries (``export --subject``).
+ONNX_SUBJECT_KEY = "brainfm.deploy_subject"
 #: Tensor dtypes a document may hold.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Largest tensor a document may describe (a 1024-sensor whitening matrix), and most tensors.
@@ -80,29 +82,36 @@ def from_json(doc: Any, where: str) -> Normalization:
     return tensors, json.dumps(meta)
 
 
-def write_onnx(path: str | os.PathLike, normalization: Normalization | None) -> None:
-    """Store ``normalization`` in the ONNX file's ``metadata_props`` (replacing any previous entry)."""
+def write_onnx(path: str | os.PathLike, normalization: Normalization | None, subject: str | None = None) -> None:
+    """Store ``normalization`` and the graph's deploy ``subject`` in the ONNX file's ``metadata_props``
+    (keys :data:`ONNX_KEY` and :data:`ONNX_SUBJECT_KEY`, replacing any previous entries)."""
     import onnx  # noqa: PLC0415 - deferred like every onnx import of brainfm.deploy
 
     model = onnx.load(os.fspath(path))
-    props = [p for p in model.metadata_props if p.key != ONNX_KEY]
+    props = [p for p in model.metadata_props if p.key not in (ONNX_KEY, ONNX_SUBJECT_KEY)]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
-    if normalization is not None:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = ONNX_KEY, json.dumps(to_json(normalization))
+    for key, value in ((ONNX_KEY, None if normalization is None else json.dumps(to_json(normalization))),
+                       (ONNX_SUBJECT_KEY, subject)):
+        if value is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
     onnx.save(model, os.fspath(path))
+
+
+def onnx_properties(path_or_session: str | os.PathLike | Any) -> tuple[dict[str, str], str]:
+    """The ``metadata_props`` of an ONNX file or onnxruntime session, and a name for messages."""
+    if hasattr(path_or_session, "get_modelmeta"):
+        return dict(path_or_session.get_modelmeta().custom_metadata_map), "ONNX session"
+    import onnx  # noqa: PLC0415
+
+    where = os.fspath(path_or_session)
+    return {p.key: p.value for p in onnx.load(where, load_external_data=False).metadata_props}, where
 
 
 def read_onnx(path_or_session: str | os.PathLike | Any) -> Normalization | None:
     """The statistics of an ONNX file or onnxruntime session, or None when it has none."""
-    if hasattr(path_or_session, "get_modelmeta"):
-        props, where = path_or_session.get_modelmeta().custom_metadata_map, "ONNX session"
-    else:
-        import onnx  # noqa: PLC0415
-
-        where = os.fspath(path_or_session)
-        props = {p.key: p.value for p in onnx.load(where, load_external_data=False).metadata_props}
+    props, where = onnx_properties(path_or_session)
     if ONNX_KEY not in props:
         return None
     try:
@@ -112,4 +121,4 @@ def read_onnx(path_or_session: str | os.PathLike | Any) -> Normalization | None:
     return from_json(doc, where)
 
 
-__all__ = ["ONNX_KEY", "from_json", "read_onnx", "to_json", "write_onnx"]
+__all__ = ["ONNX_KEY", "ONNX_SUBJECT_KEY", "from_json", "onnx_properties", "read_onnx", "to_json", "write_onnx"]

@@ -20,6 +20,7 @@ from brainfm.attention import EngagementModel
 from brainfm.cli import main
 from brainfm.data import collate_windows
 from brainfm.data.datamodule import DecodingDataModule
+from brainfm.data.normalize import RunningMoments
 from brainfm.data.splits import calibration_spans
 from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
@@ -29,7 +30,7 @@ from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties
 from brainfm.kernels.reference import sqnr_db
 from brainfm.models import BrainDecoder, ModelConfig, load_decoder, save_decoder
 from brainfm.tasks import DecodeModule
-from brainfm.tasks.token_stats import adapt_dataset, token_moments, window_indices
+from brainfm.tasks.token_stats import adapt_dataset, match_subjects, token_moments, window_indices
 
 LABELS = {"rest": 0, "arithmetic": 1}
 SPLIT = {"train": ["eegmat00", "eegmat01"], "val": ["eegmat28"], "test": ["eegmat32"]}
@@ -219,10 +220,26 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
         got = bundle(*x)
         torch.testing.assert_close(got, bundle(*x, subjects=["eegmat32"] * len(got)), rtol=0, atol=0)
     assert sqnr_db(want, got) > sqnr_db(shared, got) + 3  # nearer the subject's logits than the shared model's
-    with pytest.raises(ValueError, match="--subject"):
-        EngagementModel(path)
-    model = EngagementModel(path, subject="eegmat32")
+    live = EngagementModel(path)  # no subject: the person in front of the detector, set at calibration
+    assert live.live_token_stats and live.needs_calibration
     spec = data.sets["test"].specs[0]
+    with pytest.raises(RuntimeError, match="calibrate"):
+        live.log_odds(x[0][0].numpy(), spec)
+    live.calibrate(RunningMoments(spec.n_channels), spec, [w.numpy() for w in x[0]])
+    reference = load_decoder(path)
+    batch = {"x": x[0], "sensor_geometry": x[1], "sensor_type": x[2], "channel_mask": x[3],
+             "subject": ["live-user"] * len(x[0])}
+    match_subjects(reference, token_moments(reference.encoder, [batch]), {"live-user": spec.n_channels})
+    torch.testing.assert_close(live.model.subjects.get("live-user").token_scale,
+                               reference.subjects.get("live-user").token_scale)
+    with torch.inference_mode():
+        mine = torch.log_softmax(reference(*x, subjects=["live-user"] * len(x[0]))[0].double(), 0)
+    assert live.log_odds(x[0][0].numpy(), spec) == pytest.approx(float(mine[1] - mine[0]), abs=1e-4)
+    assert main(["detect", f"{small_sample[1]}::sub-eegmat32_task-arithmetic_eeg", "--out", str(tmp_path / "t"),
+                 "--model", str(path), "--calibration-s", "20", "--no-progress", "--no-plot"]) == 0
+    windows = json.loads((tmp_path / "t" / "timeline.json").read_text())["windows"]
+    assert sum(w["decoder"] is not None for w in windows) > len(windows) // 2  # the decoder ran after calibration
+    model = EngagementModel(path, subject="eegmat32")
     expected = torch.log_softmax(want[0].double(), 0)
     assert model.log_odds(x[0][0].numpy(), spec) == pytest.approx(float(expected[1] - expected[0]), abs=1e-4)
 

@@ -106,11 +106,12 @@ class AttentionDetector:
         self.geometry = torch.from_numpy(self.model_spec.geometry())[None]  # (1, C, 6)
         hops = max(1, int(round(self.config.min_dwell_s / self.config.hop_s)))
         self.smoother = HmmSmoother(len(self.config.states.names), self.config.stay, hops, self.config.hysteresis)
-        needs_stats = model is not None and model.normalize_method is not None
-        # with a normalising decoder, its input statistics come from the first half of the
-        # calibration span and its log-odds baseline from the second half
+        needs_stats = model is not None and model.needs_calibration
+        # with a normalising (or token-statistics) decoder, its statistics come from the first half
+        # of the calibration span and its log-odds baseline from the second half
         self.signal_s = self.config.calibration_s / 2 if needs_stats else 0.0
         self.signal_moments = RunningMoments(spec.n_channels) if needs_stats else None
+        self.calibration_windows: list[np.ndarray] = []  # the first half's windows, for token statistics
         self.signal_covered = 0.0
         self.index_baseline = Baseline(2, self.config.calibration_s)
         self.decoder_baseline = Baseline(1, self.config.calibration_s - self.signal_s) if model else None
@@ -156,9 +157,12 @@ class AttentionDetector:
         if self.signal_moments is not None and self.signal_covered < self.signal_s:
             new = x[:, -int(round(cfg.hop_s * MODEL_SFREQ)):] if self.signal_covered else x
             self.signal_moments.update(new)
+            if self.model.live_token_stats:
+                self.calibration_windows.append(x.astype(np.float32))
             self.signal_covered += cfg.hop_s if self.signal_covered else cfg.window_s
             if self.signal_covered >= self.signal_s:
-                self.model.calibrate(self.signal_moments, self.model_spec)
+                self.model.calibrate(self.signal_moments, self.model_spec, self.calibration_windows)
+                self.calibration_windows = []
         elif self.model is not None:
             decoder = self.model.log_odds(x.astype(np.float32), self.model_spec)
         if not self.calibrated:

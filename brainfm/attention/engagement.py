@@ -10,12 +10,16 @@ Its output for a window is the log-odds of the *engaged* class (by default the c
 ``arithmetic``, ``task`` or ``engaged``, else the last one): ``logit_k - logsumexp(others)``.
 A decoder trained on subject-normalised windows (``normalization`` in its file, bundle or ONNX
 metadata) gets the same normalisation with the *current user's* statistics from the calibration span
-(:class:`brainfm.data.normalize.RunningMoments`), the deploy-time path of issue #12.
+(:class:`brainfm.data.normalize.RunningMoments`), the deploy-time path of issue #12. A decoder trained
+with label-free token statistics and given no ``subject`` gets the current user's too: the calibration
+span's windows, normalised, set a ``live-user`` FiLM (:mod:`brainfm.tasks.token_stats`, the running
+source), which every later window uses.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,11 @@ from brainfm.deploy.checkpoint import deploy_for
 from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties, read_onnx
 from brainfm.models import load_decoder
 from brainfm.signal import SensorSpec
+from brainfm.tasks.token_stats import match_subjects, token_moments
 
 ENGAGED_NAMES = ("arithmetic", "task", "engaged", "workload", "active")
+#: The subject id of the person in front of the detector (their normalisation and FiLM).
+LIVE_USER = "live-user"
 MODEL_SFREQ = 200.0
 
 
@@ -46,7 +53,8 @@ class EngagementModel:
         Intra-op threads (torch or onnxruntime).
     subject : str, optional
         The decoder's subject layers to use (:func:`brainfm.deploy.checkpoint.deploy_for`); an
-        ONNX graph has its subject fixed at export.
+        ONNX graph has its subject fixed at export. A token-statistics decoder without one is set
+        for the current user at :meth:`calibrate`.
     """
 
     def __init__(self, path: str | Path, engaged_class: str | int | None = None, threads: int = 1,
@@ -55,6 +63,7 @@ class EngagementModel:
         if not path.exists():
             raise FileNotFoundError(f"no such model: {path}")
         self.path, self.threads = path, threads
+        self.live_token_stats = False  # set below: the current user's FiLM comes from calibrate()
         if path.suffix == ".onnx":
             self.kind, self.session, self.model = "onnx", onnx_session(path, threads), None
             exported_for = onnx_properties(self.session)[0].get(ONNX_SUBJECT_KEY)
@@ -64,7 +73,9 @@ class EngagementModel:
             classes = None
         else:
             self.kind = "bundle" if path.is_dir() else "fp32"
-            self.model = deploy_for(load_bundle(path) if path.is_dir() else load_decoder(path), subject, path)
+            model = load_bundle(path) if path.is_dir() else load_decoder(path)
+            self.live_token_stats = subject is None and model.token_stats and model.deploy_subject is None
+            self.model = model if self.live_token_stats else deploy_for(model, subject, path)
             classes = getattr(self.model, "classes", None)
         # every deployed form carries the decoder's normalisation (brainfm.deploy.normalization)
         norm = read_onnx(self.session) if self.kind == "onnx" else getattr(self.model, "normalization", None)
@@ -86,18 +97,37 @@ class EngagementModel:
         named = [i for i, c in enumerate(self.classes) if str(c).lower() in ENGAGED_NAMES]
         return named[0] if named else len(self.classes) - 1
 
-    def calibrate(self, moments: RunningMoments, spec: SensorSpec) -> None:
-        """Per-user input normalisation from the calibration signal (when the decoder needs it)."""
-        if self.normalize_method is None:
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`calibrate` must run before :meth:`log_odds` (input or token statistics)."""
+        return self.normalize_method is not None or self.live_token_stats
+
+    def calibrate(self, moments: RunningMoments, spec: SensorSpec, windows: Sequence[np.ndarray] = ()) -> None:
+        """Per-user input normalisation from the calibration signal, and for a token-statistics decoder
+        the user's FiLM from the calibration ``windows`` (``(C, T)`` µV at :attr:`sfreq`), normalised first."""
+        if self.normalize_method is not None:
+            stats = moments.stats(LIVE_USER, "running", channels=spec.ch_names, scale=population_scale(spec))
+            self._normalizer = SubjectNormalizer(self.normalize_method, {LIVE_USER: stats})
+        if not self.live_token_stats:
             return
-        stats = moments.stats("live-user", "running", channels=spec.ch_names, scale=population_scale(spec))
-        self._normalizer = SubjectNormalizer(self.normalize_method, {"live-user": stats})
+        if not len(windows):
+            raise ValueError(f"{self.path} was trained with token statistics: calibrate it with the user's windows")
+        x = np.stack([self._normalizer(LIVE_USER, w) if self._normalizer is not None else w for w in windows])
+        geometry, types = spec.tensors
+        n = len(x)
+        batch = {"x": torch.as_tensor(x, dtype=torch.float32), "sensor_geometry": geometry.expand(n, -1, -1),
+                 "sensor_type": types.expand(n, -1), "channel_mask": torch.ones(n, spec.n_channels, dtype=torch.bool),
+                 "subject": [LIVE_USER] * n}  # (N, C, T) and the window's sensors
+        match_subjects(self.model, token_moments(self.model.encoder, [batch]), {LIVE_USER: spec.n_channels})
+        self.model.deploy_subject = LIVE_USER
 
     @torch.inference_mode()
     def log_odds(self, x: np.ndarray, spec: SensorSpec) -> float:
         """Engagement log-odds of one window ``(C, T)`` in µV at :attr:`sfreq`."""
+        if self.live_token_stats and self.model.deploy_subject is None:
+            raise RuntimeError(f"{self.path} was trained with token statistics: calibrate() it on the user first")
         if self._normalizer is not None:
-            x = self._normalizer("live-user", x)
+            x = self._normalizer(LIVE_USER, x)
         geometry, types = spec.tensors
         inputs = (torch.as_tensor(np.asarray(x, dtype=np.float32))[None], geometry[None], types[None],
                   torch.ones(1, spec.n_channels, dtype=torch.bool))

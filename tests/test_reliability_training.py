@@ -70,4 +70,4 @@ def test_validation_subjects_absent_from_the_store(small_sample, tmp_path, confi
     else:
         override = '--data.init_args.split={"train": ["eegmat00"], "val": ["nobody1", "nobody2"], "test": ["eegmat32"]}'
     out = _fit(config, store, tmp_path, override)
-    _assert_fails_without_weights(out, tmp_path, "['nobody1', 'nobody2']", "none is in store")
+    _assert_fails_without_weights(out, tmp_path, "(nobody1, nobody2)", "none is in store")

@@ -322,6 +322,14 @@ class SubjectNormalizer:
                                           m["source"], m["seconds"], m["n_samples"], tuple(m["channels"]))
         return cls(meta["method"], stats)
 
+    def added_to(self, prior: tuple[Mapping[str, torch.Tensor], str] | None) -> tuple[dict[str, torch.Tensor], str]:
+        """``prior`` statistics (:meth:`to_tensors` form, e.g. a decoder's) with these subjects' added or
+        replaced, in the same form."""
+        merged = SubjectNormalizer.from_tensors(*prior) if prior is not None else SubjectNormalizer(self.method)
+        for stats in self.stats.values():
+            merged.add(stats)
+        return merged.to_tensors()
+
 
 def fit_normalizer(datasets: Iterable, method: str, source: str = "session",
                    seconds: float = 60.0) -> SubjectNormalizer:

@@ -249,11 +249,15 @@ def load_decoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     ValueError
         The file holds only an encoder (pretraining output), or is not a brainfm file.
     """
-    weights = read_weights(path)
+    return decoder_from_weights(read_weights(path), path).to(map_location)
+
+
+def decoder_from_weights(weights: Weights, source: str | os.PathLike) -> BrainDecoder:
+    """The :class:`BrainDecoder` (eval mode) of weights already read from ``source`` (:func:`read_weights`)."""
     if weights.kind != "decoder":
-        raise ValueError(f"{path} holds a pretrained encoder without a head; fine-tune it first "
+        raise ValueError(f"{source} holds a pretrained encoder without a head; fine-tune it first "
                          "(brainfm fit with a DecodeModule writes decoder.safetensors)")
     decoder = BrainDecoder(weights.config, **weights.decoder)  # the encoder kind follows the config
     decoder.load_state_dict(weights.state, strict=True)
     decoder.normalization = weights.normalization
-    return decoder.to(map_location).eval()
+    return decoder.eval()

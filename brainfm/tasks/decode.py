@@ -60,7 +60,6 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from brainfm.data.normalize import SubjectNormalizer
 from brainfm.data.summary import DataSummary
 from brainfm.models.config import ModelConfig, resolve_config
 from brainfm.models.decoder import BrainDecoder
@@ -239,10 +238,7 @@ class DecodeModule(ClassifierModule):
         normalizer = getattr(self.trainer.datamodule, "normalizer", None)
         if normalizer is None:
             return
-        merged = SubjectNormalizer.from_tensors(*prior) if prior is not None else SubjectNormalizer(normalizer.method)
-        for stats in normalizer.stats.values():
-            merged.add(stats)
-        self.decoder.normalization = merged.to_tensors()
+        self.decoder.normalization = normalizer.added_to(prior)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)  # the handshake and class weights

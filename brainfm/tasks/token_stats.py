@@ -41,11 +41,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from brainfm.data.dataset import FixedWindows, collate_windows
-from brainfm.data.normalize import SubjectNormalizer, fit_normalizer
+from brainfm.data.normalize import fit_normalizer
 from brainfm.data.store import ShardStore
 from brainfm.data.splits import calibration_spans
 from brainfm.data.summary import DataSummary
-from brainfm.models.serialization import load_decoder, read_weights, save_decoder
+from brainfm.models.serialization import decoder_from_weights, read_weights, save_decoder
 
 SOURCES = ("session", "calibration")
 #: Floor on σ_s (tokens are layer-normalised, so features have order-one spread).
@@ -176,8 +176,9 @@ def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Se
         The decoder was not trained with token statistics, a subject was reset-tuned in it, or a
         subject has no recordings.
     """
-    decoder = load_decoder(path)
-    tuned = sorted(set(subjects) & set(read_weights(path).extra.get("reset_subjects") or ()))
+    weights = read_weights(path)  # read once: the decoder, and the extra record the new file keeps
+    decoder = decoder_from_weights(weights, path)
+    tuned = sorted(set(subjects) & set(weights.extra.get("reset_subjects") or ()))
     if tuned:
         raise ValueError(f"{path}: the layers of {tuned} were reset-tuned on labels; adapt sets label-free "
                          "statistics for new subjects only")
@@ -192,12 +193,9 @@ def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Se
     if decoder.normalization is not None:
         normalizer = fit_normalizer([windows], json.loads(decoder.normalization[1])["method"], source, seconds)
         windows.normalizer = normalizer
-        merged = SubjectNormalizer.from_tensors(*decoder.normalization)
-        for stats in normalizer.stats.values():
-            merged.add(stats)
-        decoder.normalization = merged.to_tensors()
+        decoder.normalization = normalizer.added_to(decoder.normalization)
     done = adapt_dataset(decoder, windows, source, seconds)
-    save_decoder(decoder, out, extra=read_weights(path).extra)
+    save_decoder(decoder, out, extra=weights.extra)
     return done
 
 

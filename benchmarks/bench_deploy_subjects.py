@@ -12,7 +12,9 @@ split), 5 s, normalised as the decoder was trained (its method, each subject's s
         --store STORE --json deploy-subjects.json
 
 Rows: balanced accuracy (ratio > 1: the deployed graph scores higher than PyTorch) and the share of
-windows where both predict the same class.
+windows where both predict the same class. ``--other-window-s 4`` adds the PyTorch decoder scored on
+windows of another length (its statistics still from the training length, as ``detect`` ran it with
+its 4-s default before decoders recorded their training window).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from brainfm.deploy import export_onnx, onnx_session, run_onnx
 from brainfm.deploy.calibrate import decoder_inputs
 from brainfm.deploy.checkpoint import load_checkpoint
 from brainfm.models import load_decoder
+from brainfm.models.decoder import DEFAULT_WINDOW_S
 from brainfm.tasks.token_stats import adapt_dataset, adapt_decoder
 
 TEST = ["eegmat32", "eegmat33", "eegmat34", "eegmat35"]
@@ -43,12 +46,13 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True, help="decoder.safetensors trained with token_stats: true")
     ap.add_argument("--store", required=True, help="the sample store (brainfm sample-data)")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--other-window-s", type=float, default=None,
+                    help="also score PyTorch on windows of this length (e.g. 4, the detector's old default)")
     args = ap.parse_args()
     reference = load_decoder(args.ckpt)
+    window_s = reference.window_s or DEFAULT_WINDOW_S
     method = json.loads(reference.normalization[1])["method"] if reference.normalization is not None else None
-    dm = DecodingDataModule(store=args.store, split="eegmat-cbramod", window_s=5.0,
-                            label_map=LABELS, batch_size=64, normalize=method, stats_source="session")
-    dm.setup("test")
+    dm = _test_windows(args.store, window_s, method)
     adapt_dataset(reference, dm.sets["test"], "session")  # what `brainfm test` sets
     with tempfile.TemporaryDirectory() as tmp:
         adapted = Path(tmp) / "adapted.safetensors"
@@ -69,11 +73,29 @@ def main() -> None:
             labels += batch["label"].tolist()
     score = {name: balanced_accuracy_score(labels, p) for name, p in
              (("eager", eager), ("graph", graph), ("stripped", stripped))}
-    print(f"{len(labels)} windows of {', '.join(TEST)}; input normalisation: {method}")
-    report([row("bal. accuracy, ONNX per subject", "", score["graph"], score["eager"]),
+    print(f"{len(labels)} windows of {', '.join(TEST)} ({window_s:g} s); input normalisation: {method}")
+    rows = [row("bal. accuracy, ONNX per subject", "", score["graph"], score["eager"]),
             row("bal. accuracy, shared-model ONNX", "", score["stripped"], score["eager"]),
-            row("same class as PyTorch, ONNX per subject", "share", float(np.mean(np.array(graph) == eager)), 1.0)],
-           "PyTorch", args.json)
+            row("same class as PyTorch, ONNX per subject", "share", float(np.mean(np.array(graph) == eager)), 1.0)]
+    if args.other_window_s:
+        other = _test_windows(args.store, args.other_window_s, method)
+        labels, predicted = [], []
+        for batch in other.test_dataloader():
+            with torch.inference_mode():
+                predicted += reference(*decoder_inputs(batch), subjects=batch["subject"]).argmax(1).tolist()
+            labels += batch["label"].tolist()
+        print(f"{len(labels)} windows of {args.other_window_s:g} s")
+        rows.append(row(f"bal. accuracy, PyTorch on {args.other_window_s:g}-s windows", "",
+                        balanced_accuracy_score(labels, predicted), score["eager"]))
+    report(rows, "PyTorch", args.json)
+
+
+def _test_windows(store: str, window_s: float, method: str | None) -> DecodingDataModule:
+    """EEGMAT 32-35's labelled windows, normalised with each subject's session statistics."""
+    dm = DecodingDataModule(store=store, split="eegmat-cbramod", window_s=window_s,
+                            label_map=LABELS, batch_size=64, normalize=method, stats_source="session")
+    dm.setup("test")
+    return dm
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--source", default="session", choices=("session", "calibration"),
                    help="statistics from each subject's whole session (default) or its first --seconds")
     a.add_argument("--seconds", type=float, default=60.0, help="calibration length in s (default: 60)")
-    a.add_argument("--window-s", type=float, default=5.0, help="window length in s (default: 5)")
+    a.add_argument("--window-s", type=float, default=None,
+                   help="window length in s (default: the decoder's training window, else 5)")
     a.add_argument("--out", required=True, help="decoder file to write (.safetensors)")
     e = sub.add_parser("export", help="export a fine-tuned decoder to ONNX (fp32, or int8 for onnxruntime)")
     e.add_argument("--ckpt", required=True, help="decoder.safetensors or a DecodeModule .ckpt")
@@ -138,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                               "default: the shared model, what an unseen subject gets)")
         cmd.add_argument("--calib", default=None, metavar="STORE", help="shard store with calibration windows")
         cmd.add_argument("--windows", type=int, default=256, help="calibration windows (default: 256)")
-        cmd.add_argument("--window-s", type=float, default=5.0, help="calibration window length in s (default: 5)")
+        cmd.add_argument("--window-s", type=float, default=None,
+                         help="calibration window length in s (default: the decoder's training window, else 5)")
         cmd.add_argument("--calib-subjects", nargs="+", default=None, help="subjects to calibrate on (default: all)")
         cmd.add_argument("--channel-types", nargs="+", default=None, help="keep only these channel types")
         cmd.add_argument("--batch-size", type=int, default=32)
@@ -182,7 +184,8 @@ def _detector_args(cmd: argparse.ArgumentParser) -> None:
                      "decoder trained with token statistics; an .onnx file has its subject fixed by "
                      "`brainfm export --subject`)")
     cmd.add_argument("--states", default=None, metavar="JSON", help="state set (default: AttentionGuard's four)")
-    cmd.add_argument("--window-s", type=float, default=4.0, help="window length in s (default: 4)")
+    cmd.add_argument("--window-s", type=float, default=None,
+                     help="window length in s (default: the --model's training window, else 4)")
     cmd.add_argument("--hop-s", type=float, default=0.5, help="hop in s (default: 0.5)")
     cmd.add_argument("--calibration-s", type=float, default=60.0, help="per-user baseline span in s (default: 60)")
     cmd.add_argument("--calibration", default=None, metavar="RECORDING",
@@ -215,8 +218,10 @@ def _attention_parsers(sub) -> None:
     _detector_args(st)
 
 
-def _detector_config(args: argparse.Namespace):
+def _detector_config(args: argparse.Namespace, model=None):
+    """The detector's settings; ``--window-s`` defaults to ``model``'s training window, else 4 s."""
     from brainfm.attention import DetectorConfig, StateModel  # noqa: PLC0415
+    from brainfm.models.decoder import window_for  # noqa: PLC0415
 
     if args.subject and not args.model:
         raise UsageError("--subject chooses the decoder's subject layers: it needs --model")
@@ -225,7 +230,8 @@ def _detector_config(args: argparse.Namespace):
         kwargs["states"] = StateModel.from_file(args.states)
     if args.decoder_weight is not None:
         kwargs["decoder_weight"] = args.decoder_weight
-    return DetectorConfig(window_s=args.window_s, hop_s=args.hop_s, calibration_s=args.calibration_s,
+    window_s = window_for(getattr(model, "window_s", None), args.window_s, DetectorConfig.window_s)
+    return DetectorConfig(window_s=window_s, hop_s=args.hop_s, calibration_s=args.calibration_s,
                           line_freq=args.line_freq or None, min_dwell_s=args.min_dwell_s, **kwargs)
 
 
@@ -260,9 +266,9 @@ def _detect(args: argparse.Namespace) -> int:
     from brainfm.attention import detect_signal, read_session  # noqa: PLC0415
     from brainfm.attention.timeline import plot_timeline, write_csv, write_json  # noqa: PLC0415
 
-    config = _detector_config(args)
-    session = read_session(args.recordings)
     model = _engagement_model(args)
+    config = _detector_config(args, model)
+    session = read_session(args.recordings)
     chain = args.chain or ("none" if session.preprocessed else "zero-phase")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,8 +298,8 @@ def _stream(args: argparse.Namespace) -> int:
                               check_stream, open_stream, stream_name)
 
     name = stream_name(args.source)
-    config = _detector_config(args)
     model = _engagement_model(args)
+    config = _detector_config(args, model)
     stream = open_stream(args.source, bufsize=max(5.0, 2 * config.window_s), timeout=args.connect_timeout)
     source = check_stream(stream, name, model, config.window_s)
     overrides = OverrideLog(config.states.names, args.overrides)

@@ -38,6 +38,7 @@ from brainfm.deploy import (EncoderGraph, W4A16Linear, W8A8Linear, calibrate, ca
                             load_checkpoint, onnx_session, quantize, quantize_onnx, read_config, run_onnx,
                             save_bundle)
 from brainfm.deploy.calibrate import decoder_inputs
+from brainfm.deploy.normalization import ONNX_WINDOW_KEY, onnx_properties
 from brainfm.kernels.reference import sqnr_db, w4a16_linear_ref, w8a8_linear_ref
 
 TRAIN, TEST = ["eegmat00", "eegmat01"], ["eegmat32"]
@@ -110,6 +111,7 @@ def test_checkpoint_formats_load_the_same_decoder(tuned):
     x = decoder_inputs(tuned.sets["test"][0])
     with torch.inference_mode():
         assert torch.equal(from_ckpt(*x), tuned.decoder(*x))
+    assert from_ckpt.window_s == tuned.decoder.window_s == 5.0  # the fit's window, recorded in both
     from brainfm.models import save_encoder
 
     save_encoder(tuned.decoder.encoder, tuned.root / "encoder.safetensors")
@@ -216,6 +218,7 @@ def test_bundle_validation(tuned, quantized, tmp_path):
     broken(lambda d: d["decoder"].update(code="import os"), "unknown decoder fields")
     broken(lambda d: d["decoder"].update(token_stats="false"), "token_stats must be true or false")
     broken(lambda d: d["decoder"].update(deploy_subject=["eegmat00"]), "deploy_subject must be a subject id")
+    broken(lambda d: d["decoder"].update(window_s=0), "window_s must be a length in s > 0")
     (out / "bundle.json").write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
         load(out)
@@ -356,5 +359,6 @@ def test_cli_export_int8(tuned, tmp_path, capsys):
 
     ops = {n.op_type for n in onnx.load(os.fspath(out)).graph.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear", "DFT"} <= ops
+    assert onnx_properties(out)[0][ONNX_WINDOW_KEY] == "5.0"  # kept through onnxruntime's quantizer
     with pytest.raises(SystemExit):
         main(["export", "--ckpt", str(tuned.ckpt), "--onnx", str(out), "--int8", "--int8-mode", "static"])

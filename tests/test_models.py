@@ -16,15 +16,19 @@ from safetensors import safe_open
 from brainfm.models import (
     ASH,
     PRESETS,
+    BrainDecoder,
     BrainEncoder,
     ClassificationHead,
     CrissCrossBlock,
     ModelConfig,
     ReconstructionHead,
     load_braindecode_criss_cross,
+    load_decoder,
     load_pretrained,
+    save_decoder,
     save_encoder,
 )
+from brainfm.models.decoder import window_for
 from brainfm.signal import SensorSpec, collate_sensors
 
 SFREQ = 200.0
@@ -235,6 +239,23 @@ def test_safetensors_round_trip(tmp_path, specs):
     batch = make_batch([specs["kit"]])
     with torch.no_grad():
         torch.testing.assert_close(encode(loaded, batch), encode(model, batch))
+
+
+def test_decoder_records_its_training_window(tmp_path):
+    """``window_s`` travels with the decoder file; a bad value is refused; :func:`window_for` prefers what
+    the user asks, warns when it differs from the training window, and falls back to the default."""
+    decoder = BrainDecoder(ModelConfig.from_name("tiny"), 2, window_s=10)
+    save_decoder(decoder, tmp_path / "d.safetensors")
+    assert load_decoder(tmp_path / "d.safetensors").window_s == 10.0
+    for bad in (0, -1.0, float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="window_s must be a length in s > 0"):
+            BrainDecoder(ModelConfig.from_name("tiny"), 2, window_s=bad)
+    assert window_for(10.0, None, 4.0) == 10.0 and window_for(None, None, 4.0) == 4.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert window_for(10.0, 10.0, 4.0) == 10.0 and window_for(None, 3.0, 4.0) == 3.0
+    with pytest.warns(UserWarning, match="trained on 10-s windows; running it on 4-s windows"):
+        assert window_for(10.0, 4.0, 5.0) == 4.0
 
 
 def test_config_dict_round_trip():

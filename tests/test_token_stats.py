@@ -26,7 +26,7 @@ from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
 from brainfm.deploy.calibrate import decoder_inputs
 from brainfm.deploy.checkpoint import load_checkpoint
-from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties
+from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, ONNX_WINDOW_KEY, onnx_properties
 from brainfm.kernels.reference import sqnr_db
 from brainfm.models import BrainDecoder, ModelConfig, load_decoder, save_decoder
 from brainfm.tasks import DecodeModule
@@ -115,6 +115,7 @@ def test_decoder_trained_with_token_statistics_round_trips(data, tmp_path):
     path = tmp_path / "decoder.safetensors"
     module.export_safetensors(path)
     decoder = load_decoder(path)
+    assert decoder.window_s == data.hparams.window_s == 5.0  # the default window of detect/adapt/export
     for subject in module.decoder.subjects.channels:
         torch.testing.assert_close(decoder.subjects.get(subject).token_scale,
                                    module.decoder.subjects.get(subject).token_scale)
@@ -208,14 +209,15 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     assert "--subject" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()
     assert main(["export", "--ckpt", str(path), "--onnx", str(tmp_path / "d.onnx"), "--subject", "eegmat32"]) == 0
     torch.testing.assert_close(run_onnx(onnx_session(tmp_path / "d.onnx"), *x), want, rtol=1e-4, atol=1e-4)
-    assert onnx_properties(tmp_path / "d.onnx")[0][ONNX_SUBJECT_KEY] == "eegmat32"  # the file says whose it is
+    props = onnx_properties(tmp_path / "d.onnx")[0]
+    assert props[ONNX_SUBJECT_KEY] == "eegmat32" and props[ONNX_WINDOW_KEY] == "5.0"  # whose, and on what windows
     assert EngagementModel(tmp_path / "d.onnx", subject="eegmat32").kind == "onnx"
     with pytest.raises(ValueError, match="exported for eegmat32, not eegmat00"):
         EngagementModel(tmp_path / "d.onnx", subject="eegmat00")
     assert main(["quantize", "--ckpt", str(path), "--scheme", "w4a16", "--out", str(tmp_path / "b"),
                  "--subject", "eegmat32"]) == 0
     bundle = load_bundle(tmp_path / "b")
-    assert bundle.deploy_subject == "eegmat32" and bundle.token_stats
+    assert bundle.deploy_subject == "eegmat32" and bundle.token_stats and bundle.window_s == 5.0
     with torch.inference_mode():
         got = bundle(*x)
         torch.testing.assert_close(got, bundle(*x, subjects=["eegmat32"] * len(got)), rtol=0, atol=0)
@@ -237,7 +239,9 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     assert live.log_odds(x[0][0].numpy(), spec) == pytest.approx(float(mine[1] - mine[0]), abs=1e-4)
     assert main(["detect", f"{small_sample[1]}::sub-eegmat32_task-arithmetic_eeg", "--out", str(tmp_path / "t"),
                  "--model", str(path), "--calibration-s", "20", "--no-progress", "--no-plot"]) == 0
-    windows = json.loads((tmp_path / "t" / "timeline.json").read_text())["windows"]
+    timeline = json.loads((tmp_path / "t" / "timeline.json").read_text())
+    assert timeline["meta"]["window_s"] == 5.0  # the decoder's training window, not the indices' 4 s
+    windows = timeline["windows"]
     assert sum(w["decoder"] is not None for w in windows) > len(windows) // 2  # the decoder ran after calibration
     model = EngagementModel(path, subject="eegmat32")
     expected = torch.log_softmax(want[0].double(), 0)

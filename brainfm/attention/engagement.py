@@ -29,7 +29,7 @@ from brainfm.data.normalize import RunningMoments, SubjectNormalizer, population
 from brainfm.deploy import load as load_bundle
 from brainfm.deploy import onnx_session, run_onnx
 from brainfm.deploy.checkpoint import deploy_for
-from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties, read_onnx
+from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties, onnx_window_s, read_onnx
 from brainfm.models import load_decoder
 from brainfm.signal import SensorSpec
 from brainfm.tasks.token_stats import match_subjects, token_moments
@@ -55,6 +55,12 @@ class EngagementModel:
         The decoder's subject layers to use (:func:`brainfm.deploy.checkpoint.deploy_for`); an
         ONNX graph has its subject fixed at export. A token-statistics decoder without one is set
         for the current user at :meth:`calibrate`.
+
+    Attributes
+    ----------
+    window_s : float or None
+        The window length in s the decoder was trained on, if its file records it (the detector's
+        default window).
     """
 
     def __init__(self, path: str | Path, engaged_class: str | int | None = None, threads: int = 1,
@@ -66,17 +72,20 @@ class EngagementModel:
         self.live_token_stats = False  # set below: the current user's FiLM comes from calibrate()
         if path.suffix == ".onnx":
             self.kind, self.session, self.model = "onnx", onnx_session(path, threads), None
-            exported_for = onnx_properties(self.session)[0].get(ONNX_SUBJECT_KEY)
+            props, where = onnx_properties(self.session)
+            exported_for = props.get(ONNX_SUBJECT_KEY)
             if subject is not None and subject != exported_for:
                 raise ValueError(f"{path} was exported for {exported_for or 'no subject (the shared model)'}, "
                                  f"not {subject}: a graph's subject is fixed by brainfm export --subject")
             classes = None
+            self.window_s = onnx_window_s(props, where)
         else:
             self.kind = "bundle" if path.is_dir() else "fp32"
             model = load_bundle(path) if path.is_dir() else load_decoder(path)
             self.live_token_stats = subject is None and model.token_stats and model.deploy_subject is None
             self.model = model if self.live_token_stats else deploy_for(model, subject, path)
             classes = getattr(self.model, "classes", None)
+            self.window_s = getattr(self.model, "window_s", None)
         # every deployed form carries the decoder's normalisation (brainfm.deploy.normalization)
         norm = read_onnx(self.session) if self.kind == "onnx" else getattr(self.model, "normalization", None)
         self.normalize_method: str | None = None if norm is None else json.loads(norm[1])["method"]

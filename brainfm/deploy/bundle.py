@@ -169,6 +169,10 @@ def validate_config(doc: Any) -> dict[str, Any]:
     _require(isinstance(dec.get("token_stats", False), bool), "decoder.token_stats must be true or false")
     _require(dec.get("deploy_subject") is None or isinstance(dec["deploy_subject"], str),
              "decoder.deploy_subject must be a subject id or null")
+    window = dec.get("window_s")
+    _require(window is None or (isinstance(window, (int, float)) and not isinstance(window, bool)
+                                and math.isfinite(window) and window > 0),
+             "decoder.window_s must be a length in s > 0 or null")
     if doc.get("normalization") is not None:
         _require(doc["format_version"] >= 3, "normalization needs format_version 3")
         from_json(doc["normalization"], "bundle.json")  # raises ValueError naming the problem

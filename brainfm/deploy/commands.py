@@ -34,7 +34,7 @@ from brainfm.deploy.checkpoint import load_checkpoint, shared_model_note
 from brainfm.deploy.export import example_inputs, export_onnx, onnx_session, quantize_onnx, run_onnx
 from brainfm.deploy.quantize import quantize
 from brainfm.kernels.reference import sqnr_db
-from brainfm.models.decoder import BrainDecoder
+from brainfm.models.decoder import DEFAULT_WINDOW_S, BrainDecoder, window_for
 
 
 def _log(msg: str) -> None:
@@ -62,8 +62,10 @@ def _calib(args: argparse.Namespace, decoder: BrainDecoder, windows: int):
 
 
 def _deployed(args: argparse.Namespace):
-    """The checkpoint's decoder set to deploy ``--subject`` (or its shared model, said on stderr)."""
+    """The checkpoint's decoder set to deploy ``--subject`` (or its shared model, said on stderr);
+    ``--window-s`` defaults to its training window."""
     decoder = load_checkpoint(args.ckpt, args.subject)
+    args.window_s = window_for(decoder.window_s, args.window_s, DEFAULT_WINDOW_S)  # for the calibration windows
     note = shared_model_note(decoder)
     _log(note if note else f"deploying subject {decoder.deploy_subject}'s layers" if decoder.deploy_subject else
          "deploying the shared model")

@@ -26,8 +26,8 @@ output ``logits`` (batch, n_classes).
 A decoder trained on subject-normalised windows takes windows normalised the same way
 (:mod:`brainfm.data.normalize`); the file carries the method and statistics in its
 ``metadata_props`` (:mod:`brainfm.deploy.normalization`, key ``brainfm.normalization``), a graph
-exported for one subject names it (``brainfm.deploy_subject``), and :func:`quantize_onnx` copies
-both into the int8 file.
+exported for one subject names it (``brainfm.deploy_subject``), the training window length goes
+in ``brainfm.window_s``, and :func:`quantize_onnx` copies all three into the int8 file.
 
 Int8. :func:`quantize_onnx` runs onnxruntime's post-training quantization on the weight
 GEMMs only (``MatMul``/``Gemm`` nodes with a constant weight; attention's activation x
@@ -65,7 +65,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties, read_onnx, write_onnx
+from brainfm.deploy.normalization import ONNX_SUBJECT_KEY, onnx_properties, onnx_window_s, read_onnx, write_onnx
 
 INPUT_NAMES = ("x", "sensor_geometry", "sensor_type", "channel_mask")
 OUTPUT_NAME = "logits"
@@ -148,8 +148,9 @@ def export_onnx(decoder: nn.Module, path: str | os.PathLike, opset: int = OPSET)
     graph = DecoderGraph(decoder)
     path = export_graph(graph, decoder.config, path, OUTPUT_NAME, opset, channels=graph.mix_channels)
     normalization, subject = getattr(decoder, "normalization", None), getattr(decoder, "deploy_subject", None)
-    if normalization is not None or subject is not None:
-        write_onnx(path, normalization, subject)
+    window_s = getattr(decoder, "window_s", None)
+    if normalization is not None or subject is not None or window_s is not None:
+        write_onnx(path, normalization, subject, window_s)
     return path
 
 
@@ -271,9 +272,10 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, mode: str = "d
         else:
             quantize_static(pre, os.fspath(dst), _reader(calib_batches, n_windows), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, **common)
-    normalization, subject = read_onnx(src), onnx_properties(src)[0].get(ONNX_SUBJECT_KEY)
-    if normalization is not None or subject is not None:  # onnxruntime's quantizers drop metadata_props
-        write_onnx(dst, normalization, subject)
+    props, where = onnx_properties(src)
+    normalization, subject, window_s = read_onnx(src), props.get(ONNX_SUBJECT_KEY), onnx_window_s(props, where)
+    if normalization is not None or subject is not None or window_s is not None:
+        write_onnx(dst, normalization, subject, window_s)  # onnxruntime's quantizers drop metadata_props
     return dst
 
 

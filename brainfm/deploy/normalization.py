@@ -37,6 +37,8 @@ from brainfm.data.normalize import METHODS, SubjectNormalizer
 ONNX_KEY = "brainfm.normalization"
 #: The ``metadata_props`` key naming the subject whose layers an exported graph carries (``export --subject``).
 ONNX_SUBJECT_KEY = "brainfm.deploy_subject"
+#: The ``metadata_props`` key of the window length in s the decoder was trained on (``BrainDecoder.window_s``).
+ONNX_WINDOW_KEY = "brainfm.window_s"
 #: Tensor dtypes a document may hold.
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Largest tensor a document may describe (a 1024-sensor whitening matrix), and most tensors.
@@ -82,21 +84,38 @@ def from_json(doc: Any, where: str) -> Normalization:
     return tensors, json.dumps(meta)
 
 
-def write_onnx(path: str | os.PathLike, normalization: Normalization | None, subject: str | None = None) -> None:
-    """Store ``normalization`` and the graph's deploy ``subject`` in the ONNX file's ``metadata_props``
-    (keys :data:`ONNX_KEY` and :data:`ONNX_SUBJECT_KEY`, replacing any previous entries)."""
+def write_onnx(path: str | os.PathLike, normalization: Normalization | None, subject: str | None = None,
+               window_s: float | None = None) -> None:
+    """Store ``normalization``, the graph's deploy ``subject`` and the training ``window_s`` in the ONNX
+    file's ``metadata_props`` (keys :data:`ONNX_KEY`, :data:`ONNX_SUBJECT_KEY` and :data:`ONNX_WINDOW_KEY`,
+    replacing any previous entries; None writes nothing)."""
     import onnx  # noqa: PLC0415 - deferred like every onnx import of brainfm.deploy
 
+    keys = (ONNX_KEY, ONNX_SUBJECT_KEY, ONNX_WINDOW_KEY)
     model = onnx.load(os.fspath(path))
-    props = [p for p in model.metadata_props if p.key not in (ONNX_KEY, ONNX_SUBJECT_KEY)]
+    props = [p for p in model.metadata_props if p.key not in keys]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
-    for key, value in ((ONNX_KEY, None if normalization is None else json.dumps(to_json(normalization))),
-                       (ONNX_SUBJECT_KEY, subject)):
+    values = (None if normalization is None else json.dumps(to_json(normalization)), subject,
+              None if window_s is None else repr(float(window_s)))
+    for key, value in zip(keys, values):
         if value is not None:
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
     onnx.save(model, os.fspath(path))
+
+
+def onnx_window_s(props: dict[str, str], where: str) -> float | None:
+    """The training window length in s recorded in an ONNX graph's ``metadata_props``, or None."""
+    if ONNX_WINDOW_KEY not in props:
+        return None
+    try:
+        value = float(props[ONNX_WINDOW_KEY])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: {ONNX_WINDOW_KEY} must be a length in s > 0, got {props[ONNX_WINDOW_KEY]!r}")
+    return value
 
 
 def onnx_properties(path_or_session: str | os.PathLike | Any) -> tuple[dict[str, str], str]:
@@ -121,4 +140,5 @@ def read_onnx(path_or_session: str | os.PathLike | Any) -> Normalization | None:
     return from_json(doc, where)
 
 
-__all__ = ["ONNX_KEY", "ONNX_SUBJECT_KEY", "from_json", "onnx_properties", "read_onnx", "to_json", "write_onnx"]
+__all__ = ["ONNX_KEY", "ONNX_SUBJECT_KEY", "ONNX_WINDOW_KEY", "from_json", "onnx_properties", "onnx_window_s", "read_onnx",
+           "to_json", "write_onnx"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -11,6 +13,9 @@ from brainfm.models.config import ModelConfig, encoder_class
 from brainfm.models.encoder import BrainEncoder
 from brainfm.models.heads import ClassificationHead
 from brainfm.models.subject import SubjectLayers
+
+#: The window length in s assumed for a decoder that does not record its own (``DecodingDataModule``'s default).
+DEFAULT_WINDOW_S = 5.0
 
 
 class BrainDecoder(nn.Module):
@@ -64,6 +69,10 @@ class BrainDecoder(nn.Module):
         The head was trained on per-subject standardised tokens (label-free token statistics).
     deploy_subject : str, optional
         The subject whose layers a call without ``subjects`` uses (one of ``subject_channels``).
+    window_s : float, optional
+        The window length in s the decoder was trained on (set by fit): what ``brainfm
+        detect/stream/adapt/export`` use unless told otherwise. The encoder accepts any whole
+        number of patches, but the head and the subject statistics were fitted on this length.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class BrainDecoder(nn.Module):
         encoder: nn.Module | None = None,
         token_stats: bool = False,
         deploy_subject: str | None = None,
+        window_s: float | None = None,
     ) -> None:
         super().__init__()
         if n_classes < 2:
@@ -102,6 +112,7 @@ class BrainDecoder(nn.Module):
             raise ValueError(f"no subject layers for deploy_subject {deploy_subject!r}; "
                              f"the decoder holds {sorted(self.subjects.channels) or 'none'}")
         self.deploy_subject = deploy_subject
+        self.window_s = window_s
         self.head = ClassificationHead(width, n_classes, head_dropout, pooling, n_features)
         self.n_features = int(n_features)
         self.hybrid = dict(hybrid) if hybrid is not None else None
@@ -112,6 +123,18 @@ class BrainDecoder(nn.Module):
         #: with, or None (:mod:`brainfm.models.serialization`; rebuild the normaliser with
         #: ``brainfm.data.normalize.SubjectNormalizer.from_tensors(*decoder.normalization)``).
         self.normalization: tuple[dict[str, torch.Tensor], str] | None = None
+
+    @property
+    def window_s(self) -> float | None:
+        """The training window length in s, or None when unknown (see the class docstring)."""
+        return self._window_s
+
+    @window_s.setter
+    def window_s(self, value: float | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"window_s must be a length in s > 0 or None, got {value!r}")
+        self._window_s = None if value is None else float(value)
 
     def tokens(
         self,
@@ -168,4 +191,16 @@ class BrainDecoder(nn.Module):
             "hybrid": self.hybrid,
             "token_stats": self.token_stats,
             "deploy_subject": self.deploy_subject,
+            "window_s": self.window_s,
         }
+
+
+def window_for(trained_s: float | None, requested_s: float | None, default_s: float) -> float:
+    """The window length in s to run a decoder on: ``requested_s`` when given (with a warning when it
+    differs from the decoder's training window ``trained_s``), else ``trained_s``, else ``default_s``."""
+    if requested_s is None:
+        return trained_s if trained_s is not None else default_s
+    if trained_s is not None and not math.isclose(requested_s, trained_s):
+        warnings.warn(f"the decoder was trained on {trained_s:g}-s windows; running it on {requested_s:g}-s windows "
+                      "(its head and subject statistics were fitted on the training length)", stacklevel=2)
+    return requested_s

@@ -152,7 +152,7 @@ class Weights:
         The architecture.
     decoder : dict, optional
         For a decoder: ``n_classes``, ``pooling``, ``subject_channels``, ``classes``,
-        ``token_stats``, ``deploy_subject`` and, for a hybrid head, ``n_features`` and ``hybrid``
+        ``token_stats``, ``deploy_subject``, ``window_s`` and, for a hybrid head, ``n_features`` and ``hybrid``
         (the :class:`BrainDecoder` arguments besides the config).
     normalization : (dict of str to Tensor, str), optional
         A decoder's per-subject normalisation statistics and their JSON metadata (see the
@@ -230,7 +230,8 @@ def read_weights(path: str | os.PathLike) -> Weights:
         dec = {"n_classes": hp["n_classes"], "pooling": hp.get("pooling", "mean"),
                "subject_channels": hp.get("subject_channels") or {}, "classes": hp.get("classes"),
                "hybrid": hp.get("hybrid"), "token_stats": bool(hp.get("token_stats")),
-               "n_features": int(state["feature_mean"].shape[0]) if "feature_mean" in state else 0}
+               "n_features": int(state["feature_mean"].shape[0]) if "feature_mean" in state else 0,
+               "window_s": ckpt.get("datamodule_hyper_parameters", {}).get("window_s")}
         norm = ckpt.get(NORMALIZATION)
         return Weights("decoder", state, config, dec, None if norm is None else (norm["tensors"], norm["metadata"]),
                        {"reset_subjects": hp.get("reset_subjects") or []})

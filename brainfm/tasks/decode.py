@@ -246,6 +246,9 @@ class DecodeModule(ClassifierModule):
         self._add_token_stats_layers()
         if stage != "fit":
             return
+        window_s = getattr(getattr(self.trainer.datamodule, "hparams", None), "window_s", None)
+        if window_s is not None:  # saved with the decoder: the default window of detect/adapt/export
+            self.decoder.window_s = window_s
         hp = self.hparams
         if hp.mode == "reset" or hp.subject_layers:
             if self.data_summary is None:

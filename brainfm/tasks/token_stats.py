@@ -45,6 +45,7 @@ from brainfm.data.normalize import fit_normalizer
 from brainfm.data.store import ShardStore
 from brainfm.data.splits import calibration_spans
 from brainfm.data.summary import DataSummary
+from brainfm.models.decoder import DEFAULT_WINDOW_S, window_for
 from brainfm.models.serialization import decoder_from_weights, read_weights, save_decoder
 
 SOURCES = ("session", "calibration")
@@ -161,7 +162,7 @@ def adapt_dataset(decoder, dataset, source: str = "session", seconds: float = 60
 
 
 def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Sequence[str], out: str | os.PathLike,
-                  source: str = "session", seconds: float = 60.0, window_s: float = 5.0,
+                  source: str = "session", seconds: float = 60.0, window_s: float | None = None,
                   **entities) -> list[str]:
     """Add ``subjects`` to a decoder trained with token statistics, without labels, and write it to ``out``.
 
@@ -169,6 +170,7 @@ def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Se
     normalised with the decoder's input method and that subject's own statistics (``source``: its
     session, or its first ``seconds``), which join the decoder's; then its FiLM standardises its
     tokens (:func:`adapt_dataset`). Everything else in the file is kept. Returns the subjects set.
+    ``window_s``: the statistics' window length (default: the decoder's training window, else 5 s).
 
     Raises
     ------
@@ -189,6 +191,7 @@ def adapt_decoder(path: str | os.PathLike, store: str | ShardStore, subjects: Se
     missing = [s for s in subjects if not shard_store.select([s], **entities)]
     if missing:
         raise ValueError(f"no recordings of {missing} {entities or ''} in {shard_store.url}")
+    window_s = window_for(decoder.window_s, window_s, DEFAULT_WINDOW_S)
     windows = FixedWindows(shard_store, window_s, recordings=shard_store.select(subjects, **entities))
     if decoder.normalization is not None:
         normalizer = fit_normalizer([windows], json.loads(decoder.normalization[1])["method"], source, seconds)

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -587,6 +588,8 @@ def lightning_main(args: Sequence[str] | None) -> None:
     import brainfm.data.datamodule  # noqa: F401, PLC0415 - registers the classes for subclass mode
     import brainfm.tasks  # noqa: F401, PLC0415
 
+    built: list = []  # the trainer, once LightningCLI has built it
+
     class BrainCLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -595,14 +598,56 @@ def lightning_main(args: Sequence[str] | None) -> None:
             if init_args is not None and "store" in init_args and init_args.store is None:
                 init_args.store = sample_store_path()
 
-    BrainCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=None if args is None else list(args),
-        save_config_kwargs={"overwrite": True},
-    )
+        def instantiate_classes(self) -> None:
+            super().instantiate_classes()
+            built.append(self.trainer)
+
+    # Lightning advertises a cloud logger on every run; it is not a message about this run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+    try:
+        BrainCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=None if args is None else list(args),
+            save_config_kwargs={"overwrite": True},
+        )
+    except BaseException:
+        for trainer in built:
+            discard_empty_runs(trainer)
+        raise
+
+
+class _NoAdvertisement(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+#: What a run that failed before it logged anything leaves in its folder (Lightning's CSVLogger and SaveConfigCallback).
+RUN_BOOKKEEPING = frozenset({"config.yaml", "hparams.yaml"})
+
+
+def discard_empty_runs(trainer) -> list[Path]:
+    """Remove the log folders of a run that failed before its first training step and wrote no metrics or
+    checkpoints (nothing but :data:`RUN_BOOKKEEPING` and TensorBoard's event file, which it opens at start),
+    so that a failed start does not take a version number; return them."""
+    if getattr(trainer, "global_step", 0):
+        return []
+    removed = []
+    for logger in getattr(trainer, "loggers", ()):
+        try:
+            folder = Path(logger.log_dir) if getattr(logger, "log_dir", None) else None
+        except Exception:  # noqa: BLE001 - a logger that cannot say where it writes has nothing to remove
+            folder = None
+        if folder is None or not folder.is_dir():
+            continue
+        if all(f.is_dir() or f.name in RUN_BOOKKEEPING or f.name.startswith("events.out.tfevents.")
+               for f in folder.rglob("*")):
+            shutil.rmtree(folder)
+            removed.append(folder)
+            print(f"brainfm: removed the empty run folder {folder}", file=sys.stderr)
+    return removed
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Each case runs ``brainfm fit`` as a user would (a subprocess, so the test holds whatever the
 CLI does with the error) on real recordings of the small sample, and asserts the exit code,
-the message, and that no ``encoder.safetensors``/``decoder.safetensors`` was written.
+the message, that no ``encoder.safetensors``/``decoder.safetensors`` was written, and that no empty
+run folder (``version_N``) was left to take the next run's number.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def _assert_fails_without_weights(out: subprocess.CompletedProcess, tmp_path: Pa
         assert part in out.stderr, out.stderr[-3000:]
     written = [p.name for p in tmp_path.rglob("*.safetensors")]
     assert not written, f"weights written by a fit that trained nothing: {written}"
+    left = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("version_*")]
+    assert not left, f"a failed start left run folders (the next run would not be version_0): {left}"
 
 
 def test_windows_longer_than_every_recording(small_sample, tmp_path):

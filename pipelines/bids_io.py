@@ -54,6 +54,20 @@ def short(message: object) -> str:
     return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
 
 
+#: Library warnings that say nothing a brainfm user can act on, as they read here: (start of the
+#: message, what it means for the conversion).
+REWORDED = (
+    ("HED annotations were detected but could not be parsed",
+     "HED tags in the events were not read (brainfm takes the events' trial_type; mne-bids parses HED only "
+     "with the optional hedtools package)"),
+)
+
+
+def reworded(message: str) -> str:
+    """``message``, or what it means for the conversion when it is one of :data:`REWORDED`."""
+    return next((plain for start, plain in REWORDED if message.startswith(start)), message)
+
+
 class _Records(logging.Handler):
     def __init__(self, into: list[str]):
         super().__init__(logging.WARNING)
@@ -82,7 +96,7 @@ def captured_warnings() -> Iterator[list[str]]:
                 messages.extend(str(w.message) for w in caught)
     finally:
         logger.removeHandler(handler)
-        messages[:] = sorted({short(m) for m in messages if str(m).strip()})
+        messages[:] = sorted({short(reworded(str(m).strip())) for m in messages if str(m).strip()})
 
 
 def check_sidecars(files: list[Path]) -> None:

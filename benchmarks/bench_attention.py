@@ -55,6 +55,7 @@ from brainfm.attention.engagement import MODEL_SFREQ
 from brainfm.data.normalize import RunningMoments
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.data.root import data_root
+from brainfm.models.decoder import window_for
 from brainfm.pretrained import recipe_encoder
 from brainfm.signal import SensorSpec
 from brainfm.tasks.decode import DecodeModule
@@ -138,17 +139,20 @@ def switch_delay(ts: np.ndarray, engaged: np.ndarray, switch: float, hold_s: flo
 
 def offline_decoder(subject: int, decoder: Path, config: DetectorConfig) -> dict:
     """The decoder alone, offline: zero-phase chain on the whole session, resampled to 200 Hz,
-    normalised with the subject's first 60 s (as in training), argmax per window."""
+    normalised with the subject's first 60 s (as in training; a token-statistics decoder's FiLM from
+    the same span), argmax per window."""
     session = eegmat_session(subject)
     spec = session.spec
     model = EngagementModel(decoder)
     x = resample_window(zero_phase(session.signal, spec.sfreq, config.line_freq), spec.sfreq, MODEL_SFREQ)  # (C, N200)
     mspec = SensorSpec(spec.ch_names, spec.ch_types, spec.loc, MODEL_SFREQ)
     moments = RunningMoments(spec.n_channels)
-    moments.update(x[:, :int(config.calibration_s * MODEL_SFREQ)])
-    model.calibrate(moments, mspec)
+    calib_n = int(config.calibration_s * MODEL_SFREQ)
+    moments.update(x[:, :calib_n])
     n, hop = int(config.window_s * MODEL_SFREQ), int(config.hop_s * MODEL_SFREQ)
     ends = np.arange(n, x.shape[1] + 1, hop)
+    # a token-statistics decoder also sets the user's FiLM, from the same first 60 s (windows, normalised inside)
+    model.calibrate(moments, mspec, [x[:, e - n:e].astype(np.float32) for e in ends if e <= calib_n])
     odds = np.array([model.log_odds(x[:, e - n:e].astype(np.float32), mspec) for e in ends])
     ts = ends / MODEL_SFREQ
     rest, task = labelled(ts, session.segments[1][1], config)
@@ -197,9 +201,10 @@ def restate(trace: dict, config: DetectorConfig) -> np.ndarray:
     return engaged
 
 
-def tuning_grid() -> list[DetectorConfig]:
+def tuning_grid(window_s: float) -> list[DetectorConfig]:
     """Decoder weight, the Drifting/Focused threshold and the dwell, chosen on validation subjects."""
-    return [DetectorConfig(decoder_weight=w, min_dwell_s=dwell, states=attention_guard(drift=d, hyper=max(2.5, d + 1)))
+    return [DetectorConfig(window_s=window_s, decoder_weight=w, min_dwell_s=dwell,
+                           states=attention_guard(drift=d, hyper=max(2.5, d + 1)))
             for w in (0.5, 0.75, 1.0) for d in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0) for dwell in (1.0, 2.0)]
 
 
@@ -210,10 +215,12 @@ def describe(config: DetectorConfig) -> dict:
 
 def decoder_section(decoder: Path, val: list[int], test: list[int]) -> dict:
     """Settings chosen on ``val`` (mean balanced accuracy through the live path), scored on ``test``."""
-    base = DetectorConfig()
+    # the decoder's training window when its file records it, else the detector's 4 s (as `brainfm detect`)
+    window_s = window_for(EngagementModel(decoder).window_s, None, DetectorConfig.window_s)
+    base = DetectorConfig(window_s=window_s)
     traces = {s: live_path(s, decoder, base)[1] for s in val}
     scores = []
-    for config in tuning_grid():
+    for config in tuning_grid(window_s):
         bacc = [balanced(restate(t, config), *labelled(t["ts"], t["switch"], config)) for t in traces.values()]
         scores.append((float(np.mean(bacc)), describe(config), config))
         print(f"val {describe(config)} bacc {np.mean(bacc):.3f} {np.round(bacc, 3).tolist()}", flush=True)
@@ -228,7 +235,7 @@ def decoder_section(decoder: Path, val: list[int], test: list[int]) -> dict:
                      "offline_detector_bacc": zero["bacc"], "offline_detector_delay_s": zero["delay_s"], **live})
         print(json.dumps(rows[-1]), flush=True)
     delays = [r["delay_s"] for r in rows if r["delay_s"] is not None]
-    return {"decoder": str(decoder), "chosen_on_validation": chosen, "validation_bacc": best_val,
+    return {"decoder": str(decoder), "window_s": window_s, "chosen_on_validation": chosen, "validation_bacc": best_val,
             "validation_bacc_default_settings": default_val, "test": rows,
             "offline_bacc_mean": float(np.mean([r["offline_bacc"] for r in rows])),
             "offline_detector_bacc_mean": float(np.mean([r["offline_detector_bacc"] for r in rows])),

@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -656,11 +657,14 @@ def main(args: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     command = argv[0] if argv else "brainfm"
+    previous_format = warnings.formatwarning
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             lightning_main(None if args is None and not debug else argv)
             return 0
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if not debug:
+            warnings.formatwarning = _one_line_warning(command, warnings.formatwarning)
         ns = _parser().parse_args(argv)
         handler = {"convert": _convert, "info": _info, "verify": _verify, "sample-data": _sample,
                    "quantize": _deploy, "export": _deploy, "import-hdf5": _import_hdf5, "export-hdf5": _export_hdf5,
@@ -687,6 +691,21 @@ def main(args: Sequence[str] | None = None) -> int:
             raise
         print(f"brainfm {command}: {error_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _one_line_warning(command: str, default):
+    """``warnings.formatwarning`` that writes brainfm's own warnings as one line a person reads
+    (``brainfm detect: warning: ...``) and everyone else's as before (``--debug`` keeps them all)."""
+    package = str(Path(__file__).resolve().parent)
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            return f"brainfm {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return format_warning
 
 
 #: jsonargparse's first line when a class in the config failed to build; the cause follows it

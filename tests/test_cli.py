@@ -95,3 +95,19 @@ def test_subject_options_are_checked_first(tmp_path, monkeypatch, capsys, args, 
     monkeypatch.chdir(tmp_path)
     assert main(list(args)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_window_other_than_the_decoders_is_one_warning_line(small_sample, tmp_path):
+    """`adapt --window-s 4` on a decoder trained on 5-s windows runs, and says so in one line that names
+    the command, not a Python warning with a file path (a subprocess: pytest would capture the warning)."""
+    from brainfm.models import BrainDecoder, ModelConfig, save_decoder
+
+    path = tmp_path / "decoder.safetensors"
+    save_decoder(BrainDecoder(ModelConfig.from_name("tiny"), 2, token_stats=True, window_s=5.0), path)
+    out = subprocess.run([sys.executable, "-m", "brainfm.cli", "adapt", "--ckpt", str(path), "--store",
+                          str(small_sample[1]), "--subjects", "eegmat32", "--window-s", "4",
+                          "--out", str(tmp_path / "adapted.safetensors")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "trained on 5-s windows" in line]
+    assert lines == ["brainfm adapt: warning: the decoder was trained on 5-s windows; running it on 4-s windows "
+                     "(its head and subject statistics were fitted on the training length)"], out.stderr[-2000:]

@@ -232,7 +232,9 @@ def _detector_config(args: argparse.Namespace, model=None):
         kwargs["states"] = StateModel.from_file(args.states)
     if args.decoder_weight is not None:
         kwargs["decoder_weight"] = args.decoder_weight
-    window_s = window_for(getattr(model, "window_s", None), args.window_s, DetectorConfig.window_s)
+    # the detector warns when an explicit --window-s differs from the decoder's (AttentionDetector)
+    window_s = args.window_s if args.window_s is not None else window_for(getattr(model, "window_s", None), None,
+                                                                           DetectorConfig.window_s)
     return DetectorConfig(window_s=window_s, hop_s=args.hop_s, calibration_s=args.calibration_s,
                           line_freq=args.line_freq or None, min_dwell_s=args.min_dwell_s, **kwargs)
 
@@ -601,10 +603,12 @@ def lightning_main(args: Sequence[str] | None) -> None:
 
         def instantiate_classes(self) -> None:
             super().instantiate_classes()
-            built.append(self.trainer)
+            built.append((self.trainer, existing_log_dirs(self.trainer)))
 
     # Lightning advertises a cloud logger on every run; it is not a message about this run.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertisement) for f in rank_zero_log.filters):
+        rank_zero_log.addFilter(_NoAdvertisement())
     try:
         BrainCLI(
             L.LightningModule,
@@ -615,8 +619,8 @@ def lightning_main(args: Sequence[str] | None) -> None:
             save_config_kwargs={"overwrite": True},
         )
     except BaseException:
-        for trainer in built:
-            discard_empty_runs(trainer)
+        for trainer, existed in built:
+            discard_empty_runs(trainer, existed)
         raise
 
 
@@ -629,23 +633,44 @@ class _NoAdvertisement(logging.Filter):
 RUN_BOOKKEEPING = frozenset({"config.yaml", "hparams.yaml"})
 
 
-def discard_empty_runs(trainer) -> list[Path]:
-    """Remove the log folders of a run that failed before its first training step and wrote no metrics or
-    checkpoints (nothing but :data:`RUN_BOOKKEEPING` and TensorBoard's event file, which it opens at start),
-    so that a failed start does not take a version number; return them."""
-    if getattr(trainer, "global_step", 0):
-        return []
-    removed = []
+def _log_dirs(trainer) -> list[Path]:
+    """Where the trainer's loggers write (a logger that cannot say is left out)."""
+    dirs = []
     for logger in getattr(trainer, "loggers", ()):
         try:
-            folder = Path(logger.log_dir) if getattr(logger, "log_dir", None) else None
+            where = getattr(logger, "log_dir", None)
         except Exception:  # noqa: BLE001 - a logger that cannot say where it writes has nothing to remove
-            folder = None
-        if folder is None or not folder.is_dir():
+            where = None
+        if where:
+            dirs.append(Path(where))
+    return dirs
+
+
+def existing_log_dirs(trainer) -> set[Path]:
+    """The trainer's log folders that exist before it runs (a pinned version, a resumed run, a shared folder)."""
+    return {d for d in _log_dirs(trainer) if d.exists()}
+
+
+def discard_empty_runs(trainer, existed: set[Path] = frozenset()) -> list[Path]:
+    """Remove the log folders a run created and left empty because it failed before its first training
+    step: nothing in them but :data:`RUN_BOOKKEEPING` and TensorBoard's event file, which it opens at start.
+    A failed start then does not take a version number. Folders in ``existed`` (there before the run:
+    a pinned or resumed version, a folder shared by runs) are never touched, nor is anything on ranks
+    other than 0. Returns the folders removed; one that cannot be removed is reported, not raised, so
+    the run's own error stays the one the user reads."""
+    if getattr(trainer, "global_step", 0) or not getattr(trainer, "is_global_zero", True):
+        return []
+    removed = []
+    for folder in _log_dirs(trainer):
+        if folder in existed or not folder.is_dir():
             continue
         if all(f.is_dir() or f.name in RUN_BOOKKEEPING or f.name.startswith("events.out.tfevents.")
                for f in folder.rglob("*")):
-            shutil.rmtree(folder)
+            try:
+                shutil.rmtree(folder)
+            except OSError as err:
+                print(f"brainfm: could not remove the empty run folder {folder}: {err}", file=sys.stderr)
+                continue
             removed.append(folder)
             print(f"brainfm: removed the empty run folder {folder}", file=sys.stderr)
     return removed
@@ -698,10 +723,10 @@ def main(args: Sequence[str] | None = None) -> int:
 def _one_line_warning(command: str, default):
     """``warnings.formatwarning`` that writes brainfm's own warnings as one line a person reads
     (``brainfm detect: warning: ...``) and everyone else's as before (``--debug`` keeps them all)."""
-    package = str(Path(__file__).resolve().parent)
+    package = Path(__file__).resolve().parent
 
     def format_warning(message, category, filename, lineno, line=None):
-        if str(Path(filename).resolve()).startswith(package):
+        if not filename.startswith("<") and Path(filename).resolve().is_relative_to(package):
             return f"brainfm {command}: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

@@ -55,9 +55,10 @@ def short(message: object) -> str:
 
 
 #: Library warnings that say nothing a brainfm user can act on, as they read here: (start of the
-#: message, what it means for the conversion).
+#: message, a part it must also hold, what it means for the conversion). mne-bids starts its message
+#: the same way for a missing ``hed`` module and for tags that do not parse; only the first is reworded.
 REWORDED = (
-    ("HED annotations were detected but could not be parsed",
+    ("HED annotations were detected but could not be parsed", "the module hed is needed",
      "HED tags in the events were not read (brainfm takes the events' trial_type; mne-bids parses HED only "
      "with the optional hedtools package)"),
 )
@@ -65,7 +66,7 @@ REWORDED = (
 
 def reworded(message: str) -> str:
     """``message``, or what it means for the conversion when it is one of :data:`REWORDED`."""
-    return next((plain for start, plain in REWORDED if message.startswith(start)), message)
+    return next((plain for start, part, plain in REWORDED if message.startswith(start) and part in message), message)
 
 
 class _Records(logging.Handler):

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import mne
 import numpy as np
 import pytest
 import torch
 
-from brainfm.attention import (CALIBRATING, SIGNAL_BAD, CausalChain, DetectorConfig,
+from brainfm.attention import (CALIBRATING, SIGNAL_BAD, AttentionDetector, CausalChain, DetectorConfig,
                                EngagementModel, HmmSmoother, StateModel, Windower, assess, attention_guard,
                                detect_signal, read_session, window_indices, zero_phase)
 from brainfm.attention.montage import canonical_name
 from brainfm.cli import main
 from brainfm.data.store import ShardStore
-from brainfm.models import BrainDecoder, ModelConfig, save_decoder
+from brainfm.models import BrainDecoder, ModelConfig, load_decoder, save_decoder
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,20 @@ def test_detector_with_decoder_axis(eegmat32, decoder_file):
     n = int(40 * 500)
     outputs = list(detect_signal(eegmat32.signal[:, :n], eegmat32.spec, config, model))
     assert outputs[-1].decoder is not None and outputs[-1].state in config.states.names
+
+
+def test_detector_warns_on_a_window_other_than_the_decoders(eegmat32, decoder_file, tmp_path):
+    """A decoder that records its training window: a detector on other windows says so; on the same, not."""
+    decoder = load_decoder(decoder_file)
+    decoder.window_s = 5.0
+    save_decoder(decoder, tmp_path / "five.safetensors")
+    model = EngagementModel(tmp_path / "five.safetensors")
+    assert model.window_s == 5.0
+    with pytest.warns(UserWarning, match="trained on 5-s windows; running it on 4-s windows"):
+        AttentionDetector(eegmat32.spec, DetectorConfig(window_s=4.0), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AttentionDetector(eegmat32.spec, DetectorConfig(window_s=5.0), model)
 
 
 def test_detect_cli_writes_timeline_and_plot(eegmat32, shared_data, tmp_path):

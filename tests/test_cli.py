@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -111,3 +112,23 @@ def test_a_window_other_than_the_decoders_is_one_warning_line(small_sample, tmp_
     lines = [line for line in out.stderr.splitlines() if "trained on 5-s windows" in line]
     assert lines == ["brainfm adapt: warning: the decoder was trained on 5-s windows; running it on 4-s windows "
                      "(its head and subject statistics were fitted on the training length)"], out.stderr[-2000:]
+
+
+def test_only_the_empty_folders_a_failed_run_created_are_removed(tmp_path):
+    """discard_empty_runs: a new folder with only bookkeeping goes; one that existed before the run (a pinned
+    or resumed version), one with metrics, and everything after a training step or off rank 0 stay."""
+    def logger(name):
+        folder = tmp_path / name
+        return SimpleNamespace(log_dir=str(folder)), folder
+
+    (old_logger, old), (new_logger, new), (metrics_logger, metrics) = logger("old"), logger("new"), logger("metrics")
+    for folder in (old, new, metrics):
+        folder.mkdir()
+        (folder / "hparams.yaml").write_text("{}")
+    (new / "events.out.tfevents.1.host").write_bytes(b"")
+    (metrics / "metrics.csv").write_text("step\n")
+    trainer = SimpleNamespace(loggers=[old_logger, new_logger, metrics_logger], global_step=0, is_global_zero=True)
+    assert cli.discard_empty_runs(SimpleNamespace(**{**vars(trainer), "global_step": 3}), set()) == []
+    assert cli.discard_empty_runs(SimpleNamespace(**{**vars(trainer), "is_global_zero": False}), set()) == []
+    assert cli.discard_empty_runs(trainer, {old}) == [new]
+    assert old.is_dir() and not new.exists() and metrics.is_dir()

@@ -254,6 +254,7 @@ def test_deployed_forms_carry_the_subjects_layers(small_sample, data, tmp_path, 
     reset = DecodeModule(init_from=str(path), mode="reset", token_stats=True, lr=1e-2)
     pl.Trainer(max_steps=3, **{**QUIET, "limit_val_batches": 0}).fit(reset, calib)
     assert reset.decoder.subjects.get("eegmat32").mix_delta.abs().max() > 0
+    assert reset.decoder.window_s == 5.0  # the base decoder's window, which the calibration windows match
     reset.export_safetensors(tmp_path / "reset.safetensors")
     with torch.inference_mode():
         want = reset.decoder.eval()(*x, subjects=["eegmat32"] * len(x[0]))

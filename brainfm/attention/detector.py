@@ -31,6 +31,7 @@ from brainfm.attention.smoothing import HmmSmoother
 from brainfm.attention.states import CALIBRATING, SIGNAL_BAD, StateModel, attention_guard
 from brainfm.attention.windows import Windower
 from brainfm.data.normalize import RunningMoments
+from brainfm.models.decoder import window_for
 from brainfm.signal import SensorSpec
 
 
@@ -100,6 +101,8 @@ class AttentionDetector:
 
     def __init__(self, spec: SensorSpec, config: DetectorConfig | None = None, model: EngagementModel | None = None):
         self.spec, self.config, self.model = spec, config or DetectorConfig(), model
+        if model is not None:  # warns when the decoder was trained on windows of another length
+            window_for(model.window_s, self.config.window_s, self.config.window_s)
         self.model_spec = SensorSpec(spec.ch_names, spec.ch_types, spec.loc, MODEL_SFREQ)
         self.window_n = int(round(self.config.window_s * spec.sfreq))
         self.hop_n = int(round(self.config.hop_s * spec.sfreq))

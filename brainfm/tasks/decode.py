@@ -62,7 +62,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from brainfm.data.summary import DataSummary
 from brainfm.models.config import ModelConfig, resolve_config
-from brainfm.models.decoder import BrainDecoder
+from brainfm.models.decoder import BrainDecoder, window_for
 from brainfm.models.serialization import read_weights, save_decoder
 from brainfm.targets import TargetNormalizer, TargetSpec, compute_targets, target_names
 from brainfm.tasks.classify import ClassifierModule
@@ -181,6 +181,7 @@ class DecodeModule(ClassifierModule):
         config = resolve_config(weights.config if weights is not None else model, model_overrides)
         self.config = config
         source_subjects = dict(subject_channels or {})
+        window_s = None  # a decoder's training window, kept when fine-tuning it further
         if weights is not None and weights.kind == "decoder":
             dec = weights.decoder
             if dec["n_classes"] != n_classes:
@@ -192,11 +193,12 @@ class DecodeModule(ClassifierModule):
             source_subjects = {**dec["subject_channels"], **source_subjects}
             classes = classes or dec.get("classes")
             hybrid = dec.get("hybrid")
+            window_s = dec.get("window_s")
         spec = hybrid_spec(hybrid)
         self.feature_spec = TargetSpec(**spec) if spec is not None else None
         n_features = len(target_names(self.feature_spec)) if spec is not None else 0
         self.decoder = BrainDecoder(config, n_classes, pooling, head_dropout, source_subjects, classes,
-                                    n_features, spec, token_stats=token_stats)
+                                    n_features, spec, token_stats=token_stats, window_s=window_s)
         # Checkpoints carry the resolved architecture, so they rebuild without the init file:
         # DecodeModule.load_from_checkpoint(path, init_from=None).
         self.hparams.update(model=config.to_dict(), model_overrides=None, pooling=pooling,
@@ -248,7 +250,8 @@ class DecodeModule(ClassifierModule):
             return
         window_s = getattr(getattr(self.trainer.datamodule, "hparams", None), "window_s", None)
         if window_s is not None:  # saved with the decoder: the default window of detect/adapt/export
-            self.decoder.window_s = window_s
+            # a decoder from init_from trained on another length: say so (reset-tuning fits its layers on this one)
+            self.decoder.window_s = window_for(self.decoder.window_s, window_s, window_s)
         hp = self.hparams
         if hp.mode == "reset" or hp.subject_layers:
             if self.data_summary is None:

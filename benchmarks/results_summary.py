@@ -124,9 +124,11 @@ def rows(sections: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     "label-efficiency"))
     for key, e in sections["loso"].get("pretrained", {}).get("summary", {}).items():
         method, normalize = key.split(" | ")
-        if ", reset-tuned" in method or ", as trained" in method:  # the target is about the decoder itself
+        if ", as trained" in method:  # a reference for the reset rows, not a decoder of its own
             continue
         name = method.removeprefix("brainfm ").split(" + ")[0]
+        if ", reset-tuned" in method:  # the same decoders after reset-tuning on the subject's first 60 s
+            name += ", reset-tuned " + method.split(", reset-tuned ")[1]
         pre, scr = e["balanced_accuracy"], e["scratch_balanced_accuracy"]
         met = e["mean_difference"] >= 0.03 and _apart(pre, scr)
         folds = ("subjects " + ", ".join(s.removeprefix("eegmat") for s in e["subjects"]) if len(e["subjects"]) <= 12

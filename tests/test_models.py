@@ -5,6 +5,7 @@ Geometry is real (MNE montages, the Neuromag and KIT test files); signals are sy
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import mne
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from brainfm.models import (
     ASH,
@@ -256,6 +258,25 @@ def test_decoder_records_its_training_window(tmp_path):
         assert window_for(10.0, 10.0, 4.0) == 10.0 and window_for(None, 3.0, 4.0) == 3.0
     with pytest.warns(UserWarning, match="trained on 10-s windows; running it on 4-s windows"):
         assert window_for(10.0, 4.0, 5.0) == 4.0
+
+
+def test_decoder_file_versions(tmp_path):
+    """A version-1 decoder file (before ``window_s``) still loads, with no window; a version this brainfm
+    does not know is refused with a message that names the file and says to upgrade, not a ``TypeError``
+    about a metadata key."""
+    path = tmp_path / "d.safetensors"
+    save_decoder(BrainDecoder(ModelConfig.from_name("tiny"), 2, window_s=10), path)
+    with safe_open(path, framework="pt") as f:
+        meta, state = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["format_version"] == "2"
+    old = json.loads(meta["decoder"])
+    del old["window_s"]
+    save_file(state, tmp_path / "v1.safetensors", metadata={**meta, "format_version": "1", "decoder": json.dumps(old)})
+    assert load_decoder(tmp_path / "v1.safetensors").window_s is None
+    save_file(state, tmp_path / "v9.safetensors", metadata={**meta, "format_version": "9"})
+    with pytest.raises(ValueError, match=r"v9.safetensors is brainfm-decoder format version 9; this brainfm reads "
+                                         r"version 1 or 2 \(a newer brainfm wrote the file: upgrade brainfm"):
+        load_decoder(tmp_path / "v9.safetensors")
 
 
 def test_config_dict_round_trip():

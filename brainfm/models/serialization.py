@@ -7,9 +7,12 @@ the :class:`~brainfm.models.BrainEncoder` state dict and whose string metadata h
 * ``format_version``: ``"1"``;
 * ``config``: ``ModelConfig.to_dict()`` as JSON.
 
-``brainfm-decoder`` (version 1) is the same for a whole :class:`~brainfm.models.BrainDecoder`
-(encoder, subject layers, head), with ``decoder`` metadata: ``n_classes``, ``pooling``,
-``subject_channels`` and ``classes`` as JSON. A decoder trained on subject-normalised windows
+``brainfm-decoder`` is the same for a whole :class:`~brainfm.models.BrainDecoder`
+(encoder, subject layers, head), with ``decoder`` metadata: the :class:`BrainDecoder` arguments
+besides the config (``n_classes``, ``pooling``, ``subject_channels``, ``classes``, ...) as JSON.
+Version 2 adds ``window_s``, the window length the decoder was trained on; version 1 files
+(no ``window_s``) still load. A brainfm that meets a version it does not know says so and
+names the file, rather than failing on a metadata key it has never seen. A decoder trained on subject-normalised windows
 (:mod:`brainfm.data.normalize`) also carries its per-subject statistics: tensors named
 ``normalization.{subject}.{mean,std,whitening,scale}`` and ``normalization`` metadata (JSON:
 method and, per subject, source, seconds, sample count, channel names). They are not part of
@@ -45,6 +48,9 @@ from brainfm.models.subject import subject_key
 FORMAT = "brainfm-encoder"
 DECODER_FORMAT = "brainfm-decoder"
 FORMAT_VERSION = "1"
+DECODER_FORMAT_VERSION = "2"
+#: the versions of each format this brainfm reads; the last one is the one it writes
+READABLE_VERSIONS = {FORMAT: ("1",), DECODER_FORMAT: ("1", "2")}
 
 
 def save_encoder(
@@ -75,9 +81,11 @@ def read_metadata(path: str | os.PathLike, formats: tuple[str, ...] = (FORMAT,))
         meta = dict(f.metadata() or {})
     if meta.get("format") not in formats:
         raise ValueError(f"{path} is not a {' or '.join(formats)} file (metadata format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    readable = READABLE_VERSIONS[meta["format"]]
+    if meta.get("format_version") not in readable:
         raise ValueError(
-            f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}"
+            f"{path} is {meta['format']} format version {meta.get('format_version')}; this brainfm reads "
+            f"version {' or '.join(readable)} (a newer brainfm wrote the file: upgrade brainfm to read it)"
         )
     meta["config"] = json.loads(meta["config"])
     meta["extra"] = json.loads(meta.get("extra", "{}"))
@@ -124,7 +132,7 @@ def save_decoder(decoder: BrainDecoder, path: str | os.PathLike, extra: dict[str
     state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
     metadata = {
         "format": DECODER_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": DECODER_FORMAT_VERSION,
         "config": json.dumps(meta.pop("config")),
         "decoder": json.dumps(meta),
         "extra": json.dumps(extra or {}),

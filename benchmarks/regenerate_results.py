@@ -52,6 +52,9 @@ HALF_ENCODERS = tuple(f"configs/pretrain/weights/small-10s-aligned-half-{h}-seed
 #: survive another pretraining seed? Not shipped (4 MB; ``brainfm.pretrained`` ships seed 0 as the recipe):
 #: the rerun pretrains it into this folder first (about 1 h on 2 cores), then fine-tunes from its encoder.
 ALIGNED_SEED1_RUN = "runs/small-10s-aligned-seed1"
+#: The half-split encoders pretrained again with ``--seed_everything 1`` (not shipped, like
+#: ``ALIGNED_SEED1_RUN``): LOSO from them separates the pretraining run from the subjects it read.
+HALF_SEED1_RUNS = tuple(f"runs/small-10s-aligned-half-{h}-seed1" for h in "ab")
 
 #: The sections written from bench_alignment's runs logs: (section, runs log, notes; None: the script's own).
 #: The alignment section's rows predate its runs log; a --rerun writes one.
@@ -149,9 +152,20 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
         "--methods brainfm --variants pretrained-tokens --encoder " + ALIGNED_ENCODER + " --encoder-label "
         "'aligned pretraining' --folds 28 29 30 31 32 33 34 35 --no-write",
         # ... and the two half-split encoders (configs/pretrain/loso/), each on the other half's folds: all 36
-        f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "
+        f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 3 "
+        "--methods brainfm --normalize align --no-write",
+        f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 3 "
         "--methods brainfm --variants pretrained-tokens --encoder " + " ".join(HALF_ENCODERS) + " --encoder-label "
-        "'half-split aligned pretraining' --reset-seconds 0 --no-write",
+        "'half-split aligned pretraining' --normalize align --no-write",
+        # ... and both halves pretrained again with another seed, fine-tuned with seed 2
+        " && ".join(f"brainfm fit --config configs/pretrain/small-10s-aligned.yaml --config "
+                    f"configs/pretrain/loso/small-10s-aligned-half-{h}.yaml --seed_everything 1 "
+                    f"--trainer.default_root_dir {run} --trainer.logger.init_args.save_dir {run}"
+                    for h, run in zip("ab", HALF_SEED1_RUNS))
+        + f" && python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 2 "
+        "--methods brainfm --variants pretrained-tokens --encoder "
+        + " ".join(f"{latest(run.removeprefix('runs/'))}/encoder.safetensors" for run in HALF_SEED1_RUNS)
+        + " --encoder-label 'half-split aligned pretraining, encoder seed 1' --normalize align --no-write",
         # fMRI, one process per seed
         "for s in 0 1 2; do python benchmarks/bench_fmri.py --seed-list $s --out runs/bench_fmri_s$s.json || exit 1; "
         "done && python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "

@@ -1,7 +1,7 @@
 """Frozen-encoder linear probe on EEGMAT: masked reconstruction alone vs plus neurodynamics.
 
 For each seed and each pretraining objective, the same budget of ``brainfm fit`` steps is
-run on the sample store. That store holds EEGMAT subjects 0–31 and the other sample recordings;
+run on the sample store. That store holds all 36 EEGMAT subjects and the other sample recordings;
 CBraMod's test subjects 32–35 are excluded from pretraining. The encoder is then frozen.
 Every 5-s window of the CBraMod split (train: subjects 0–27, validation: 28–31, test: 32–35)
 is embedded by mean-pooling its tokens over channels and patches. A logistic

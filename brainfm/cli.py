@@ -15,6 +15,8 @@
   recording (any file MNE reads, or ``STORE::RECORDING_ID``) (:mod:`brainfm.attention`).
 * ``brainfm stream --source lsl:NAME [--model M] [--serve 127.0.0.1:PORT]`` — the live detector
   on an LSL stream: states to an LSL outlet, JSON lines and a dashboard (:mod:`brainfm.live`).
+* ``brainfm adapt --ckpt DECODER --store STORE --subjects S... --out NEW.safetensors`` — label-free subject
+  layers and input statistics for new subjects of a token-statistics decoder (:mod:`brainfm.tasks.token_stats`).
 
 Errors: a failing command prints one line, ``brainfm <command>: <what is wrong and what to do>``,
 and exits 1 (2 for bad arguments, 130 for Ctrl-C); ``--debug`` anywhere on the command line
@@ -91,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("sample-data", help="build the sample BIDS dataset and store from the data root")
-    s.add_argument("dest", nargs="?", default=None, help="output folder (default: ~/.cache/brainfm/sample)")
+    s.add_argument("dest", nargs="?", default=None, help="output folder (default: $BRAINFM_HOME/sample, ~/.cache/brainfm/sample)")
     s.add_argument("--eegmat-subjects", type=int, nargs="*", default=None, help="EEGMAT subjects (default: all 36)")
     s.add_argument("--eegbci-runs", type=int, nargs="*", default=None, help="EEGMMIDB S001 runs (default: 2-14)")
     s.add_argument("--workers", type=int, default=None)

@@ -129,7 +129,8 @@ records what it decided in ``quality``; ``docs/reliability.md`` has the table:
 
 Locking
 -------
-Every writer of a store (``brainfm convert``, ``--targets``) holds
+Every writer of a store (``brainfm convert``, ``convert --targets``, ``convert --upgrade``,
+``brainfm import-hdf5``) holds
 :func:`~brainfm.data.store_lock.store_lock` for the whole run. On local disk it is an OS lock
 (``flock`` through :mod:`filelock`) on ``STORE/.lock``: the kernel releases it when the process
 dies, so a killed run never leaves a stale lock, and start-up cleanup of ``.tmp-*`` names, which

@@ -104,7 +104,7 @@ def quantize(decoder: nn.Module, scheme: str, calib_batches: Iterable[dict[str, 
     scheme : {'w8a8', 'w4a16', 'w6a8', 'auto'}
         See :mod:`brainfm.deploy.qlinear`; ``auto`` mixes them under ``budget``.
     calib_batches : iterable of dict, optional
-        Real windows (:func:`brainfm.deploy.calibrate.calibration_batches`); needed for the
+        Real windows (:func:`brainfm.data.calibration_batches`); needed for the
         activation-aware scaling, not for plain round-to-nearest.
     smoothquant : bool, optional
         Per-input-channel scaling from calibration: SmoothQuant migration for ``w8a8``,

@@ -71,7 +71,7 @@ class BrainDecoder(nn.Module):
         The subject whose layers a call without ``subjects`` uses (one of ``subject_channels``).
     window_s : float, optional
         The window length in s the decoder was trained on (set by fit): what ``brainfm
-        detect/stream/adapt/export`` use unless told otherwise. The encoder accepts any whole
+        detect/stream/adapt/export/quantize`` use unless told otherwise. The encoder accepts any whole
         number of patches, but the head and the subject statistics were fitted on this length.
     """
 

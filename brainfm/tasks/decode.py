@@ -7,8 +7,8 @@ Modes (``mode``):
     ``encoder_lr_factor · lr`` and the new head at ``lr``; without it, the model trains
     from scratch.
 ``linear``
-    Linear probe: the encoder is frozen (and kept in eval mode); only the pooling head
-    trains.
+    Linear probe: the encoder is frozen (and kept in eval mode); the pooling head (and the
+    subject layers, with ``subject_layers=True``) train.
 ``reset``
     Cross-subject reset-tuning (MindBridge, Wang et al., CVPR 2024; see
     :mod:`brainfm.models.subject`). ``init_from`` is a fine-tuned decoder
@@ -19,8 +19,8 @@ Modes (``mode``):
     on the rest.
 
 ``subject_layers=True`` (modes ``full`` and ``linear``) gives every training subject its
-own layers, trained jointly with the trunk as MindBridge does, so the trunk is pushed
-towards what subjects share.
+own layers, trained jointly with the trunk (``full``) as MindBridge does, so the trunk is
+pushed towards what subjects share, or with the head alone (``linear``).
 
 At the end of fit the decoder is written next to the logs as ``decoder.safetensors``
 (:func:`brainfm.models.load_decoder`), the input of ``brainfm quantize``.

@@ -13,10 +13,14 @@ notebooks' own output. Each filter below names the warning and why it is harmles
 * tqdm's ``IProgress not found`` (``tqdm.auto`` looks for Jupyter widgets, which the demos do
   not install; progress bars fall back to text).
 
+brainfm's own info lines (class weights, reset-tuning, the exported checkpoint) are kept and
+printed to standard output, so they read as the notebook's output rather than as red stderr
+blocks on the web.
+
 The helpers: :func:`learning_curves` (loss per epoch from a ``CSVLogger``),
 :func:`classical_scores` (the log band power pipeline's test metrics),
 :func:`gradient_x_input` and :func:`topomaps` (signed channel attributions on one
-colour scale).
+colour scale, optionally each normalised by its largest magnitude).
 
 The notebooks import it as ``_demo``: Jupyter started in ``notebooks/`` finds it, and
 ``notebooks/regenerate.py`` and ``tests/test_notebooks.py`` put ``notebooks/`` on the path.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -70,6 +75,8 @@ def quiet() -> None:
     for handler in logging.getLogger("lightning.pytorch").handlers:
         if not any(isinstance(f, BrainfmInfoOnly) for f in handler.filters):
             handler.addFilter(BrainfmInfoOnly())
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
+            handler.setStream(sys.stdout)  # info lines are output, not errors
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)  # "Seed set to"
     mne.set_log_level("WARNING")
 
@@ -143,13 +150,20 @@ def gradient_x_input(decoder: torch.nn.Module, batches: Iterable[Mapping], subje
 
 
 def topomaps(maps: Mapping[str, np.ndarray], info: mne.Info, title: str, unit: str = "a.u.",
-             names: bool = True):
-    """One topomap per entry, all on one symmetric colour scale (``RdBu_r``: red positive, blue negative)."""
+             names: bool = True, normalise: bool = False):
+    """One topomap per entry, all on one symmetric colour scale (``RdBu_r``: red positive, blue negative).
+
+    ``normalise`` divides each map by its own largest magnitude, so a map much smaller than the others
+    (a difference of two similar maps) keeps its contrast; the colour bar then reads −1…1. Electrode
+    names, when drawn, sit on one-pixel sensor marks, so the dots do not cover them."""
+    if normalise:
+        maps = {label: values / max(float(np.abs(values).max()), np.finfo(float).tiny) for label, values in maps.items()}
+        unit = f"{unit} ÷ its largest |value|"
     vmax = max(float(np.abs(v).max()) for v in maps.values())
     fig, axes = plt.subplots(1, len(maps), figsize=(3.3 * len(maps) + 0.8, 3.4), squeeze=False)
     for ax, (label, values) in zip(axes[0], maps.items()):
         im, _ = mne.viz.plot_topomap(values, info, axes=ax, show=False, cmap="RdBu_r", vlim=(-vmax, vmax),
-                                     names=info.ch_names if names else None, sensors=True)
+                                     names=info.ch_names if names else None, sensors="k," if names else True)
         ax.set_title(label, fontsize=10)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=unit)
     fig.suptitle(title, fontsize=11)

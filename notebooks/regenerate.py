@@ -7,9 +7,11 @@ One command regenerates the decoding demos 01-03 and the fMRI demo 05 (a few min
     python notebooks/regenerate.py
     python notebooks/regenerate.py 03_motor_imagery.ipynb   # or only some
 
-Each notebook runs in a fresh kernel with ``runs/notebooks/`` (git-ignored) as its working
-directory, ``notebooks/`` on the path (for ``_demo``) and ``BRAINFM_NB_EPOCHS`` unset, so the
-notebook's own default epochs apply. ``tests/test_notebooks.py`` executes the same notebooks
+Each notebook runs in a fresh kernel with an emptied ``runs/notebooks/<notebook>/`` (git-ignored)
+as its working directory, so the run folders it prints are the same on every regeneration,
+``notebooks/`` on the path (for ``_demo``) and ``BRAINFM_NB_EPOCHS`` unset, so the notebook's
+own default epochs apply. Cells carry no timing metadata, so a regeneration diffs only where
+the outputs changed. ``tests/test_notebooks.py`` executes the same notebooks
 in fast mode without writing them.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -40,7 +43,7 @@ def execute(path: Path, workdir: Path, timeout: int = 3600) -> float:
     """Execute ``path`` top to bottom and write it back with its outputs; seconds taken."""
     book = nbformat.read(path, as_version=4)
     t0 = time.perf_counter()
-    NotebookClient(book, timeout=timeout, kernel_name="python3",
+    NotebookClient(book, timeout=timeout, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(workdir)}}).execute()
     nbformat.write(book, path)
     return time.perf_counter() - t0
@@ -51,9 +54,10 @@ def main() -> None:
     ap.add_argument("notebooks", nargs="*", default=list(DEMOS), help="notebook file names under notebooks/")
     args = ap.parse_args()
     kernel_env()
-    workdir = ROOT / "runs" / "notebooks"
-    workdir.mkdir(parents=True, exist_ok=True)
     for name in args.notebooks:
+        workdir = ROOT / "runs" / "notebooks" / Path(name).stem
+        shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: version_0 folders, nothing left from the last
+        workdir.mkdir(parents=True)
         seconds = execute(HERE / Path(name).name, workdir)
         print(f"{name}: executed in {seconds:.0f} s", flush=True)
 

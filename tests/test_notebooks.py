@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -57,6 +58,10 @@ def test_demo_is_committed_with_its_outputs_and_no_workarounds(name):
     assert _images(book)
     assert not [c for c in _code(book) if "filterwarnings" in c.source]
     assert book.cells[0].cell_type == "markdown" and "notebooks/regenerate.py" in book.cells[0].source
+    outputs = [o for c in _code(book) for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("name") == "stderr"], "brainfm's info lines belong on stdout (_demo.quiet)"
+    text = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert not re.findall(r"(?:/root|/home|/work|/tmp)/\S+", text), "an output shows a path of the machine that ran it"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -55,6 +55,32 @@ ALIGNED_SEED1_RUN = "runs/small-10s-aligned-seed1"
 #: The half-split encoders pretrained again with ``--seed_everything 1`` (not shipped, like
 #: ``ALIGNED_SEED1_RUN``): LOSO from them separates the pretraining run from the subjects it read.
 HALF_SEED1_RUNS = tuple(f"runs/small-10s-aligned-half-{h}-seed1" for h in "ab")
+#: The aligned neurodynamics target set the aligned pretraining recipes read (about 6x slower on the fly).
+ALIGNED_TARGETS = ("brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
+                   "--targets-features relpow logpow hjorth plv pac indices --targets-normalize align")
+
+
+def latest_fit(run: str) -> str:
+    """Shell expression: the log folder of the newest fit under ``run`` (``runs/NAME``)."""
+    return f"$(ls -d {run}/csv/version_* | sort -V | tail -1)"
+
+
+def latest_encoder(run: str) -> str:
+    """Shell expression: the encoder of the newest fit under ``run``."""
+    return f"{latest_fit(run)}/encoder.safetensors"
+
+
+def unshipped_encoder_step(runs: dict[str, str], label: str, log: str, bench: str) -> str:
+    """Shell command for rows fine-tuned from encoders that are not shipped (``runs``: run folder -> its
+    ``brainfm fit`` command). If every run folder holds an encoder, ``bench`` resumes from them (the runs
+    log checks they are the ones its rows came from); else if ``log`` already has rows under ``label``, the
+    step is skipped, because pretraining again need not reproduce those encoders bit for bit and the
+    runs log would refuse the new ones; else the encoders are pretrained, then ``bench`` runs."""
+    have = " && ".join(f"ls {run}/csv/version_*/encoder.safetensors >/dev/null 2>&1" for run in runs)
+    skip = (f"echo 'skipped: {log} has rows of {label}, whose encoders are not here; pretraining again need "
+            f"not reproduce them (use an empty --runs-dir to redo every row)'")
+    return (f"if {have}; then {bench}; elif grep -qF {shlex.quote(label)} {log}; then {skip}; "
+            f"else {' && '.join(runs.values())} && {bench}; fi")
 
 #: The sections written from bench_alignment's runs logs: (section, runs log, notes; None: the script's own).
 #: The alignment section's rows predate its runs log; a --rerun writes one.
@@ -110,7 +136,6 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
     converted from."""
     log = lambda name: shlex.quote(str(runs_dir / name))  # noqa: E731 - a local shorthand
     out = f"--out {shlex.quote(str(docs))}"
-    latest = lambda run: f"$(ls -d runs/{run}/csv/version_* | sort -V | tail -1)"  # noqa: E731 - this fit's log folder
     align = f"python benchmarks/bench_alignment.py --store $STORE --encoder {RECIPE_ENCODER}"
     return [
         # issue #5's comparison and issue #4's probe: they write their sections themselves
@@ -134,16 +159,20 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
         f"{align} --methods classical brainfm --variants pretrained-tokens --normalize align --stats-source calibration "
         f"--stats-seconds 60 --token-stats-source calibration --seeds 0 1 2 --epochs 8 "
         f"--runs-log {log('calibration-runs.jsonl')} --no-write",
+        # the aligned target set, which the aligned pretraining runs below read
+        ALIGNED_TARGETS,
         # label efficiency: both shipped encoders against scratch
         f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
         "--no-write",
         f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
         f"--variants pretrained-tokens --encoder {ALIGNED_ENCODER} --encoder-label 'aligned pretraining' --no-write",
-        f"brainfm fit --config configs/pretrain/small-10s-aligned.yaml --seed_everything 1 "
-        f"--trainer.default_root_dir {ALIGNED_SEED1_RUN} --trainer.logger.init_args.save_dir {ALIGNED_SEED1_RUN} && "
-        f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
-        f"--variants pretrained-tokens --encoder {latest(ALIGNED_SEED1_RUN.removeprefix('runs/'))}/encoder.safetensors "
-        "--encoder-label 'aligned pretraining, pretraining seed 1' --no-write",
+        unshipped_encoder_step(
+            {ALIGNED_SEED1_RUN: "brainfm fit --config configs/pretrain/small-10s-aligned.yaml --seed_everything 1 "
+             f"--trainer.default_root_dir {ALIGNED_SEED1_RUN} --trainer.logger.init_args.save_dir {ALIGNED_SEED1_RUN}"},
+            "aligned pretraining, pretraining seed 1", log("label-efficiency-runs.jsonl"),
+            f"python benchmarks/bench_label_efficiency.py --store $STORE --runs-log {log('label-efficiency-runs.jsonl')} "
+            f"--variants pretrained-tokens --encoder {latest_encoder(ALIGNED_SEED1_RUN)} "
+            "--encoder-label 'aligned pretraining, pretraining seed 1' --no-write"),
         # LOSO: classical, EEGNet and brainfm from scratch over 36 folds, then the aligned encoder on the folds
         # it never trained on
         f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 0 1 2 "
@@ -158,14 +187,16 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
         "--methods brainfm --variants pretrained-tokens --encoder " + " ".join(HALF_ENCODERS) + " --encoder-label "
         "'half-split aligned pretraining' --normalize align --no-write",
         # ... and both halves pretrained again with another seed, fine-tuned with seed 2
-        " && ".join(f"brainfm fit --config configs/pretrain/small-10s-aligned.yaml --config "
-                    f"configs/pretrain/loso/small-10s-aligned-half-{h}.yaml --seed_everything 1 "
-                    f"--trainer.default_root_dir {run} --trainer.logger.init_args.save_dir {run}"
-                    for h, run in zip("ab", HALF_SEED1_RUNS))
-        + f" && python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 2 "
-        "--methods brainfm --variants pretrained-tokens --encoder "
-        + " ".join(f"{latest(run.removeprefix('runs/'))}/encoder.safetensors" for run in HALF_SEED1_RUNS)
-        + " --encoder-label 'half-split aligned pretraining, encoder seed 1' --normalize align --no-write",
+        unshipped_encoder_step(
+            {run: f"brainfm fit --config configs/pretrain/small-10s-aligned.yaml --config "
+                  f"configs/pretrain/loso/small-10s-aligned-half-{h}.yaml --seed_everything 1 "
+                  f"--trainer.default_root_dir {run} --trainer.logger.init_args.save_dir {run}"
+             for h, run in zip("ab", HALF_SEED1_RUNS)},
+            "half-split aligned pretraining, encoder seed 1", log("loso-runs.jsonl"),
+            f"python benchmarks/bench_loso.py --store $STORE --runs-log {log('loso-runs.jsonl')} --seeds 2 "
+            "--methods brainfm --variants pretrained-tokens --encoder "
+            + " ".join(latest_encoder(run) for run in HALF_SEED1_RUNS)
+            + " --encoder-label 'half-split aligned pretraining, encoder seed 1' --normalize align --no-write"),
         # fMRI, one process per seed
         "for s in 0 1 2; do python benchmarks/bench_fmri.py --seed-list $s --out runs/bench_fmri_s$s.json || exit 1; "
         "done && python benchmarks/bench_fmri.py --merge runs/bench_fmri_s0.json runs/bench_fmri_s1.json "
@@ -173,12 +204,12 @@ def rerun_commands(runs_dir: Path, docs: Path) -> list[str]:
         # the two pretraining recipes (about 1 h each), then their reports
         "brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
         "--targets-features relpow logpow hjorth plv pac indices && brainfm fit --config configs/pretrain/small-10s.yaml && "
-        f"python benchmarks/pretrain_report.py {latest('small-10s')} --section pretraining {out} --command "
+        f"python benchmarks/pretrain_report.py {latest_fit('runs/small-10s')} --section pretraining {out} --command "
         + shlex.quote(PRETRAIN_COMMAND.format(recipe="small-10s", normalize="")),
         "brainfm convert $SAMPLE_BIDS $STORE --targets 10.0 --targets-stride 5.0 "
         "--targets-features relpow logpow hjorth plv pac indices --targets-normalize align && "
         "brainfm fit --config configs/pretrain/small-10s-aligned.yaml && python benchmarks/pretrain_report.py "
-        f"{latest('small-10s-aligned')} --section pretraining-aligned {out} --command "
+        f"{latest_fit('runs/small-10s-aligned')} --section pretraining-aligned {out} --command "
         + shlex.quote(PRETRAIN_COMMAND.format(recipe="small-10s-aligned", normalize=" --targets-normalize align"))
         + " --notes benchmarks/notes/pretraining-aligned.md",
     ]

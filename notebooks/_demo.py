@@ -67,16 +67,27 @@ class BrainfmInfoOnly(logging.Filter):
         return record.levelno >= logging.WARNING or record.pathname.startswith(BRAINFM_DIR)
 
 
+class InfoToStdout(logging.StreamHandler):
+    """brainfm's info lines on standard output, where they read as the notebook's output; warnings
+    and errors stay on Lightning's own handler (standard error)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+        self.addFilter(BrainfmInfoOnly())
+        self.addFilter(lambda record: record.levelno < logging.WARNING)
+
+
 def quiet() -> None:
     """Silence the known-harmless warnings (module docstring) and Lightning's own info lines,
     which Lightning turns on when it is first imported (hence the import above)."""
     for message in FILTERS:
         warnings.filterwarnings("ignore", message=message)
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        if not any(isinstance(f, BrainfmInfoOnly) for f in handler.filters):
-            handler.addFilter(BrainfmInfoOnly())
-        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
-            handler.setStream(sys.stdout)  # info lines are output, not errors
+    logger = logging.getLogger("lightning.pytorch")
+    for handler in logger.handlers:
+        if not isinstance(handler, InfoToStdout) and handler.level < logging.WARNING:
+            handler.setLevel(logging.WARNING)  # Lightning's handler keeps warnings and errors only
+    if not any(isinstance(h, InfoToStdout) for h in logger.handlers):
+        logger.addHandler(InfoToStdout())
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)  # "Seed set to"
     mne.set_log_level("WARNING")
 

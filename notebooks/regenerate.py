@@ -45,6 +45,8 @@ def execute(path: Path, workdir: Path, timeout: int = 3600) -> float:
     t0 = time.perf_counter()
     NotebookClient(book, timeout=timeout, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(workdir)}}).execute()
+    for cell in book.cells:
+        cell.metadata.pop("execution", None)  # an earlier run's timestamps; nbclient keeps them without timing
     nbformat.write(book, path)
     return time.perf_counter() - t0
 
@@ -54,6 +56,9 @@ def main() -> None:
     ap.add_argument("notebooks", nargs="*", default=list(DEMOS), help="notebook file names under notebooks/")
     args = ap.parse_args()
     kernel_env()
+    unknown = [name for name in args.notebooks if Path(name).name not in DEMOS]
+    if unknown:
+        ap.error(f"not a demo notebook: {', '.join(unknown)} (choose from {', '.join(DEMOS)})")
     for name in args.notebooks:
         workdir = ROOT / "runs" / "notebooks" / Path(name).stem
         shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: version_0 folders, nothing left from the last

@@ -11,7 +11,7 @@ the :class:`~brainfm.models.BrainEncoder` state dict and whose string metadata h
 (encoder, subject layers, head), with ``decoder`` metadata: the :class:`BrainDecoder` arguments
 besides the config (``n_classes``, ``pooling``, ``subject_channels``, ``classes``, ...) as JSON.
 Version 2 adds ``window_s``, the window length the decoder was trained on; version 1 files
-(no ``window_s``) still load. A brainfm that meets a version it does not know says so and
+still load (those written before ``window_s`` existed load without one). A brainfm that meets a version it does not know says so and
 names the file, rather than failing on a metadata key it has never seen. A decoder trained on subject-normalised windows
 (:mod:`brainfm.data.normalize`) also carries its per-subject statistics: tensors named
 ``normalization.{subject}.{mean,std,whitening,scale}`` and ``normalization`` metadata (JSON:
@@ -82,7 +82,9 @@ def read_metadata(path: str | os.PathLike, formats: tuple[str, ...] = (FORMAT,))
     if meta.get("format") not in formats:
         raise ValueError(f"{path} is not a {' or '.join(formats)} file (metadata format={meta.get('format')!r})")
     readable = READABLE_VERSIONS[meta["format"]]
-    if meta.get("format_version") not in readable:
+    if "format_version" not in meta:
+        raise ValueError(f"{path} is a {meta['format']} file without a format_version: damaged or not written by brainfm")
+    if meta["format_version"] not in readable:
         raise ValueError(
             f"{path} is {meta['format']} format version {meta.get('format_version')}; this brainfm reads "
             f"version {' or '.join(readable)} (a newer brainfm wrote the file: upgrade brainfm to read it)"

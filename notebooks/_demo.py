@@ -57,24 +57,15 @@ FILTERS = (
 BRAINFM_DIR = str(Path(brainfm.__file__).resolve().parent) + os.sep
 
 
-class BrainfmInfoOnly(logging.Filter):
-    """Lets through warnings, errors and the info lines brainfm itself logs (class weights,
-    reset-tuning, the exported checkpoint), and drops Lightning's own ("GPU available", tips).
-    brainfm logs through Lightning's ``rank_zero_info``, so the two share a logger and differ
-    only in the file that logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.pathname.startswith(BRAINFM_DIR)
-
-
 class InfoToStdout(logging.StreamHandler):
-    """brainfm's info lines on standard output, where they read as the notebook's output; warnings
-    and errors stay on Lightning's own handler (standard error)."""
+    """brainfm's own info lines (class weights, reset-tuning, the exported checkpoint) on standard
+    output, where they read as the notebook's output. Lightning's own info lines ("GPU available",
+    tips) are dropped: brainfm logs through Lightning's ``rank_zero_info``, so the two share a logger
+    and differ only in the file that logged. Warnings and errors stay on Lightning's handler (stderr)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
-        self.addFilter(BrainfmInfoOnly())
-        self.addFilter(lambda record: record.levelno < logging.WARNING)
+        self.addFilter(lambda record: record.levelno < logging.WARNING and record.pathname.startswith(BRAINFM_DIR))
 
 
 def quiet() -> None:

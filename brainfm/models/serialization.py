@@ -11,8 +11,9 @@ the :class:`~brainfm.models.BrainEncoder` state dict and whose string metadata h
 (encoder, subject layers, head), with ``decoder`` metadata: the :class:`BrainDecoder` arguments
 besides the config (``n_classes``, ``pooling``, ``subject_channels``, ``classes``, ...) as JSON.
 Version 2 adds ``window_s``, the window length the decoder was trained on; version 1 files
-still load (those written before ``window_s`` existed load without one). A brainfm that meets a version it does not know says so and
-names the file, rather than failing on a metadata key it has never seen. A decoder trained on subject-normalised windows
+still load (those written before ``window_s`` existed load without one). A brainfm that meets a
+version it does not know says so and names the file, rather than failing on a metadata key it
+has never seen. A decoder trained on subject-normalised windows
 (:mod:`brainfm.data.normalize`) also carries its per-subject statistics: tensors named
 ``normalization.{subject}.{mean,std,whitening,scale}`` and ``normalization`` metadata (JSON:
 method and, per subject, source, seconds, sample count, channel names). They are not part of

@@ -39,6 +39,18 @@ def _apart(a: list[float], b: list[float]) -> bool:
     return a[0] - a[1] > b[0] + b[1]
 
 
+def _gain_verdict(difference: float, pretrained: list[float], scratch: list[float], seeds: int) -> str:
+    """Status of "pretrained beats scratch by ≥ 0.03, seed spreads apart" for one row: the gain and the
+    spreads are judged apart, so a row that fails only on the 0.03 says so (one seed has no spread)."""
+    apart = _apart(pretrained, scratch)
+    if difference >= 0.03 and apart and seeds >= 2:
+        return "**met**"
+    if difference <= 0:
+        return "missed"
+    spread = "one seed, no spread" if seeds < 2 else ("spreads apart" if apart else "spreads overlap")
+    return f"{'above by ≥ 0.03' if difference >= 0.03 else 'above by < 0.03'}, {spread}"
+
+
 def loso_per_seed(section: dict[str, Any]) -> dict[tuple[str, str], dict[int, tuple[float, int]]]:
     """``{(method, normalize): {seed: (mean balanced accuracy over subjects, subjects)}}`` from
     the complete and the incomplete runs of the ``loso`` section."""
@@ -134,10 +146,9 @@ def rows(sections: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if ", reset-tuned" in method:  # the same decoders after reset-tuning on the subject's first 60 s
             name += ", reset-tuned " + method.split(", reset-tuned ")[1]
         pre, scr = e["balanced_accuracy"], e["scratch_balanced_accuracy"]
-        met = e["mean_difference"] >= 0.03 and _apart(pre, scr)
         folds = ("subjects " + ", ".join(s.removeprefix("eegmat") for s in e["subjects"]) if len(e["subjects"]) <= 12
                  else f"{len(e['subjects'])} subjects")
-        verdict = "**met**" if met else ("above, spreads overlap" if e["mean_difference"] > 0 else "missed")
+        verdict = _gain_verdict(e["mean_difference"], pre, scr, len(e["seeds"]))
         if len(e["seeds"]) < 3:
             verdict += f" ({len(e['seeds'])} of 3 seeds so far)"
         out.append((f"Pretrained beats scratch by ≥ 0.03, seed spreads apart ({name}, LOSO folds it never trained on, "
@@ -150,11 +161,19 @@ def rows(sections: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     out.append(("Frozen probe: masked reconstruction + neurodynamics beats masked reconstruction alone",
                 f"{_cell(nd)} against {_cell(mr)} (`tiny` encoder)",
                 "**met**" if _apart(nd, mr) else "missed", "probe"))
-    last = sections["pretraining"]["validation"][-1]
-    out.append(("Held-out masked reconstruction ≥ 30 % below copy-the-mean",
-                f"{last['below_mean_pct']:.1f} % below copy-the-mean, {last['below_neighbour_pct']:.1f} % below "
-                f"neighbour interpolation (step {last['step']})",
-                "**met**" if last["below_mean_pct"] >= 30 else "missed", "pretraining"))
+    for section, recipe in (("pretraining", "`small-10s`, windows as stored"),
+                            ("pretraining-aligned", "`small-10s-aligned`, Euclidean-aligned windows")):
+        if section not in sections:
+            continue
+        last = sections[section]["validation"][-1]
+        status = "**met**" if last["below_mean_pct"] >= 30 else "missed"
+        if status == "missed" and last["val/loss_neighbour_baseline"] > last["val/loss_mean_baseline"]:
+            # alignment whitens the spatial covariance, so neighbours stop predicting a masked channel
+            status += (f" (neighbour interpolation is {-100 * (1 - last['val/loss_neighbour_baseline'] / last['val/loss_mean_baseline']):.0f} % "
+                       "worse than copy-the-mean on these windows)")
+        out.append((f"Held-out masked reconstruction ≥ 30 % below copy-the-mean ({recipe})",
+                    f"{last['below_mean_pct']:.1f} % below copy-the-mean, {last['below_neighbour_pct']:.1f} % below "
+                    f"neighbour interpolation (step {last['step']})", status, section))
     verdict = notebook_verdict()
     if verdict:
         out.append(("Notebook 03: brainfm at least matches CSP + LDA", verdict.split(": ", 1)[1],

@@ -40,6 +40,15 @@ def test_spreads_apart():
     assert not rs._apart([0.9, 0.05], [0.85, 0.02])
 
 
+def test_gain_verdict_names_what_fails():
+    assert rs._gain_verdict(0.031, [0.969, 0.004], [0.938, 0.001], 3) == "**met**"
+    assert rs._gain_verdict(0.02, [0.96, 0.0], [0.94, 0.0], 1) == "above by < 0.03, one seed, no spread"
+    assert rs._gain_verdict(0.02, [0.96, 0.001], [0.94, 0.001], 3) == "above by < 0.03, spreads apart"
+    assert rs._gain_verdict(0.04, [0.90, 0.03], [0.86, 0.03], 3) == "above by ≥ 0.03, spreads overlap"
+    assert rs._gain_verdict(-0.01, [0.85, 0.01], [0.86, 0.01], 3) == "missed"
+    assert rs._gain_verdict(0.05, [0.95, 0.0], [0.90, 0.0], 1) == "above by ≥ 0.03, one seed, no spread"
+
+
 def test_notebook_03_status_calls_a_gap_under_0_01_a_tie_either_way():
     line = ("Target (brainfm at least matches CSP + LDA): {} it. brainfm frozen + LR: {} against CSP + LDA {} mean "
             "balanced accuracy over 3 split seeds × 5 folds; per seed brainfm is higher at 1, equal at 1, lower at 1.")

@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -281,17 +283,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"device: {name}; torch {torch.__version__}", flush=True)
     sections = {"train": train_rows, "inference": inference_rows, "targets": target_rows}
-    rows = []
+    rows, failed = [], []
     for key in args.only:
         t0 = time.perf_counter()
-        rows += sections[key](args)
-        print(f"[{key}: {time.perf_counter() - t0:.0f} s]", flush=True)
+        try:
+            rows += sections[key](args)
+        except Exception:  # one section's failure (a kernel, missing data) must not cost the others' rows
+            traceback.print_exc()
+            failed.append(key)
+        print(f"[{key}: {time.perf_counter() - t0:.0f} s{', failed' if key in failed else ''}]", flush=True)
+        if args.json:  # after every section, so a suite step that hits its time limit keeps what was measured
+            Path(args.json).write_text(json_rows(rows))
     print(f"\n{'metric':<66} {'unit':<10} {'brainfm':>10} {'anchor':>10} {'ratio':>6}")
     for r in rows:
         print(f"{r['name']:<66} {r['unit']:<10} {r['brainfm']:>10.4g} {r['anchor']:>10.4g} {r['ratio']:>6.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if failed:
+        raise SystemExit(f"bench_gpu.py: section(s) failed: {', '.join(failed)} (traceback above; the other rows are kept)")
     return rows
+
+
+def json_rows(rows: list[dict]) -> str:
+    """Rows as strict JSON: a figure that could not be measured (NaN, e.g. peak memory on a CPU) is ``null``."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps([{k: clean(v) for k, v in r.items()} for r in rows], indent=2, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import argparse
 import json
 import statistics
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -263,17 +264,28 @@ def main(argv: list[str] | None = None) -> list[Row]:
     groups = {"gemm": lambda: gemm_rows(dev, cuda, args.quick), "w4a16": lambda: w4a16_rows(dev, cuda),
               "w6a8": lambda: w6a8_rows(dev, cuda, args.quick), "adalog": lambda: adalog_rows(dev, cuda, args.quick),
               "elementwise": lambda: elementwise_rows(dev, cuda, args.quick)}
-    rows = [r for g in (args.only or groups) for r in groups[g]()]
-    if not cuda:  # say in every row that these are reference-path numbers
-        for r in rows:
-            r.name = f"cpu-reference {r.name}"
+    rows: list[Row] = []
+    failed = []
+    for group in args.only or groups:
+        try:
+            new = groups[group]()
+        except Exception:  # a kernel that fails on this device must not cost the other groups' rows
+            traceback.print_exc()
+            failed.append(group)
+            continue
+        if not cuda:  # say in every row that these are reference-path numbers
+            for r in new:
+                r.name = f"cpu-reference {r.name}"
+        rows += new
+        if args.json:  # after every group, so a run stopped by a time limit keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump([{k: v for k, v in asdict(r).items() if k != "roofline"} for r in rows], f, indent=1)
     print(f"{'name':58s} {'unit':8s} {'brainfm':>10s} {'anchor':>10s} {'ratio':>7s} {'H100 roof':>10s}")
     for r in rows:
         roof = f"{r.roofline:10.1f}" if r.roofline is not None else ""
         print(f"{r.name:58s} {r.unit:8s} {r.brainfm:10.4g} {r.anchor:10.4g} {r.ratio:7.2f} {roof}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{k: v for k, v in asdict(r).items() if k != "roofline"} for r in rows], f, indent=1)
+    if failed:
+        raise SystemExit(f"bench_kernels.py: group(s) failed: {', '.join(failed)} (traceback above; the other rows are kept)")
     return rows
 
 

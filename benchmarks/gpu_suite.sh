@@ -13,7 +13,8 @@
 #     CBraMod with each side's MFU; encoder latency at batch 1 and throughput in fp32 / bf16 /
 #     W8A8 / W4A16 (and CBraMod fp32 / bf16); the neurodynamics targets on GPU vs CPU;
 #  2. kernel-tests: the kernel tests on CUDA (`-m gpu`): compiled Triton, not the interpreter,
-#     checked against the shared references (W8A8, W4A16, W6A8, AdaLog, fused ASH);
+#     checked against the shared references (W8A8, W4A16, W6A8, AdaLog, fused ASH), and the
+#     neurodynamics targets on CUDA against the CPU;
 #  3. kernels-gemm: W8A8 vs cuBLAS bf16 and torch._int_mm, W4A16 GEMV at batch 1 and 16;
 #  4. kernels-w6a8: W6A8 vs W8A8 and cuBLAS bf16 at brainfm's shapes;
 #  5. kernels-adalog: AdaLog quantize/dequantize and the unfused 4-bit-probability attention.
@@ -48,11 +49,15 @@ XDIST=(-o "addopts=-ra --strict-markers")
 if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "${PYTEST_WORKERS:-16}"); fi
 WINDOWS=()
 if [ -n "${GPU_SUITE_WINDOWS:-}" ]; then WINDOWS=(--windows-file "$GPU_SUITE_WINDOWS"); fi
+if [ ${#WINDOWS[@]} -eq 0 ] && [ ! -d "${BRAINFM_DATA:-../shared/data}/eegmat" ]; then
+    echo "warning: no EEGMAT windows (../shared/data/eegmat or GPU_SUITE_WINDOWS): the targets rows will fail;" \
+         "the other steps still run" >&2
+fi
 
 step model 110 $PY benchmarks/bench_gpu.py "${WINDOWS[@]}" --json "$OUT/model.json"
 SESSION=()  # end the session gracefully (summary printed) before the step's hard limit
 if $PY -m pytest --help 2>/dev/null | grep -q -- --session-timeout; then SESSION=(--session-timeout 165); fi
-step kernel-tests 180 $PY -m pytest tests/kernels -m gpu -q -p no:cacheprovider "${XDIST[@]}" "${SESSION[@]}" \
+step kernel-tests 180 $PY -m pytest tests/kernels tests/test_targets.py -m gpu -q -p no:cacheprovider "${XDIST[@]}" "${SESSION[@]}" \
     --timeout 90 --tb=short -rf
 step kernels-gemm 60 $PY benchmarks/bench_kernels.py --only gemm w4a16 --json "$OUT/kernels-gemm.json"
 step kernels-w6a8 40 $PY benchmarks/bench_kernels.py --only w6a8 --json "$OUT/kernels-w6a8.json"
@@ -71,8 +76,11 @@ steps = {}
 for line in (out / "steps.tsv").read_text().splitlines():
     name, rc, seconds = line.split("\t")
     rows = out / f"{name}.json"
-    steps[name] = {"exit_status": int(rc), "seconds": round(float(seconds), 1),
-                   "rows": json.loads(rows.read_text()) if rows.is_file() else None}
+    try:  # each benchmark rewrites its file after every section, so a timed-out step keeps its rows
+        parsed = json.loads(rows.read_text()) if rows.is_file() else None
+    except json.JSONDecodeError as err:  # killed mid-write
+        parsed = f"unreadable: {err}"
+    steps[name] = {"exit_status": int(rc), "seconds": round(float(seconds), 1), "rows": parsed}
 tests = (out / "kernel-tests.txt").read_text().splitlines() if (out / "kernel-tests.txt").is_file() else []
 summary = next((l for l in reversed(tests) if re.search(r"\d+ (passed|failed)", l)), None)
 steps.get("kernel-tests", {})["summary"] = summary

@@ -1,0 +1,76 @@
+"""``benchmarks/gpu_suite.sh``'s benchmarks, run here on the CPU (issue #15 item 6).
+
+Most sessions have no GPU, so the suite's Python must be right before a device is lent:
+every code path of ``bench_gpu.py`` runs at ``--quick`` sizes on real EEGMAT windows, its
+JSON is strict (a figure the CPU cannot give is ``null``, not ``NaN``), and one section that
+fails keeps the others' rows. Timings here mean nothing; the rows' shape does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_gpu  # noqa: E402 - benchmarks/ is not a package
+import bench_kernels  # noqa: E402
+
+ROW_KEYS = {"name", "unit", "brainfm", "anchor", "ratio"}
+
+
+def _strict(text: str) -> list[dict]:
+    def refuse(token: str):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bench_gpu_quick_run_on_cpu_writes_strict_rows(tmp_path):
+    out = tmp_path / "model.json"
+    rows = bench_gpu.main(["--device", "cpu", "--quick", "--json", str(out)])
+    written = _strict(out.read_text())
+    assert len(written) == len(rows) and all(ROW_KEYS <= set(r) for r in written)
+    names = " | ".join(r["name"] for r in written)
+    for expected in ("train step, base", "MFU", "latency B=1 19ch x 4s, base W8A8", "W4A16", "CBraMod bf16",
+                     "neurodynamics targets, EEGMAT"):
+        assert expected in names
+    memory = next(r for r in written if "peak memory" in r["name"])
+    assert memory["brainfm"] is None  # CUDA's allocator statistics: NaN on a CPU, written as null
+    targets = next(r for r in written if "neurodynamics targets" in r["name"])
+    assert targets["max_abs_diff"] == 0.0 and targets["ratio"] == pytest.approx(1.0)
+
+
+def test_a_failing_section_keeps_the_other_rows(tmp_path, monkeypatch):
+    def broken(args):
+        raise RuntimeError("PassManager::run failed")  # what a kernel that does not compile raises
+
+    monkeypatch.setattr(bench_gpu, "train_rows", broken)
+    out = tmp_path / "model.json"
+    with pytest.raises(SystemExit, match="section\\(s\\) failed: train"):
+        bench_gpu.main(["--device", "cpu", "--quick", "--only", "train", "targets", "--json", str(out)])
+    rows = _strict(out.read_text())
+    assert [r["name"].split(",")[0] for r in rows] == ["neurodynamics targets"]
+
+
+def test_json_rows_writes_nan_and_inf_as_null():
+    rows = [{"name": "x", "unit": "ms", "brainfm": math.nan, "anchor": 1.0, "ratio": math.inf,
+             "p10_p90": [1.0, math.nan]}]
+    assert _strict(bench_gpu.json_rows(rows)) == [{"name": "x", "unit": "ms", "brainfm": None, "anchor": 1.0,
+                                                   "ratio": None, "p10_p90": [1.0, None]}]
+
+
+def test_bench_kernels_keeps_rows_of_the_groups_that_work(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("'constexpr' object has no attribute 'fn'")  # the H200's first error
+
+    monkeypatch.setattr(bench_kernels, "adalog_rows", broken)
+    out = tmp_path / "kernels.json"
+    with pytest.raises(SystemExit, match="group\\(s\\) failed: adalog"):
+        bench_kernels.main(["--quick", "--only", "adalog", "w4a16", "--json", str(out)])
+    rows = _strict(out.read_text())
+    assert rows and all(ROW_KEYS <= set(r) and r["name"].startswith("cpu-reference") for r in rows)

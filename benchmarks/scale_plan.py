@@ -20,13 +20,17 @@ from dataclasses import asdict, dataclass
 #: 61.6 MiB on disk in format 3 with Blosc lz4 5 ("Cold random-window reads", 2026-12-01).
 EEGMAT_SECONDS = 36 * 240.0
 EEGMAT_STORE_BYTES = 61.6 * 2**20
-#: Conversion, 1 worker, in-process: 72 recordings (19 ch of 500-Hz EDF in) in 6.0 s
-#: ("Conversion: brainfm convert vs braindecode"), MNE filters and resampling included.
-CONVERT_SECONDS_1WORKER = 6.0
+#: Conversion, 1 worker, in-process, per 72 recordings (19 ch of 500-Hz EDF in), MNE filters and
+#: resampling included: 288 recordings in 32.8 s, the slower of the two one-process runs of
+#: "1 -> 2 workers on a dataset large enough to amortise start-up" (27.3 and 32.8 s, 2026-12-01;
+#: the first, 72-recording run took 6.0 s, 2026-11-25).
+CONVERT_SECONDS_1WORKER = 32.8 / 4
 CONVERT_INPUT_HZ = 500.0
-#: Cold random 5-s windows per second, one process, page cache emptied ("Cold random-window
-#: reads", 4 copies of EEGMAT, 6 642 windows/s median on the 2-core EPYC, 2026-12-01).
-COLD_WINDOWS_PER_S = 6642.0
+#: Cold random 5-s windows per second per DataLoader worker, page cache emptied: 2 workers read
+#: 4 756 and 4 980 windows/s over 4 copies of EEGMAT ("Cold reads with 2 workers", the new code's
+#: two runs, 2026-12-01), so 2 434 per worker. Both workers shared the 2-core EPYC with the main
+#: process, so a worker with a core of its own reads more; one process alone reads 6 642.
+COLD_WINDOWS_PER_S = (4756.0 + 4980.0) / 2 / 2
 COLD_WINDOW_S = 5.0
 #: H200 bf16 train step of ``base`` (12 layers, d = 200), 19 ch x 30 s, B = 256, dropout 0.1
 #: ("GPU: first runs of gpu_suite.sh", run 3): 1 308 windows/s, MFU 2.3 %.
@@ -69,7 +73,7 @@ def plan(hours: float, cores: list[int]) -> Plan:
     core_h = seconds * CHANNELS * TUEG_INPUT_HZ / input_samples_per_core_s / 3600
     gpu_eeg_s_per_s = GPU_TRAIN_WINDOWS_PER_S * GPU_TRAIN_WINDOW_S
     epoch_h = seconds / gpu_eeg_s_per_s / 3600
-    loader_eeg_s_per_s = COLD_WINDOWS_PER_S * COLD_WINDOW_S  # per reader process, cold
+    loader_eeg_s_per_s = COLD_WINDOWS_PER_S * COLD_WINDOW_S  # per DataLoader worker, cold
     cpu_epoch_days = seconds / (CPU_TRAIN_WINDOWS_PER_S * GPU_TRAIN_WINDOW_S) / 86400
     return Plan(hours, store / 2**30, float32 / 2**30, core_h, {n: core_h / n for n in cores}, epoch_h,
                 epoch_h * EPOCHS, gpu_eeg_s_per_s / loader_eeg_s_per_s, cpu_epoch_days)
@@ -79,7 +83,7 @@ def markdown(plans: list[Plan]) -> str:
     cores = list(plans[0].convert_wall_h)
     head = ["corpus (h of EEG)", "store (GiB)", "float32 (GiB)", "conversion (core-h)"]
     head += [f"conversion on {n} cores (h)" for n in cores]
-    head += ["1 epoch, 1 H200 (h)", f"{EPOCHS} epochs, 1 H200 (h)", "cold reader processes per H200",
+    head += ["1 epoch, 1 H200 (h)", f"{EPOCHS} epochs, 1 H200 (h)", "cold DataLoader workers per H200",
              "1 epoch, 1 CPU core-pair fp32 (days)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in plans:

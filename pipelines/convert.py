@@ -203,9 +203,11 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     """``fork`` on Linux when this process runs no other Python thread, else ``forkserver``.
 
     Forked workers start with MNE, mne-bids and zarr already imported. On the 2-core CI
-    machine, 288 EEGMAT recordings (``bench_convert.py --copies 4``) took 16.9 s with two
-    forked workers, 23.7 s with two spawned ones (each re-imports the stack and warms its
-    caches), 28.5 s on a two-worker Dask ``LocalCluster`` and 27.3-29.6 s in one process.
+    machine, 288 EEGMAT recordings (``bench_convert.py --copies 4``, one-off timings) took
+    16.9-17.4 s with two forked workers, 23.7-24.4 s with two spawned ones (each re-imports the
+    stack and warms its caches), 28.5 s on a two-worker Dask ``LocalCluster`` and 27.3-29.6 s
+    in one process; the benchmark's reported run, on a busier machine, 32.8 s -> 24.6 s
+    (``docs/benchmarks.md``).
     Forking a process that runs other threads can deadlock, so then a forkserver is used.
     """
     if sys.platform.startswith("linux") and threading.active_count() == 1:

@@ -198,7 +198,10 @@ def markdown(table: list[tuple[str, str, str, str]]) -> str:
     lines = ["## Issue #12's targets at a glance", "",
              "Command: `python benchmarks/results_summary.py`. Each figure is read from the section named in the "
              "last column (or from notebook 03's committed output), where the command, machine and spread are. "
-             "The issue's targets are means over 3 seeds; where a section has runs per seed, each seed is given.", "",
+             "The issue's targets are means over 3 seeds; where a section has runs per seed, each seed is given. "
+             "The sections below are dated runs, kept as they were measured: the older ones (issue #5's `decoding`, "
+             "the `alignment` section's `tiny` encoder) speak of the targets as they stood then, and this table, "
+             "read from the newest sections, is the current verdict.", "",
              "| target | measured | status | section |", "|---|---|---|---|"]
     lines += [f"| {t} | {m} | {s} | {sec} |" for t, m, s, sec in table]
     return "\n".join(lines) + "\n"

@@ -201,9 +201,9 @@ def restate(trace: dict, config: DetectorConfig) -> np.ndarray:
     return engaged
 
 
-def tuning_grid(window_s: float) -> list[DetectorConfig]:
+def tuning_grid(window_s: float, stats_half_life_s: float | None = None) -> list[DetectorConfig]:
     """Decoder weight, the Drifting/Focused threshold and the dwell, chosen on validation subjects."""
-    return [DetectorConfig(window_s=window_s, decoder_weight=w, min_dwell_s=dwell,
+    return [DetectorConfig(window_s=window_s, decoder_weight=w, min_dwell_s=dwell, stats_half_life_s=stats_half_life_s,
                            states=attention_guard(drift=d, hyper=max(2.5, d + 1)))
             for w in (0.5, 0.75, 1.0) for d in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0) for dwell in (1.0, 2.0)]
 
@@ -213,14 +213,15 @@ def describe(config: DetectorConfig) -> dict:
     return {"decoder_weight": config.decoder_weight, "drift": drift, "min_dwell_s": config.min_dwell_s}
 
 
-def decoder_section(decoder: Path, val: list[int], test: list[int]) -> dict:
-    """Settings chosen on ``val`` (mean balanced accuracy through the live path), scored on ``test``."""
+def decoder_section(decoder: Path, val: list[int], test: list[int], stats_half_life_s: float | None = None) -> dict:
+    """Settings chosen on ``val`` (mean balanced accuracy through the live path), scored on ``test``.
+    ``stats_half_life_s``: the live input statistics keep following the signal (the running source)."""
     # the decoder's training window when its file records it, else the detector's 4 s (as `brainfm detect`)
     window_s = window_for(EngagementModel(decoder).window_s, None, DetectorConfig.window_s)
-    base = DetectorConfig(window_s=window_s)
+    base = DetectorConfig(window_s=window_s, stats_half_life_s=stats_half_life_s)
     traces = {s: live_path(s, decoder, base)[1] for s in val}
     scores = []
-    for config in tuning_grid(window_s):
+    for config in tuning_grid(window_s, stats_half_life_s):
         bacc = [balanced(restate(t, config), *labelled(t["ts"], t["switch"], config)) for t in traces.values()]
         scores.append((float(np.mean(bacc)), describe(config), config))
         print(f"val {describe(config)} bacc {np.mean(bacc):.3f} {np.round(bacc, 3).tolist()}", flush=True)
@@ -235,7 +236,8 @@ def decoder_section(decoder: Path, val: list[int], test: list[int]) -> dict:
                      "offline_detector_bacc": zero["bacc"], "offline_detector_delay_s": zero["delay_s"], **live})
         print(json.dumps(rows[-1]), flush=True)
     delays = [r["delay_s"] for r in rows if r["delay_s"] is not None]
-    return {"decoder": str(decoder), "window_s": window_s, "chosen_on_validation": chosen, "validation_bacc": best_val,
+    return {"decoder": str(decoder), "window_s": window_s, "stats_half_life_s": stats_half_life_s,
+            "chosen_on_validation": chosen, "validation_bacc": best_val,
             "validation_bacc_default_settings": default_val, "test": rows,
             "offline_bacc_mean": float(np.mean([r["offline_bacc"] for r in rows])),
             "offline_detector_bacc_mean": float(np.mean([r["offline_detector_bacc"] for r in rows])),
@@ -287,13 +289,16 @@ def main() -> None:
     p.add_argument("--finetune", default=None, metavar="STORE",
                    help="fine-tune the decoder first (to --decoder, e.g. /work/attn-work/decoder/decoder.safetensors)")
     p.add_argument("--val", type=int, nargs="+", default=[28, 29, 30, 31])
+    p.add_argument("--stats-half-life", type=float, default=None, metavar="S",
+                   help="with --decoder: the live input statistics follow the signal with this half-life "
+                        "(default: fixed after the calibration span's first half)")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.decoder:
         decoder = Path(args.decoder)
         if args.finetune:
             decoder = finetune_decoder(args.finetune, decoder.parent)
-        section = decoder_section(decoder, args.val, args.subjects)
+        section = decoder_section(decoder, args.val, args.subjects, args.stats_half_life)
         print(json.dumps({k: v for k, v in section.items() if k != "test"}, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps({"decoder_live_path": section}, indent=1) + "\n")

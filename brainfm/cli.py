@@ -195,6 +195,10 @@ def _detector_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--calibration", default=None, metavar="RECORDING",
                      help="take the per-user baseline from this earlier recording of the person (default: the "
                           "first --calibration-s of the session)")
+    cmd.add_argument("--stats-half-life", type=float, default=None, metavar="S",
+                     help="with a --model trained on subject-normalised windows: keep its input statistics "
+                          "following the signal with this half-life in s (default: fixed after the first half of "
+                          "the calibration span)")
     cmd.add_argument("--line-freq", type=float, default=50.0, help="mains frequency, 0 for no notch (default: 50)")
     cmd.add_argument("--min-dwell-s", type=float, default=2.0, help="minimum dwell time in s (default: 2)")
     cmd.add_argument("--decoder-weight", type=float, default=None,
@@ -229,6 +233,8 @@ def _detector_config(args: argparse.Namespace, model=None):
 
     if args.subject and not args.model:
         raise UsageError("--subject chooses the decoder's subject layers: it needs --model")
+    if args.stats_half_life is not None and not args.model:
+        raise UsageError("--stats-half-life sets how the decoder's input statistics follow the signal: it needs --model")
     kwargs = {}
     if args.states:
         kwargs["states"] = StateModel.from_file(args.states)
@@ -238,7 +244,8 @@ def _detector_config(args: argparse.Namespace, model=None):
     window_s = args.window_s if args.window_s is not None else window_for(getattr(model, "window_s", None), None,
                                                                            DetectorConfig.window_s)
     return DetectorConfig(window_s=window_s, hop_s=args.hop_s, calibration_s=args.calibration_s,
-                          line_freq=args.line_freq or None, min_dwell_s=args.min_dwell_s, **kwargs)
+                          line_freq=args.line_freq or None, min_dwell_s=args.min_dwell_s,
+                          stats_half_life_s=args.stats_half_life, **kwargs)
 
 
 def _engagement_model(args: argparse.Namespace):

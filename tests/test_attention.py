@@ -229,3 +229,13 @@ def test_stream_cli_errors_name_the_stream(capsys):
     assert "brainfm-no-such-stream" in capsys.readouterr().err
     assert main(["stream", "--source", "EEG"]) == 1
     assert "lsl:NAME" in capsys.readouterr().err
+
+
+def test_stats_half_life_needs_a_normalising_decoder(eegmat32, decoder_file, tmp_path, capsys):
+    """`--stats-half-life` moves a decoder's input statistics: without --model it is refused, and a
+    detector whose decoder has no input normalisation says it does nothing."""
+    assert main(["detect", str(tmp_path / "x.edf"), "--stats-half-life", "60", "--out", str(tmp_path / "o")]) == 2
+    assert "--stats-half-life sets how the decoder's input statistics follow the signal: it needs --model" in \
+        capsys.readouterr().err
+    with pytest.warns(UserWarning, match="stats_half_life_s has no effect"):
+        AttentionDetector(eegmat32.spec, DetectorConfig(stats_half_life_s=60.0), EngagementModel(decoder_file))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainfm.attention.engagement import EngagementModel
+from brainfm.attention import DetectorConfig, detect_signal, read_session
+from brainfm.attention.engagement import LIVE_USER, EngagementModel
 from brainfm.data.datamodule import DecodingDataModule
 from brainfm.data.normalize import SubjectNormalizer
 from brainfm.data.sampling import calibration_windows
@@ -119,3 +120,36 @@ def test_calibration_windows_are_normalised_as_in_training(decoder, small_sample
     want = SubjectNormalizer.from_tensors(*model.normalization)("eegmat00", raw[picks[0]]["x"].numpy())
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     assert "normalised as in training (align" in capsys.readouterr().err
+
+
+def test_live_statistics_are_fixed_after_calibration_or_follow_the_signal(decoder, shared_data, tmp_path):
+    """The detector's two live sources (issue #12 item 1) on real EEG: ``calibration`` fixes the user's
+    statistics after the first half of the calibration span; ``running`` (``stats_half_life_s``) keeps
+    following the signal, so a gain change halfway through (a headset moved) is normalised away."""
+    model, _ = decoder
+    save_decoder(model, tmp_path / "decoder.safetensors")
+    session = read_session([str(shared_data / "eegmat/Subject32_1.edf")])
+    n = 60 * 500  # the first 60 s of rest
+    signal = session.signal[:, :n]
+    moved = signal.copy()
+    moved[:, n // 2:] *= 3.0  # from 30 s on, every channel's gain is 3x
+
+    def run(x, half_life):
+        engagement = EngagementModel(tmp_path / "decoder.safetensors")
+        config = DetectorConfig(calibration_s=10.0, stats_half_life_s=half_life)
+        outputs = list(detect_signal(x, session.spec, config, engagement))
+        return engagement._normalizer.stats[LIVE_USER], outputs[-1].decoder
+
+    fixed, fixed_logit = run(signal, None)
+    assert fixed.source == "calibration" and fixed.seconds == 5.0 and fixed.n_samples == 5.0 * 200
+    fixed_moved, fixed_moved_logit = run(moved, None)
+    np.testing.assert_allclose(fixed_moved.std, fixed.std)  # fixed: the gain change reaches the decoder
+    running, running_logit = run(signal, 2.0)
+    running_moved, running_moved_logit = run(moved, 2.0)
+    assert running.source == "running" and running_moved.source == "running"
+    # 30 s after the change, at a 2-s half-life, the statistics follow it: std x3, the same whitened signal
+    np.testing.assert_allclose(running_moved.std / running.std, 3.0, rtol=1e-3)
+    assert running_moved_logit == pytest.approx(running_logit, abs=1e-3)
+    assert abs(fixed_moved_logit - fixed_logit) > 10 * abs(running_moved_logit - running_logit)
+    with pytest.raises(ValueError, match="stats_half_life_s must be at least one hop"):
+        DetectorConfig(stats_half_life_s=0.1)

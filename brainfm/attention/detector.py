@@ -16,6 +16,7 @@ probabilities, the indices and axes that drove it, and the quality verdict.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -41,6 +42,14 @@ class DetectorConfig:
 
     ``min_dwell_s`` is rounded to whole hops; ``decoder_weight`` is the decoder's share of the
     engagement axis when a decoder is given (the engagement index has the rest).
+
+    ``stats_half_life_s``: for a decoder trained on subject-normalised windows, the user's input
+    statistics come from the first half of the calibration span. With ``None`` (the default) they
+    stay fixed after it (the ``calibration`` source); with a half-life in s they keep following the
+    signal, every hop, with exponential forgetting (the ``running`` source, issue #12), so slow drift
+    (electrodes drying, a headset moved) is tracked. The cost: statistics that follow the signal
+    also follow a long stretch of one state, and the contrast the decoder reads fades over about a
+    half-life of it. ``docs/attention.md`` has the measurement.
     """
 
     window_s: float = 4.0
@@ -53,6 +62,7 @@ class DetectorConfig:
     decoder_weight: float = 0.5
     states: StateModel = field(default_factory=attention_guard)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    stats_half_life_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.hop_s <= self.window_s:
@@ -61,6 +71,10 @@ class DetectorConfig:
             raise ValueError(f"calibration_s must be at least one hop ({self.hop_s} s)")
         if not 0 <= self.decoder_weight <= 1:
             raise ValueError("decoder_weight must be in [0, 1]")
+        if self.stats_half_life_s is not None and not (math.isfinite(self.stats_half_life_s)
+                                                       and self.stats_half_life_s >= self.hop_s):
+            raise ValueError(f"stats_half_life_s must be at least one hop ({self.hop_s} s) or None, "
+                             f"got {self.stats_half_life_s!r}")
 
 
 @dataclass
@@ -110,6 +124,9 @@ class AttentionDetector:
         hops = max(1, int(round(self.config.min_dwell_s / self.config.hop_s)))
         self.smoother = HmmSmoother(len(self.config.states.names), self.config.stay, hops, self.config.hysteresis)
         needs_stats = model is not None and model.needs_calibration
+        if self.config.stats_half_life_s is not None and (model is None or model.normalize_method is None):
+            warnings.warn("stats_half_life_s has no effect: the detector has no decoder trained on "
+                          "subject-normalised windows", stacklevel=2)
         # with a normalising (or token-statistics) decoder, its statistics come from the first half
         # of the calibration span and its log-odds baseline from the second half
         self.signal_s = self.config.calibration_s / 2 if needs_stats else 0.0
@@ -164,9 +181,16 @@ class AttentionDetector:
                 self.calibration_windows.append(x.astype(np.float32))
             self.signal_covered += cfg.hop_s if self.signal_covered else cfg.window_s
             if self.signal_covered >= self.signal_s:
-                self.model.calibrate(self.signal_moments, self.model_spec, self.calibration_windows)
+                running = cfg.stats_half_life_s is not None
+                self.model.calibrate(self.signal_moments, self.model_spec, self.calibration_windows,
+                                     "running" if running else "calibration", None if running else self.signal_s)
                 self.calibration_windows = []
+                if running:  # from here on each hop's new samples count, the old ones fade by half per half-life
+                    self.signal_moments.decay = 0.5 ** (cfg.hop_s / cfg.stats_half_life_s)
         elif self.model is not None:
+            if self.signal_moments is not None and cfg.stats_half_life_s is not None:
+                self.signal_moments.update(x[:, -int(round(cfg.hop_s * MODEL_SFREQ)):])  # this hop's samples
+                self.model.set_input_statistics(self.signal_moments, self.model_spec, "running")
             decoder = self.model.log_odds(x.astype(np.float32), self.model_spec)
         if not self.calibrated:
             self.index_baseline.update(features, cfg.hop_s)

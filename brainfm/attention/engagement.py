@@ -10,10 +10,11 @@ Its output for a window is the log-odds of the *engaged* class (by default the c
 ``arithmetic``, ``task`` or ``engaged``, else the last one): ``logit_k - logsumexp(others)``.
 A decoder trained on subject-normalised windows (``normalization`` in its file, bundle or ONNX
 metadata) gets the same normalisation with the *current user's* statistics from the calibration span
-(:class:`brainfm.data.normalize.RunningMoments`), the deploy-time path of issue #12. A decoder trained
+(:class:`brainfm.data.normalize.RunningMoments`), the deploy-time path of issue #12; with the detector's
+``stats_half_life_s`` those statistics keep following the signal (the running source). A decoder trained
 with label-free token statistics and given no ``subject`` gets the current user's too: the calibration
-span's windows, normalised, set a ``live-user`` FiLM (:mod:`brainfm.tasks.token_stats`, the running
-source), which every later window uses.
+span's windows, normalised, set a ``live-user`` FiLM (:mod:`brainfm.tasks.token_stats`), which every
+later window uses.
 """
 
 from __future__ import annotations
@@ -111,12 +112,21 @@ class EngagementModel:
         """Whether :meth:`calibrate` must run before :meth:`log_odds` (input or token statistics)."""
         return self.normalize_method is not None or self.live_token_stats
 
-    def calibrate(self, moments: RunningMoments, spec: SensorSpec, windows: Sequence[np.ndarray] = ()) -> None:
-        """Per-user input normalisation from the calibration signal, and for a token-statistics decoder
-        the user's FiLM from the calibration ``windows`` (``(C, T)`` µV at :attr:`sfreq`), normalised first."""
+    def set_input_statistics(self, moments: RunningMoments, spec: SensorSpec, source: str = "calibration",
+                             seconds: float | None = None) -> None:
+        """The current user's input normalisation from ``moments`` (a no-op for a decoder without one).
+        ``source``: ``calibration`` (the first span of the session, then fixed) or ``running`` (the
+        detector updates the moments and calls this again as the session goes on)."""
         if self.normalize_method is not None:
-            stats = moments.stats(LIVE_USER, "running", channels=spec.ch_names, scale=population_scale(spec))
+            stats = moments.stats(LIVE_USER, source, seconds, channels=spec.ch_names, scale=population_scale(spec))
             self._normalizer = SubjectNormalizer(self.normalize_method, {LIVE_USER: stats})
+
+    def calibrate(self, moments: RunningMoments, spec: SensorSpec, windows: Sequence[np.ndarray] = (),
+                  source: str = "calibration", seconds: float | None = None) -> None:
+        """Per-user input normalisation from the calibration signal (:meth:`set_input_statistics`), and
+        for a token-statistics decoder the user's FiLM from the calibration ``windows`` (``(C, T)`` µV at
+        :attr:`sfreq`), normalised first; the FiLM stays fixed after this."""
+        self.set_input_statistics(moments, spec, source, seconds)
         if not self.live_token_stats:
             return
         if not len(windows):

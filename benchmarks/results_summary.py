@@ -98,10 +98,15 @@ def rows(sections: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     recipe = sections["recipe"]["summary"]
     aligned, classical = recipe[f"{TOKENS_PRETRAINED} | align"]["balanced_accuracy"], recipe["log band power + LR | align"]["balanced_accuracy"]
     feature_z = recipe["log band power + LR, per-subject feature z-score | none"]["balanced_accuracy"]
-    met = aligned[0] >= 0.85 and aligned[0] > max(classical[0], feature_z[0])
+    # both aligned variants are given: the runs log holds test scores only, so which one is reported
+    # first was not chosen on validation subjects, and the verdict is the weaker one's
+    plain_aligned = recipe[f"{PLAIN_PRETRAINED} | align"]["balanced_accuracy"]
+    weaker = min(aligned[0], plain_aligned[0])
+    met = weaker >= 0.85 and weaker > max(classical[0], feature_z[0])
     out.append(("Fixed split, aligned: brainfm ≥ 0.85 and above the classical pipeline with the same information",
-                f"{_cell(aligned)} (pretrained, alignment + label-free token statistics); classical: aligned "
-                f"{classical[0]:.3f}, per-subject feature z-score {feature_z[0]:.3f}",
+                f"{_cell(aligned)} (pretrained, alignment + label-free token statistics); {_cell(plain_aligned)} "
+                f"(pretrained, alignment only); classical: aligned {classical[0]:.3f}, per-subject feature z-score "
+                f"{feature_z[0]:.3f}",
                 "**met**" if met else "missed", "recipe"))
     plain, tokens = recipe[f"{PLAIN_PRETRAINED} | none"]["balanced_accuracy"], recipe[f"{TOKENS_PRETRAINED} | none"]["balanced_accuracy"]
     out.append(("Fixed split, no alignment: brainfm ≥ 0.75 (the plain classical pipeline)",

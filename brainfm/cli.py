@@ -177,6 +177,13 @@ def _hdf5_parsers(sub) -> None:
     x.add_argument("--upper-names", action="store_true", help="upper-case channel names, as LaBraM's own files")
     x.add_argument("--dataset", default="eeg", help="name of the signal dataset (default: eeg)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    x.add_argument("--window-s", type=float, default=None, metavar="S",
+                   help="write a window selection instead: windows of S seconds as one (W, C, T) array with "
+                        "label, recording, subject and start datasets (default: whole recordings, LaBraM layout)")
+    x.add_argument("--stride-s", type=float, default=None, metavar="S", help="with --window-s: stride (default: S)")
+    x.add_argument("--label-by", default=None, metavar="ENTITY",
+                   help="with --window-s: label windows by this BIDS entity of their recording, classes in sorted "
+                        "order (e.g. task: arithmetic=0, rest=1)")
 
 
 def _detector_args(cmd: argparse.ArgumentParser) -> None:
@@ -508,11 +515,35 @@ def _export_hdf5(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"--recordings: {', '.join(unknown[:5])} not in {args.store}")
         ids = [rid for rid in ids if rid in set(args.recordings)]
+    if args.window_s is None:
+        if args.stride_s is not None or args.label_by is not None:
+            raise UsageError("--stride-s and --label-by select windows: they need --window-s")
+    else:
+        return _export_hdf5_windows(args, store, ids)
     written = export_store(store, args.file, ids, upper_names=args.upper_names, dataset=args.dataset,
                            overwrite=args.overwrite)
     left_out = [rid for rid in ids if rid not in set(written)]
     print(f"exported {len(written)} recording(s) of {args.store} to {args.file}"
           + (f"; left out {len(left_out)} without EEG channels: {', '.join(left_out[:5])}" if left_out else ""))
+    return 0
+
+
+def _export_hdf5_windows(args: argparse.Namespace, store, ids: list[str]) -> int:
+    from brainfm.data.dataset import EntityLabels, FixedWindows  # noqa: PLC0415
+    from brainfm.data.hdf5 import export_windows  # noqa: PLC0415
+
+    labels = classes = None
+    if args.label_by is not None:
+        values = sorted({store.entry(rid).get(args.label_by) for rid in ids} - {None})
+        if not values:
+            raise UsageError(f"--label-by {args.label_by}: no selected recording of {args.store} has that entity")
+        classes = [str(v) for v in values]
+        labels = EntityLabels(args.label_by, {v: i for i, v in enumerate(values)})
+    windows = FixedWindows(store, args.window_s, args.stride_s, recordings=ids, labels=labels, channel_types=("eeg",))
+    n = export_windows(windows, args.file, upper_names=args.upper_names, dataset=args.dataset, classes=classes,
+                       overwrite=args.overwrite, progress=not getattr(args, "no_progress", False))
+    print(f"exported {n} windows of {args.window_s:g} s from {len(set(windows.rec_index.tolist()))} recording(s) of "
+          f"{args.store} to {args.file}" + (f"; labels by {args.label_by}: {', '.join(classes)}" if classes else ""))
     return 0
 
 

@@ -19,7 +19,8 @@ import pytest
 
 from brainfm.cli import main
 from brainfm.data import store_write
-from brainfm.data.hdf5 import Hdf5LayoutError, export_store, scan
+from brainfm.data.dataset import EntityLabels, FixedWindows
+from brainfm.data.hdf5 import Hdf5LayoutError, export_store, export_windows, scan
 from brainfm.data.store import FP16_MAX_REL_ERROR, ShardStore
 from brainfm.data.store_verify import verify_store
 from brainfm.data.store_write import commit, new_manifest
@@ -247,3 +248,42 @@ def test_an_interrupted_import_never_lists_a_half_written_recording(labram_file,
     assert report.skipped == [FILES[0]] and report.imported == list(FILES[1:])
     assert not list((store / "recordings").glob(".tmp-*")) and verify_store(store).ok
     assert ShardStore(store).recording_ids == sorted(FILES)
+
+
+def test_a_window_selection_is_exported_as_one_labelled_array(small_sample, tmp_path, capsys):
+    """`export-hdf5 --window-s` writes the windows a loader selects (here 5-s windows of two real EEGMAT
+    subjects labelled by task) as one (W, C, T) array, window for window what FixedWindows reads."""
+    store = str(small_sample[1])
+    out = tmp_path / "windows.h5"
+    assert main(["export-hdf5", store, str(out), "--subjects", "eegmat00", "eegmat01", "--window-s", "5",
+                 "--stride-s", "2.5", "--label-by", "task"]) == 0
+    assert "labels by task: arithmetic, rest" in capsys.readouterr().out
+    ids = ShardStore(store).select(["eegmat00", "eegmat01"])
+    want = FixedWindows(store, 5.0, 2.5, recordings=ids, channel_types=("eeg",),
+                        labels=EntityLabels("task", {"arithmetic": 0, "rest": 1}))
+    with h5py.File(out, "r") as f:
+        x = f["eeg"]
+        assert x.shape == (len(want), 19, 1000) and x.chunks == (1, 19, 1000) and x.dtype == np.float32
+        assert list(x.attrs["chOrder"]) == list(want.specs[0].ch_names) and x.attrs["rsFreq"] == 200
+        assert list(f["label"].attrs["classes"]) == ["arithmetic", "rest"]
+        np.testing.assert_array_equal(f["label"][:], want.labels)
+        assert sorted(set(f["label"][:].tolist())) == [0, 1] and f.attrs["layout"] == "brainfm-windows"
+        for k in (0, len(want) // 2, len(want) - 1):
+            sample = want[k]
+            np.testing.assert_array_equal(x[k], sample["x"].numpy())
+            assert f["recording"][k].decode() == sample["recording"] and f["start"][k] == sample["start"]
+            assert f["subject"][k].decode() == sample["subject"]
+    assert main(["export-hdf5", store, str(tmp_path / "w.h5"), "--label-by", "task"]) == 2
+    assert "need --window-s" in capsys.readouterr().err
+
+
+def test_a_window_selection_of_two_montages_is_refused(small_sample, tmp_path):
+    store = ShardStore(str(small_sample[1]))
+    eegmat = [rid for rid in store.recording_ids if store.entry(rid).get("subject") == "eegmat00"]
+    other = [rid for rid in store.recording_ids if len(store.recording(rid).spec.ch_names) != 19
+             and "eeg" in store.recording(rid).spec.ch_types]
+    assert other, "the sample store holds EEG recordings of other montages (EEGMMIDB, the BrainVision example)"
+    with pytest.raises(ValueError, match="do not share one channel list"):
+        export_windows(FixedWindows(store, 1.0, recordings=eegmat + other[:1], channel_types=("eeg",)),
+                       tmp_path / "mixed.h5")
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind

@@ -25,6 +25,27 @@ on the group when the dataset lacks it, as some LaBraM downstream files have it;
 name than ``eeg`` can be given. Export writes an integer-valued rate as an integer, as LaBraM
 does (``rsFreq = 200``).
 
+Window selections
+=================
+
+:func:`export_windows` writes the windows a loader selects (:class:`~brainfm.data.dataset.FixedWindows`
+or :class:`~brainfm.data.dataset.EventWindows`: a stride, subjects, spans, artifact rejection, labels)
+as one array file, the ``X, y`` form that scikit-learn, braindecode or Keras code reads directly::
+
+    FILE.h5
+      eeg          dataset (W, C, T) float32, µV, chunked (1, C, T): one window per chunk
+        chOrder    attribute: the C channel names (shared by every window)
+        rsFreq     attribute: sampling rate in Hz
+      label        dataset (W,) int64: the window's class index, -1 when unlabelled
+        classes    attribute: class names by index (when the windows are labelled)
+      recording    dataset (W,) str: the recording id each window comes from
+      subject      dataset (W,) str
+      start        dataset (W,) int64: first sample of the window in its recording
+
+with file attributes ``layout`` (``brainfm-windows``), ``window_s``, ``store`` and ``units``.
+Every window must have the same channels in the same order; a selection that mixes montages is
+refused with the recordings named.
+
 Export adds group attributes LaBraM ignores: ``subject``, ``session``, ``task``, ``run``
 (those that are set; import reads them back as the recording's entities), ``recording_id``,
 ``units`` (``uV``), ``positions`` (where the store's positions came from), ``source`` and
@@ -35,15 +56,17 @@ exporting and importing again is bit-identical.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from brainfm.data.store import ShardStore
 
@@ -271,20 +294,92 @@ def export_store(store: str | ShardStore, path: str | os.PathLike, recordings: S
     ids = list(store.recording_ids if recordings is None else recordings)
     if not ids:
         raise ValueError(f"nothing to export from {store.url}: no recording selected")
+    with _new_file(path, overwrite) as f:
+        written = [rid for rid in ids if _export_one(store, rid, f, upper_names, dataset)]
+        if not written:
+            raise ValueError(f"nothing to export from {store.url}: none of the {len(ids)} selected recording(s) "
+                             "has an EEG channel")
+    return written
+
+
+@contextlib.contextmanager
+def _new_file(path: str | os.PathLike, overwrite: bool) -> Iterator[h5py.File]:
+    """An HDF5 file written under a temporary name beside ``path`` and renamed to it only when the
+    block ends without an error, so an interrupted export never leaves a partial file at ``path``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with h5py.File(tmp, "w") as f:
-            written = [rid for rid in ids if _export_one(store, rid, f, upper_names, dataset)]
-        if not written:
-            raise ValueError(f"nothing to export from {store.url}: none of the {len(ids)} selected recording(s) "
-                             "has an EEG channel")
+            yield f
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return written
+
+
+def export_windows(windows: Any, path: str | os.PathLike, upper_names: bool = False, dataset: str = DATASET,
+                   classes: Sequence[str] | None = None, overwrite: bool = False, progress: bool = False) -> int:
+    """Write a window selection as one array file (the "Window selections" layout of the module docstring).
+
+    Parameters
+    ----------
+    windows : FixedWindows or EventWindows
+        The selection, as a loader would read it (its ``normalizer``, if set, is applied).
+    path : path
+        The file to write (under a temporary name first, as :func:`export_store`).
+    upper_names, dataset, overwrite
+        As :func:`export_store`.
+    classes : sequence of str, optional
+        Class names by index, written as the ``classes`` attribute of ``label``.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    int
+        The number of windows written.
+
+    Raises
+    ------
+    ValueError
+        The selection is empty, or its windows do not share one channel list.
+    """
+    n = len(windows)
+    if n == 0:
+        raise ValueError(f"nothing to export from {windows.store.url}: the selection holds no window")
+    names = {tuple(spec.ch_names) for spec in windows.specs}
+    if len(names) > 1:
+        by_names: dict[tuple[str, ...], list[str]] = {}
+        for rid, spec in zip(windows.recordings, windows.specs):
+            by_names.setdefault(tuple(spec.ch_names), []).append(rid)
+        examples = "; ".join(f"{len(c)} channels in {', '.join(r[:3])}" for c, r in by_names.items())
+        raise ValueError(f"the selected windows of {windows.store.url} do not share one channel list ({examples}): "
+                         "select recordings of one montage, or pick channel types")
+    ch_names = list(names.pop())
+    labelled = bool(getattr(windows, "labelled", True)) and len(getattr(windows, "labels", ())) == n
+    with _new_file(path, overwrite) as f:
+        signal = f.create_dataset(dataset, shape=(n, len(ch_names), windows.window), dtype="float32",
+                                  chunks=(1, len(ch_names), windows.window))
+        signal.attrs[NAMES_ATTR] = [c.upper() for c in ch_names] if upper_names else ch_names
+        signal.attrs[RATE_ATTRS[0]] = _rate_attr(windows.sfreq)
+        recording, subject = [], []
+        starts = np.zeros(n, dtype=np.int64)
+        for k in tqdm(range(n), desc="windows", unit="win", disable=not progress):
+            sample = windows[k]
+            signal[k] = sample["x"].numpy()
+            recording.append(sample["recording"])
+            subject.append(sample["subject"])
+            starts[k] = sample["start"]
+        label = f.create_dataset("label", data=np.asarray(windows.labels if labelled else np.full(n, -1), np.int64))
+        if classes is not None:
+            label.attrs["classes"] = list(classes)
+        f.create_dataset("recording", data=recording, dtype=h5py.string_dtype())
+        f.create_dataset("subject", data=subject, dtype=h5py.string_dtype())
+        f.create_dataset("start", data=starts)
+        f.attrs.update({"layout": "brainfm-windows", "window_s": windows.window / windows.sfreq,
+                        "store": windows.store.url, "units": "uV"})
+    return n
 
 
 def _export_one(store: ShardStore, rid: str, f: h5py.File, upper_names: bool, dataset: str) -> bool:

@@ -24,6 +24,8 @@ def test_config_header(config):
 
 
 PRETRAIN_CONFIGS = [c for c in CONFIGS if c.parent.name == "pretrain"]  # finetune: tests/test_decode.py
+#: Overlays on a CPU recipe (composed, not run alone).
+OVERLAYS = [c for c in CONFIGS if c.parent.name == "overlays"]
 #: Overlays on ``small-10s-aligned.yaml``: the two halves of the leave-one-subject-out protocol.
 LOSO_HALVES = [c for c in CONFIGS if c.parent.name == "loso"]
 
@@ -61,6 +63,24 @@ def test_loso_halves_never_read_each_others_subjects(capsys, monkeypatch):
         read.append(eegmat - set(data["exclude_subjects"]))
         assert set(data["val_subjects"]) < read[-1]
     assert len(read) == 2 and not read[0] & read[1] and read[0] | read[1] == eegmat
+
+
+def test_gpu_overlay_composes_over_the_cpu_recipes(capsys, monkeypatch):
+    """The GPU recipe is an overlay: over either CPU recipe it keeps the recipe's model and data and
+    changes device, precision, compile, batch, workers and steps (trainer and schedule alike)."""
+    monkeypatch.setattr(sys, "argv", ["brainfm"])
+    (gpu,) = [c for c in OVERLAYS if c.stem == "gpu"]
+    for recipe in ("small-10s", "small-10s-aligned"):
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--config", str(gpu.parents[1] / f"{recipe}.yaml"), "--config", str(gpu), "--print_config"])
+        assert done.value.code in (0, None)
+        config = yaml.safe_load(capsys.readouterr().out)
+        trainer, model, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
+        assert trainer["accelerator"] == "gpu" and trainer["precision"] == "bf16-mixed" and model["compile"]
+        assert trainer["max_steps"] == model["max_steps"] == 100000 and model["model"] == "small"
+        assert data["batch_size"] == 256 and data["num_workers"] == 4 and data["window_s"] == 10.0
+        assert model["targets"]["features"] == ["relpow", "logpow", "hjorth", "plv", "pac", "indices"]
+        assert recipe in trainer["default_root_dir"]
 
 
 def test_ddp_two_processes_on_cpu(small_sample, tmp_path):

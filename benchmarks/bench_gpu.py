@@ -35,8 +35,6 @@ machine without the data, from an ``.npz`` written here with ``--save-windows PA
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 import sys
 import time
@@ -49,6 +47,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _rows import write_rows  # noqa: E402
 from bench_backbone import PATCH, SFREQ, _build, _inputs  # noqa: E402
 
 from brainfm.deploy import quantize  # noqa: E402
@@ -284,6 +283,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"device: {name}; torch {torch.__version__}", flush=True)
     sections = {"train": train_rows, "inference": inference_rows, "targets": target_rows}
     rows, failed = [], []
+    if args.json:  # a file from an earlier run must not pass for this one's, even if every section fails
+        write_rows(args.json, [])
     for key in args.only:
         t0 = time.perf_counter()
         try:
@@ -293,25 +294,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             failed.append(key)
         print(f"[{key}: {time.perf_counter() - t0:.0f} s{', failed' if key in failed else ''}]", flush=True)
         if args.json:  # after every section, so a suite step that hits its time limit keeps what was measured
-            Path(args.json).write_text(json_rows(rows))
+            write_rows(args.json, rows)
     print(f"\n{'metric':<66} {'unit':<10} {'brainfm':>10} {'anchor':>10} {'ratio':>6}")
     for r in rows:
         print(f"{r['name']:<66} {r['unit']:<10} {r['brainfm']:>10.4g} {r['anchor']:>10.4g} {r['ratio']:>6.2f}")
     if failed:
         raise SystemExit(f"bench_gpu.py: section(s) failed: {', '.join(failed)} (traceback above; the other rows are kept)")
     return rows
-
-
-def json_rows(rows: list[dict]) -> str:
-    """Rows as strict JSON: a figure that could not be measured (NaN, e.g. peak memory on a CPU) is ``null``."""
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps([{k: clean(v) for k, v in r.items()} for r in rows], indent=2, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -48,14 +48,18 @@ On a machine without CUDA the script times the CPU reference path against fp32
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _rows import write_rows  # noqa: E402
 
 from brainfm.kernels import (adalog_dequantize, adalog_quantize, fused_ash, quantize_per_token, quantize_weight_int4,
                              quantize_weight_int6, quantize_weight_per_channel, w4a16_linear, w6a8_linear,
@@ -266,6 +270,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
               "elementwise": lambda: elementwise_rows(dev, cuda, args.quick)}
     rows: list[Row] = []
     failed = []
+    if args.json:  # a file from an earlier run must not pass for this one's, even if every group fails
+        write_rows(args.json, [])
     for group in args.only or groups:
         try:
             new = groups[group]()
@@ -278,8 +284,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 r.name = f"cpu-reference {r.name}"
         rows += new
         if args.json:  # after every group, so a run stopped by a time limit keeps what it measured
-            with open(args.json, "w") as f:
-                json.dump([{k: v for k, v in asdict(r).items() if k != "roofline"} for r in rows], f, indent=1)
+            write_rows(args.json, [{k: v for k, v in asdict(r).items() if k != "roofline"} for r in rows])
     print(f"{'name':58s} {'unit':8s} {'brainfm':>10s} {'anchor':>10s} {'ratio':>7s} {'H100 roof':>10s}")
     for r in rows:
         roof = f"{r.roofline:10.1f}" if r.roofline is not None else ""

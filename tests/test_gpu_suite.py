@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_gpu  # noqa: E402 - benchmarks/ is not a package
 import bench_kernels  # noqa: E402
+from _rows import json_rows, write_rows  # noqa: E402
 
 ROW_KEYS = {"name", "unit", "brainfm", "anchor", "ratio"}
 
@@ -46,22 +47,32 @@ def test_bench_gpu_quick_run_on_cpu_writes_strict_rows(tmp_path):
 
 
 def test_a_failing_section_keeps_the_other_rows(tmp_path, monkeypatch):
+    """A section that fails costs only its own rows, and each section's rows are on disk before the
+    next one starts (a suite step killed by its time limit keeps them)."""
+    out = tmp_path / "model.json"
+    out.write_text('[{"name": "stale row of an earlier run"}]')
+    row = {"name": "train step", "unit": "samples/s", "brainfm": 2.0, "anchor": 1.0, "ratio": 2.0}
+
     def broken(args):
+        assert _strict(out.read_text()) == [row]  # the train section's rows, already written
         raise RuntimeError("PassManager::run failed")  # what a kernel that does not compile raises
 
-    monkeypatch.setattr(bench_gpu, "train_rows", broken)
-    out = tmp_path / "model.json"
-    with pytest.raises(SystemExit, match="section\\(s\\) failed: train"):
-        bench_gpu.main(["--device", "cpu", "--quick", "--only", "train", "targets", "--json", str(out)])
+    monkeypatch.setattr(bench_gpu, "train_rows", lambda args: [row])
+    monkeypatch.setattr(bench_gpu, "inference_rows", broken)
+    with pytest.raises(SystemExit, match="section\\(s\\) failed: inference"):
+        bench_gpu.main(["--device", "cpu", "--quick", "--only", "train", "inference", "targets", "--json", str(out)])
     rows = _strict(out.read_text())
-    assert [r["name"].split(",")[0] for r in rows] == ["neurodynamics targets"]
+    assert [r["name"].split(",")[0] for r in rows] == ["train step", "neurodynamics targets"]
+    assert not list(tmp_path.glob(".*tmp"))  # written through a temporary file, renamed
 
 
-def test_json_rows_writes_nan_and_inf_as_null():
+def test_rows_are_written_as_strict_json_with_nan_and_inf_as_null(tmp_path):
     rows = [{"name": "x", "unit": "ms", "brainfm": math.nan, "anchor": 1.0, "ratio": math.inf,
              "p10_p90": [1.0, math.nan]}]
-    assert _strict(bench_gpu.json_rows(rows)) == [{"name": "x", "unit": "ms", "brainfm": None, "anchor": 1.0,
-                                                   "ratio": None, "p10_p90": [1.0, None]}]
+    want = [{"name": "x", "unit": "ms", "brainfm": None, "anchor": 1.0, "ratio": None, "p10_p90": [1.0, None]}]
+    assert _strict(json_rows(rows)) == want
+    write_rows(tmp_path / "rows.json", rows)
+    assert _strict((tmp_path / "rows.json").read_text()) == want and len(list(tmp_path.iterdir())) == 1
 
 
 def test_bench_kernels_keeps_rows_of_the_groups_that_work(tmp_path, monkeypatch):
@@ -70,6 +81,7 @@ def test_bench_kernels_keeps_rows_of_the_groups_that_work(tmp_path, monkeypatch)
 
     monkeypatch.setattr(bench_kernels, "adalog_rows", broken)
     out = tmp_path / "kernels.json"
+    out.write_text('[{"name": "stale row of an earlier run"}]')
     with pytest.raises(SystemExit, match="group\\(s\\) failed: adalog"):
         bench_kernels.main(["--quick", "--only", "adalog", "w4a16", "--json", str(out)])
     rows = _strict(out.read_text())

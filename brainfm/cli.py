@@ -183,7 +183,8 @@ def _hdf5_parsers(sub) -> None:
     x.add_argument("--stride-s", type=float, default=None, metavar="S", help="with --window-s: stride (default: S)")
     x.add_argument("--label-by", default=None, metavar="ENTITY",
                    help="with --window-s: label windows by this BIDS entity of their recording, classes in sorted "
-                        "order (e.g. task: arithmetic=0, rest=1)")
+                        "order (e.g. task: arithmetic=0, rest=1); recordings without the entity are left out")
+    x.add_argument("--no-progress", action="store_true", help="hide the progress bar (with --window-s)")
 
 
 def _detector_args(cmd: argparse.ArgumentParser) -> None:
@@ -541,9 +542,10 @@ def _export_hdf5_windows(args: argparse.Namespace, store, ids: list[str]) -> int
         labels = EntityLabels(args.label_by, {v: i for i, v in enumerate(values)})
     windows = FixedWindows(store, args.window_s, args.stride_s, recordings=ids, labels=labels, channel_types=("eeg",))
     n = export_windows(windows, args.file, upper_names=args.upper_names, dataset=args.dataset, classes=classes,
-                       overwrite=args.overwrite, progress=not getattr(args, "no_progress", False))
+                       overwrite=args.overwrite, progress=not args.no_progress)
+    counts = ", ".join(f"{c} {int((windows.labels == i).sum())}" for i, c in enumerate(classes or ()))
     print(f"exported {n} windows of {args.window_s:g} s from {len(set(windows.rec_index.tolist()))} recording(s) of "
-          f"{args.store} to {args.file}" + (f"; labels by {args.label_by}: {', '.join(classes)}" if classes else ""))
+          f"{args.store} to {args.file}" + (f"; windows by {args.label_by}: {counts}" if classes else ""))
     return 0
 
 

@@ -256,8 +256,8 @@ def test_a_window_selection_is_exported_as_one_labelled_array(small_sample, tmp_
     store = str(small_sample[1])
     out = tmp_path / "windows.h5"
     assert main(["export-hdf5", store, str(out), "--subjects", "eegmat00", "eegmat01", "--window-s", "5",
-                 "--stride-s", "2.5", "--label-by", "task"]) == 0
-    assert "labels by task: arithmetic, rest" in capsys.readouterr().out
+                 "--stride-s", "2.5", "--label-by", "task", "--no-progress"]) == 0
+    assert "windows by task: arithmetic 46, rest 142" in capsys.readouterr().out
     ids = ShardStore(store).select(["eegmat00", "eegmat01"])
     want = FixedWindows(store, 5.0, 2.5, recordings=ids, channel_types=("eeg",),
                         labels=EntityLabels("task", {"arithmetic": 0, "rest": 1}))
@@ -287,3 +287,21 @@ def test_a_window_selection_of_two_montages_is_refused(small_sample, tmp_path):
         export_windows(FixedWindows(store, 1.0, recordings=eegmat + other[:1], channel_types=("eeg",)),
                        tmp_path / "mixed.h5")
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
+
+
+def test_an_interrupted_window_export_leaves_no_file(small_sample, tmp_path, monkeypatch):
+    """A window export that fails halfway (a damaged chunk, Ctrl-C) leaves neither the target file
+    nor its temporary file behind."""
+    store = ShardStore(str(small_sample[1]))
+    windows = FixedWindows(store, 5.0, recordings=store.select(["eegmat00"]), channel_types=("eeg",))
+    read = FixedWindows.__getitem__
+
+    def failing(self, k):
+        if k == 3:
+            raise OSError("damaged chunk")
+        return read(self, k)
+
+    monkeypatch.setattr(FixedWindows, "__getitem__", failing)
+    with pytest.raises(OSError, match="damaged chunk"):
+        export_windows(windows, tmp_path / "windows.h5")
+    assert not list(tmp_path.iterdir())

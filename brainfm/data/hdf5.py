@@ -348,11 +348,12 @@ def export_windows(windows: Any, path: str | os.PathLike, upper_names: bool = Fa
     n = len(windows)
     if n == 0:
         raise ValueError(f"nothing to export from {windows.store.url}: the selection holds no window")
-    names = {tuple(spec.ch_names) for spec in windows.specs}
+    used = sorted(set(np.asarray(windows.rec_index).tolist()))  # recordings that give windows (not every one picked)
+    names = {tuple(windows.specs[i].ch_names) for i in used}
     if len(names) > 1:
         by_names: dict[tuple[str, ...], list[str]] = {}
-        for rid, spec in zip(windows.recordings, windows.specs):
-            by_names.setdefault(tuple(spec.ch_names), []).append(rid)
+        for i in used:
+            by_names.setdefault(tuple(windows.specs[i].ch_names), []).append(windows.recordings[i])
         examples = "; ".join(f"{len(c)} channels in {', '.join(r[:3])}" for c, r in by_names.items())
         raise ValueError(f"the selected windows of {windows.store.url} do not share one channel list ({examples}): "
                          "select recordings of one montage, or pick channel types")
@@ -377,8 +378,9 @@ def export_windows(windows: Any, path: str | os.PathLike, upper_names: bool = Fa
         f.create_dataset("recording", data=recording, dtype=h5py.string_dtype())
         f.create_dataset("subject", data=subject, dtype=h5py.string_dtype())
         f.create_dataset("start", data=starts)
+        units = "uV" if getattr(windows, "normalizer", None) is None else "subject-normalised (see the store's statistics)"
         f.attrs.update({"layout": "brainfm-windows", "window_s": windows.window / windows.sfreq,
-                        "store": windows.store.url, "units": "uV"})
+                        "store": windows.store.url, "units": units})
     return n
 
 

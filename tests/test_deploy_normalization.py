@@ -147,6 +147,9 @@ def test_live_statistics_are_fixed_after_calibration_or_follow_the_signal(decode
     running, running_logit = run(signal, 2.0)
     running_moved, running_moved_logit = run(moved, 2.0)
     assert running.source == "running" and running_moved.source == "running"
+    # each hop adds 100 samples and the old ones fade by 2^(-0.5 / 2): after 50 s (25 half-lives) the
+    # moments hold the geometric series' limit, 100 / (1 - 2^-0.25) samples' worth
+    assert running.n_samples == pytest.approx(100 / (1 - 0.5 ** (0.5 / 2.0)), rel=1e-3)
     # 30 s after the change, at a 2-s half-life, the statistics follow it: std x3, the same whitened signal
     np.testing.assert_allclose(running_moved.std / running.std, 3.0, rtol=1e-3)
     assert running_moved_logit == pytest.approx(running_logit, abs=1e-3)

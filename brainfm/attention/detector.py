@@ -46,7 +46,8 @@ class DetectorConfig:
     ``stats_half_life_s``: for a decoder trained on subject-normalised windows, the user's input
     statistics come from the first half of the calibration span. With ``None`` (the default) they
     stay fixed after it (the ``calibration`` source); with a half-life in s they keep following the
-    signal, every hop, with exponential forgetting (the ``running`` source, issue #12), so slow drift
+    signal, every hop that passes the quality gate, with exponential forgetting (the ``running``
+    source, issue #12; the half-life counts good-signal time), so slow drift
     (electrodes drying, a headset moved) is tracked. The cost: statistics that follow the signal
     also follow a long stretch of one state, and the contrast the decoder reads fades over about a
     half-life of it. ``docs/attention.md`` has the measurement.

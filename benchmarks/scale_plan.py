@@ -59,7 +59,7 @@ class Plan:
     convert_wall_h: dict[int, float]
     gpu_epoch_h: float
     gpu_pretrain_h: float
-    loader_processes_per_gpu: float
+    loader_workers_per_gpu: float
     cpu_epoch_days: float
 
 
@@ -89,7 +89,7 @@ def markdown(plans: list[Plan]) -> str:
     for p in plans:
         cells = [f"{p.hours:,.0f}", f"{p.store_gib:,.0f}", f"{p.float32_gib:,.0f}", f"{p.convert_core_hours:,.1f}"]
         cells += [f"{p.convert_wall_h[n]:,.2f}" for n in cores]
-        cells += [f"{p.gpu_epoch_h:,.2f}", f"{p.gpu_pretrain_h:,.1f}", f"{p.loader_processes_per_gpu:.1f}",
+        cells += [f"{p.gpu_epoch_h:,.2f}", f"{p.gpu_pretrain_h:,.1f}", f"{p.loader_workers_per_gpu:.1f}",
                   f"{p.cpu_epoch_days:,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

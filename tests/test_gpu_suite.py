@@ -24,6 +24,12 @@ from _rows import json_rows, write_rows  # noqa: E402
 ROW_KEYS = {"name", "unit", "brainfm", "anchor", "ratio"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _reference_kernels(one_thread_reference_kernels):
+    """One thread, CPU reference kernels (tests/conftest.py): in CI, two threads beside another xdist
+    worker, with the Triton interpreter that tests/kernels switches on, made the quick run take 388 s."""
+
+
 def _strict(text: str) -> list[dict]:
     def refuse(token: str):
         raise ValueError(f"not strict JSON: {token}")

@@ -37,6 +37,9 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from brainfm.data.dataset import EntityLabels, FixedWindows
+from brainfm.data.hdf5 import export_windows
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -530,9 +533,6 @@ def _export_hdf5(args: argparse.Namespace) -> int:
 
 
 def _export_hdf5_windows(args: argparse.Namespace, store, ids: list[str]) -> int:
-    from brainfm.data.dataset import EntityLabels, FixedWindows  # noqa: PLC0415
-    from brainfm.data.hdf5 import export_windows  # noqa: PLC0415
-
     labels = classes = None
     if args.label_by is not None:
         values = sorted({store.entry(rid).get(args.label_by) for rid in ids} - {None})
